@@ -1,0 +1,164 @@
+"""``sage_irp``: run the nodes in one process, ask a question, export salient memory.
+
+    sage_irp run [--demo] [--once] [--namespace sage] [--model-path P] [--no-diagnostics] [--ros-args ...]
+    sage_irp ask "text" [--id ID] [--conversation C] [--timeout S] [--json] [--namespace sage]
+    sage_irp export-salient [--db FILE] [--since UNIX_TIME] [--conversation C] [--min-salience X] [--out F]
+
+``run`` is the one-process equivalent of ``ros2 launch sage_irp_ros edge.launch.py``: the same nodes,
+the same default parameters file (config/edge.yaml), standard ``--ros-args`` (params files, remaps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+from typing import Sequence
+
+DEMO_QUESTIONS = (
+    "What is the difference between knowledge and understanding?",
+    "Are you aware of this conversation?",
+    "What is 2+2?",
+    "When you generate a response, are you discovering it or creating it?",
+    "How does compression affect meaning?",
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ros_args = argv[argv.index("--ros-args"):] if "--ros-args" in argv else []
+    ours = argv[:len(argv) - len(ros_args)]
+    args = _parser().parse_args(ours)
+    return args.func(args, ros_args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sage_irp", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="run the IRP and diagnostics nodes in one process")
+    run.add_argument("--namespace", default="sage")
+    run.add_argument("--model-path", default="", help="local HF folder or .gguf (default: embedded SmolLM2)")
+    run.add_argument("--demo", action="store_true", help="ask the research report's five demo questions")
+    run.add_argument("--once", action="store_true", help="with --demo: exit after the demo")
+    run.add_argument("--no-diagnostics", action="store_true", help="run only the IRP node")
+    run.set_defaults(func=_run)
+    ask = sub.add_parser("ask", help="ask the running node a question and print the result")
+    ask.add_argument("question")
+    ask.add_argument("--id")
+    ask.add_argument("--conversation")
+    ask.add_argument("--timeout", type=float, default=120.0)
+    ask.add_argument("--json", action="store_true", help="print the whole result JSON")
+    ask.add_argument("--namespace", default="sage")
+    ask.set_defaults(func=_ask)
+    export = sub.add_parser("export-salient", help="write salient exchanges as JSONL (for fine-tuning)")
+    export.add_argument("--db", default="", help="SQLite file (default: memory.db_path default)")
+    export.add_argument("--since", type=float, help="unix time")
+    export.add_argument("--conversation")
+    export.add_argument("--min-salience", type=float)
+    export.add_argument("--out", default="-", help="output file, '-' = stdout")
+    export.set_defaults(func=_export)
+    return parser
+
+
+def _run(args: argparse.Namespace, ros_args: list[str]) -> int:
+    import rclpy
+
+    from .client import SageClient
+    from .config import ConfigError
+    from .irp_node import IrpNode, init_ros, spin_nodes
+    from .resources import config_file
+
+    if "--params-file" not in ros_args:
+        ros_args = (ros_args or ["--ros-args"]) + ["--params-file", str(config_file("edge.yaml"))]
+    if args.model_path:
+        ros_args = ros_args + ["-p", f"model.path:={args.model_path}"]
+    init_ros(["sage_irp", *ros_args])
+    try:
+        nodes = [IrpNode(namespace=args.namespace)]
+        if not args.no_diagnostics:
+            from .diagnostics_node import DiagnosticsNode
+            nodes.append(DiagnosticsNode(namespace=args.namespace))
+    except ConfigError as exc:
+        print(f"[sage_irp] {exc}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
+    stop = threading.Event()
+    if args.demo:
+        demo_node = rclpy.create_node("sage_irp_demo", namespace=args.namespace)
+        nodes.append(demo_node)
+        client = SageClient(demo_node, namespace=nodes[0].get_namespace())
+        threading.Thread(target=_demo, args=(client, stop if args.once else None), daemon=True).start()
+    return spin_nodes(nodes, stop)
+
+
+def _demo(client, stop: threading.Event | None) -> None:
+    """Ask the five demo questions through the real topics once the node is ready."""
+    if not client.wait_until_ready(600):
+        print("[demo] the IRP node did not become active", flush=True)
+    else:
+        print(f"[demo] model {client.status.get('model')} ready on {client.status.get('device')}", flush=True)
+        for n, question in enumerate(DEMO_QUESTIONS, start=1):
+            result = client.ask(question, timeout=600, conversation=f"demo-{n}")
+            print(f"\n[demo {n}/5] Q: {question}", flush=True)
+            print(_format(result.raw), flush=True)
+    if stop is not None:
+        stop.set()
+
+
+def _format(result: dict) -> str:
+    if not result.get("ok"):
+        return f"ERROR {result['error']['code']}: {result['error']['message']}"
+    snarc, timing, irp = result["snarc"], result["timing"], result["irp"]
+    return (f"A: {result['answer']}\n"
+            f"   salience {snarc['total']:.3f} ({'salient' if snarc['salient'] else 'not salient'}: "
+            f"S {snarc['surprise']:.2f} N {snarc['novelty']:.2f} A {snarc['arousal']:.2f} "
+            f"R {snarc['reward']:.2f} C {snarc['conflict']:.2f})\n"
+            f"   {timing['total_s']:.2f} s total, {timing['tokens']} tokens at {timing['tokens_per_s']:.1f}/s, "
+            f"{irp['candidates']} candidates, best energy {irp['best_energy']:.3f}, halt: {irp['halt_reason']}")
+
+
+def _ask(args: argparse.Namespace, ros_args: list[str]) -> int:
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    from .client import SageClient
+
+    rclpy.init(args=["sage_irp", *ros_args])
+    node = rclpy.create_node("sage_irp_ask")
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    try:
+        client = SageClient(node, namespace=args.namespace)
+        result = client.ask(args.question, timeout=args.timeout, id=args.id, conversation=args.conversation)
+    except TimeoutError as exc:
+        print(f"sage_irp ask: {exc}", file=sys.stderr)
+        return 3
+    finally:
+        executor.shutdown(timeout_sec=1.0)
+        node.destroy_node()
+        rclpy.try_shutdown()
+    print(json.dumps(result.raw, ensure_ascii=False, indent=2) if args.json else _format(result.raw))
+    return 0 if result.ok else 1
+
+
+def _export(args: argparse.Namespace, ros_args: list[str]) -> int:
+    from .memory_store import MemoryStore, default_db_path
+
+    path = args.db or default_db_path()
+    store = MemoryStore(path)
+    filters = {"since": args.since, "conversation": args.conversation, "min_salience": args.min_salience}
+    try:
+        count = store.export_jsonl(sys.stdout if args.out == "-" else args.out, **filters)
+    except Exception as exc:
+        print(f"sage_irp export-salient: cannot read {path}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    print(f"exported {count} salient exchanges from {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""SageClient: ask the IRP node a question over its topics and get the result with the same id.
+
+One implementation for everything that asks: ``sage_irp ask``, the py_trees behaviours and tests.
+It publishes on ``<ns>/question`` and matches ``<ns>/result`` messages by id; a result that arrives
+after its caller gave up (timeout, behaviour preempted) is ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.task import Future
+from std_msgs.msg import String
+
+RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+@dataclass
+class Result:
+    """A result message, with the fields behaviour trees branch on lifted out."""
+
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.raw.get("ok"))
+
+    @property
+    def id(self) -> str:
+        return self.raw.get("id", "")
+
+    @property
+    def answer(self) -> str:
+        return self.raw.get("answer", "")
+
+    @property
+    def salience(self) -> float | None:
+        snarc = self.raw.get("snarc")
+        return snarc["total"] if snarc else None
+
+    @property
+    def error_code(self) -> str | None:
+        return (self.raw.get("error") or {}).get("code")
+
+    @property
+    def error_message(self) -> str | None:
+        return (self.raw.get("error") or {}).get("message")
+
+
+def topic(namespace: str, name: str) -> str:
+    ns = namespace.strip("/")
+    return f"/{ns}/{name}" if ns else name
+
+
+class SageClient:
+    """Question/result matching over topics; the node it lives on must be spun by an executor."""
+
+    def __init__(self, node: Node, namespace: str = "sage"):
+        self.node = node
+        self._pending: dict[str, Future] = {}
+        self._lock = threading.Lock()
+        self.status: dict[str, Any] | None = None
+        self._status_changed = threading.Condition()
+        self._pub = node.create_publisher(String, topic(namespace, "question"), RELIABLE)
+        self._sub = node.create_subscription(String, topic(namespace, "result"), self._on_result, RELIABLE)
+        self._status_sub = node.create_subscription(String, topic(namespace, "status"), self._on_status, LATCHED)
+
+    # -- asking -----------------------------------------------------------------------------------
+    def ask_async(self, question: str, *, id: str | None = None, **fields: Any) -> Future:
+        """Publish a question; the returned future completes with a :class:`Result`."""
+        qid = id or uuid.uuid4().hex[:12]
+        future = Future()
+        with self._lock:
+            self._pending[qid] = future
+        payload = {"id": qid, "question": question, **{k: v for k, v in fields.items() if v is not None}}
+        self._pub.publish(String(data=json.dumps(payload)))
+        return future
+
+    def ask(self, question: str, timeout: float = 120.0, **fields: Any) -> Result:
+        """Blocking form: wait for the node, ask, and wait for the result. Raises TimeoutError."""
+        deadline = time.monotonic() + timeout
+        if not self.wait_for_node(timeout):
+            raise TimeoutError(f"no IRP node answered on {self._pub.topic_name} within {timeout:g} s")
+        future = self.ask_async(question, **fields)
+        done = threading.Event()
+        future.add_done_callback(lambda _: done.set())
+        if not done.wait(max(0.0, deadline - time.monotonic())):
+            self.forget(future)
+            raise TimeoutError(f"no result within {timeout:g} s")
+        return future.result()
+
+    def forget(self, future: Future) -> None:
+        """Stop waiting for a question (its late result will be ignored)."""
+        with self._lock:
+            for qid, pending in list(self._pending.items()):
+                if pending is future:
+                    del self._pending[qid]
+        future.cancel()
+
+    # -- node state -------------------------------------------------------------------------------
+    def wait_for_node(self, timeout: float) -> bool:
+        """True once the question topic has a subscriber and the result topic a publisher."""
+        return self._wait(lambda: self._pub.get_subscription_count() > 0
+                          and self._sub.get_publisher_count() > 0, timeout, poll=0.05)
+
+    def wait_until_ready(self, timeout: float) -> bool:
+        """True once the node's status says it is active (model loaded and accepting)."""
+        return self._wait(lambda: bool(self.status) and self.status.get("lifecycle") == "active", timeout)
+
+    def _wait(self, condition: Callable[[], bool], timeout: float, poll: float | None = None) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._status_changed:
+            while not condition():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                # Status changes notify; graph changes (matching) have no Python event, so poll those.
+                self._status_changed.wait(min(left, poll) if poll else left)
+        return True
+
+    # -- callbacks --------------------------------------------------------------------------------
+    def _on_result(self, msg: String) -> None:
+        try:
+            data = json.loads(msg.data)
+        except ValueError:
+            return
+        with self._lock:
+            future = self._pending.pop(data.get("id"), None)
+        if future is not None and not future.cancelled():
+            future.set_result(Result(data))
+
+    def _on_status(self, msg: String) -> None:
+        try:
+            status = json.loads(msg.data)
+        except ValueError:
+            return
+        with self._status_changed:
+            self.status = status
+            self._status_changed.notify_all()

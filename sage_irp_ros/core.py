@@ -1,0 +1,244 @@
+"""SageCore: one question in, exactly one result out — the whole product without ROS.
+
+It owns the resident model, the IRP engine, conversation histories, the SNARC scorer and the salient
+memory store. ``answer`` never raises: every failure becomes a result with an error code, so the ROS
+node (and any other front end) only has to move messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+import psutil
+import torch
+
+from . import errors
+from .config import SageConfig
+from .conversation import ConversationHistory
+from .errors import ModelLoadError, SageError
+from .irp import DEADLINE as HALT_DEADLINE
+from .irp import IRPEngine
+from .memory_store import Exchange, MemoryStore, open_store
+from .model_loader import LoadedModel, apply_power_mode, load_model, release
+from .questions import Question
+from .snarc import SnarcScorer
+from .stats import ServingStats
+
+log = logging.getLogger(__name__)
+
+
+class SageCore:
+    """The IRP + SNARC answering pipeline over one resident model."""
+
+    def __init__(self, cfg: SageConfig, progress: Callable[[str], None] | None = None):
+        self.cfg = cfg
+        self._progress = progress or log.info
+        self.lm: LoadedModel | None = None
+        self.engine: IRPEngine | None = None
+        self.history = ConversationHistory(cfg.memory.circular_buffer_size, cfg.memory.max_conversations)
+        self.snarc = SnarcScorer(cfg.snarc)
+        self.store: MemoryStore | None = None
+        self.stats = ServingStats()
+        self._lock = threading.Lock()  # one generation at a time on the model
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def load(self) -> LoadedModel:
+        """Load the model (or reuse the resident one), warm it up and open the memory store."""
+        apply_power_mode(self.cfg.llm_irp.power_mode)
+        lm = load_model(self.cfg.model, self.cfg.llm_irp, self._progress)
+        engine = IRPEngine(lm, self.cfg.llm_irp)
+        if self.cfg.model.warmup:
+            self._progress(f"warm-up generation took {engine.warm_up():.2f} s")
+        self.lm, self.engine = lm, engine
+        if self.store is None:
+            self.store = open_store(self.cfg.memory)
+        return lm
+
+    def release(self) -> None:
+        """Drop the model from memory (cleanup) and close the store."""
+        if self.lm is not None:
+            release(self.lm)
+        self.lm = self.engine = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    def reconfigure(self, cfg: SageConfig) -> None:
+        """Apply new settings; IRP and SNARC keys take effect at the next question, model keys at load."""
+        self.cfg = cfg
+        self.snarc = SnarcScorer(cfg.snarc)
+        if self.lm is not None:
+            self.engine = IRPEngine(self.lm, cfg.llm_irp)
+
+    @property
+    def loaded(self) -> bool:
+        return self.engine is not None
+
+    def reset_history(self, conversation: str | None = None) -> int:
+        return self.history.reset(conversation)
+
+    # -- answering --------------------------------------------------------------------------------
+    def answer(self, question: Question, *, received: float | None = None, throttled: bool = False,
+               cancel: threading.Event | None = None) -> dict[str, Any]:
+        """Answer one question; returns the result dict (see docs/interface.md). Never raises."""
+        received = time.monotonic() if received is None else received
+        start = time.monotonic()
+        try:
+            result = self._answer(question, received, start, throttled, cancel)
+            self.stats.record(ok=True, total_s=result["timing"]["total_s"],
+                              inference_s=result["timing"]["inference_s"],
+                              tokens=result["timing"]["tokens"])
+            return result
+        except SageError as exc:
+            failure = exc
+        except Exception as exc:  # a bug or a library failure must still produce a result
+            log.exception("generation failed")
+            failure = SageError(errors.INFERENCE_FAILED, f"{type(exc).__name__}: {exc}")
+        self.stats.record(ok=False, total_s=time.monotonic() - received)
+        return self.error_result(question, failure, received=received, start=start)
+
+    def _answer(self, q: Question, received: float, start: float, throttled: bool,
+                cancel: threading.Event | None) -> dict[str, Any]:
+        irp_cfg = self.cfg.llm_irp
+        self._check_memory_floor()
+        if q.reset:
+            self.history.reset(q.conversation)
+        deadline_s = q.deadline_s or irp_cfg.deadline_s or None
+        deadline = received + deadline_s if deadline_s else None
+        if deadline is not None and time.monotonic() >= deadline:
+            raise SageError(errors.DEADLINE, f"deadline of {deadline_s:g} s passed while the question was queued")
+        adapt = throttled and irp_cfg.enable_thermal_monitoring
+        options = {"max_iterations": irp_cfg.throttled_candidates if adapt else q.max_iterations,
+                   "max_tokens": min(irp_cfg.throttled_max_tokens, irp_cfg.max_tokens) if adapt else None,
+                   "deadline": deadline, "cancel": cancel}
+        history = self.history.get(q.conversation)
+        with self._lock:
+            engine = self._engine()
+            try:
+                response, info = self._refine_with_oom_retry(engine, q, history, options)
+            finally:
+                if not irp_cfg.model_keep_alive:
+                    self.release_model_only()
+        if not response:
+            if info["halt_reason"] == HALT_DEADLINE:
+                raise SageError(errors.DEADLINE, f"deadline of {deadline_s:g} s passed before any answer")
+            if info["halt_reason"] == "cancelled":
+                raise SageError(errors.SHUTTING_DOWN, "generation cancelled: the node is stopping")
+            raise SageError(errors.INFERENCE_FAILED, "the model produced no answer text")
+        inference_s = time.monotonic() - start
+        scores = self.snarc.score(q.text, response, history, final_energy=info["final_energy"])
+        self.history.add(q.conversation, q.text, response)
+        info["throttled"] = adapt
+        result = self._result(q, ok=True, answer=response, error=None, snarc=scores.as_dict(),
+                              irp=_irp_summary(info), received=received, start=start,
+                              inference_s=inference_s, tokens=info["tokens"])
+        self._store(q, response, scores, result)
+        return result
+
+    def _refine_with_oom_retry(self, engine: IRPEngine, q: Question, history, options):
+        try:
+            return engine.refine(q.text, q.context, history, **options)
+        except SageError:
+            raise
+        except Exception as exc:
+            if not _is_oom(exc):
+                raise
+            _free_memory()
+            fewer = max(1, (options["max_iterations"] or self.cfg.llm_irp.irp_iterations) // 2)
+            log.warning("out of memory during generation; retrying once with %d candidate(s), one per round",
+                        fewer)
+            try:
+                return engine.refine(q.text, q.context, history, **{
+                    **options, "max_iterations": fewer, "candidates_per_round": 1})
+            except Exception as again:
+                if _is_oom(again):
+                    _free_memory()
+                    raise SageError(errors.OUT_OF_MEMORY, f"out of memory during generation, also with "
+                                                          f"{fewer} candidate(s): {again}") from again
+                raise
+
+    def _engine(self) -> IRPEngine:
+        if self.engine is None:
+            if self.lm is not None or self.cfg.llm_irp.model_keep_alive:
+                raise SageError(errors.MODEL_NOT_LOADED, "no model is loaded (configure the node first)")
+            try:  # keep_alive false: load for this question, release after it
+                self.load()
+            except ModelLoadError as exc:
+                raise SageError(errors.MODEL_NOT_LOADED, str(exc)) from exc
+        return self.engine
+
+    def release_model_only(self) -> None:
+        """keep_alive false: free the model after each answer, keep the store open."""
+        if self.lm is not None:
+            release(self.lm)
+        self.lm = self.engine = None
+
+    def _check_memory_floor(self) -> None:
+        floor = self.cfg.llm_irp.min_available_memory_mb
+        if not floor:
+            return
+        available = psutil.virtual_memory().available / 2**20
+        if available < floor:
+            raise SageError(errors.OUT_OF_MEMORY, (
+                f"available RAM is {available:.0f} MB, under llm_irp.min_available_memory_mb = {floor} MB; "
+                "refusing new questions until memory is freed"))
+
+    def _store(self, q: Question, response: str, scores, result: dict[str, Any]) -> None:
+        if self.store is None or not scores.salient:
+            return
+        self.store.record(Exchange(stamp=result["stamp"], conversation=q.conversation, question_id=q.id,
+                                   question=q.text, answer=response, scores=scores, irp=result["irp"],
+                                   timing=result["timing"], model=result["model"] or ""))
+
+    # -- results ----------------------------------------------------------------------------------
+    def error_result(self, q: Question | None, error: SageError, *, question_id: str | None = None,
+                     received: float | None = None, start: float | None = None) -> dict[str, Any]:
+        """The result for a failed question (also used by the node for queue/lifecycle refusals)."""
+        now = time.monotonic()
+        received = now if received is None else received
+        if q is None:
+            q = Question(text="", id=question_id) if question_id else Question(text="")
+        return self._result(q, ok=False, answer="", error=error.as_dict(), snarc=None, irp=None,
+                            received=received, start=start or now, inference_s=0.0, tokens=0)
+
+    def _result(self, q: Question, *, ok: bool, answer: str, error: dict | None, snarc: dict | None,
+                irp: dict | None, received: float, start: float, inference_s: float,
+                tokens: int) -> dict[str, Any]:
+        total_s = time.monotonic() - received
+        return {
+            "id": q.id, "conversation": q.conversation, "question": q.text, "ok": ok, "answer": answer,
+            "error": error, "snarc": snarc, "irp": irp,
+            "timing": {"queued_s": round(start - received, 6), "inference_s": round(inference_s, 6),
+                       "total_s": round(total_s, 6), "tokens": tokens,
+                       "tokens_per_s": round(tokens / inference_s, 3) if inference_s > 0 else 0.0},
+            "model": self.lm.model_id if self.lm is not None else None,
+            "warnings": list(q.warnings), "stamp": time.time(),
+        }
+
+    def store_status(self) -> dict[str, Any]:
+        if self.store is None:
+            return {"ok": self.cfg.memory.db_path.lower() == "none", "error": None, "path": None}
+        return {"ok": self.store.healthy, "error": self.store.last_error, "path": str(self.store.path)}
+
+
+def _irp_summary(info: dict[str, Any]) -> dict[str, Any]:
+    return {"iterations": info["iterations"], "candidates": info["candidates"], "rounds": info["rounds"],
+            "best_energy": info["final_energy"], "energies": [round(e, 6) for e in info["all_energies"]],
+            "temperatures": info["temperatures"], "halt_reason": info["halt_reason"],
+            "converged": info["converged"], "finished": info["finished"], "throttled": info["throttled"],
+            "history_used": info["history_used"], "prefill_s": info["prefill_s"],
+            "decode_s": info["decode_s"], "scoring_s": info["scoring_s"]}
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and ("out of memory" in str(exc).lower()
+                                           or "can't allocate memory" in str(exc).lower()))
+
+
+def _free_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,71 @@
+"""Energies that rank candidate answers: lower is better, always in [0, 1].
+
+``seed``: the research formula. 40 % of it is the sampling temperature, so the coldest sample
+nearly always wins and selection carries little information; kept for compatibility.
+
+``response`` (default): measures the answer itself and never looks at the temperature:
+  - confidence: mean negative log-likelihood of the answer's tokens under the untempered model,
+  - finish: whether the model ended the answer (an answer cut off by max_tokens is penalised),
+  - repetition: share of repeated token trigrams (degenerate loops),
+  - length: too few words to be an answer.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from .generation import Candidate
+
+EnergyFn = Callable[[Candidate, float], float]  # (candidate, initial_temperature) -> energy
+
+_SENTENCE_END = re.compile(r"[.!?]")
+_UPPER = re.compile(r"[A-Z]")
+
+
+def seed_energy(candidate: Candidate, initial_temperature: float) -> float:
+    """The research system's energy (spec: "Seed energy")."""
+    words = len(candidate.text.split())
+    well_formed = bool(_SENTENCE_END.search(candidate.text)) and bool(_UPPER.search(candidate.text))
+    value = (0.4 * candidate.temperature / initial_temperature
+             + 0.3 * min(1.0, abs(words - 50) / 50)
+             + 0.3 * (0.0 if well_formed else 0.3))
+    return min(1.0, max(0.0, value))
+
+
+@dataclass(frozen=True)
+class ResponseEnergy:
+    """Weights and scales of the default energy; the weights sum to 1."""
+
+    confidence_weight: float = 0.55
+    finish_weight: float = 0.25
+    repetition_weight: float = 0.1
+    length_weight: float = 0.1
+    nll_scale: float = 4.0  # mean NLL (nats/token) that counts as no confidence at all
+    min_words: int = 3
+
+    def __call__(self, candidate: Candidate, initial_temperature: float = 0.0) -> float:
+        words = candidate.text.split()
+        if not words or not candidate.token_logprobs:
+            return 1.0
+        mean_nll = -sum(candidate.token_logprobs) / len(candidate.token_logprobs)
+        confidence = min(1.0, max(0.0, mean_nll / self.nll_scale)) if math.isfinite(mean_nll) else 1.0
+        unfinished = 0.0 if candidate.finished else 1.0
+        length = max(0.0, (self.min_words - len(words)) / self.min_words)
+        value = (self.confidence_weight * confidence + self.finish_weight * unfinished
+                 + self.repetition_weight * repetition(candidate.token_ids)
+                 + self.length_weight * length)
+        return min(1.0, max(0.0, value))
+
+
+def repetition(tokens: list[int], n: int = 3) -> float:
+    """Share of n-grams that repeat an earlier one: 0 for fresh text, near 1 for a loop."""
+    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def energy_function(name: str) -> EnergyFn:
+    """The energy selected by ``llm_irp.energy``."""
+    return seed_energy if name == "seed" else ResponseEnergy()

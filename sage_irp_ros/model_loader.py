@@ -1,0 +1,214 @@
+"""Load a causal language model once and keep it resident (keep-alive).
+
+Sources: a local Hugging Face folder, a GGUF file (converted once to a cached safetensors folder),
+or either of those plus a PEFT LoRA adapter (optionally merged for decoding speed). With no path the
+embedded SmolLM2-135M-Instruct is used. Loaded models are cached in-process by their identity, so
+re-configuring a node with the same settings returns the resident model instead of loading again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .config import IRPConfig, ModelConfig
+from .embedded_model import EMBEDDED_NAME, converted_gguf, embedded_gguf
+from .errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+_cache: dict[tuple, "LoadedModel"] = {}
+_cache_lock = threading.Lock()
+
+
+@dataclass
+class LoadedModel:
+    """A resident model with what the engine and the status reports need to know about it."""
+
+    model: Any
+    tokenizer: Any
+    model_id: str
+    device: torch.device
+    dtype: torch.dtype
+    footprint_mb: float
+    load_s: float
+    context_window: int
+    key: tuple = field(default=(), repr=False)
+    over_budget: bool = False
+
+    @property
+    def precision(self) -> str:
+        return {v: k for k, v in _DTYPES.items()}[self.dtype]
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` is CUDA when available, else CPU; asking for CUDA without one is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("llm_irp.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return torch.device(device)
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """``auto`` is fp16 on CUDA and fp32 on CPU (half precision on CPU is slow and only on request)."""
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return _DTYPES[precision]
+
+
+def apply_power_mode(power_mode: str) -> int:
+    """Set torch's CPU threads from ``llm_irp.power_mode``; returns the thread count used."""
+    cores = os.cpu_count() or 1
+    threads = {"efficiency": max(1, cores // 2), "balanced": max(1, cores - 1),
+               "performance": cores}[power_mode]
+    torch.set_num_threads(threads)
+    return threads
+
+
+def load_model(model_cfg: ModelConfig, irp_cfg: IRPConfig,
+               progress: Callable[[str], None] | None = None) -> LoadedModel:
+    """Load (or return the resident copy of) the configured model. Raises ModelLoadError only."""
+    say = progress or log.info
+    device = resolve_device(irp_cfg.device)
+    dtype = resolve_dtype(irp_cfg.precision, device)
+    folder, gguf = _locate(model_cfg)
+    adapter = _check_adapter(model_cfg.adapter_path)
+    key = (_identity(folder), _identity(gguf), _identity(adapter), model_cfg.merge_adapter,
+           str(device), str(dtype))
+    with _cache_lock:
+        cached = _cache.get(key)
+        if cached is not None:
+            say(f"model {cached.model_id} already resident on {device}: not reloading")
+            return cached
+        start = time.monotonic()
+        if gguf is not None:
+            cache_dir = Path(model_cfg.cache_dir).expanduser() if model_cfg.cache_dir else None
+            folder = converted_gguf(gguf, cache_dir, say)
+        say(f"loading model from {folder} ({dtype}, {device})")
+        model, tokenizer = _from_pretrained(folder, dtype, device)
+        model_id = EMBEDDED_NAME if not model_cfg.path else Path(model_cfg.path).name
+        if adapter is not None:
+            model = _attach_adapter(model, adapter, model_cfg.merge_adapter, folder)
+            model_id += f"+{adapter.name}" + ("(merged)" if model_cfg.merge_adapter else "")
+        model.eval()
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        loaded = LoadedModel(
+            model=model, tokenizer=tokenizer, model_id=model_id, device=device, dtype=dtype,
+            footprint_mb=footprint_mb(model), load_s=time.monotonic() - start,
+            context_window=int(getattr(model.config, "max_position_embeddings", 0) or 2048), key=key)
+        _check_budget(loaded, irp_cfg)
+        _cache[key] = loaded
+        say(f"model {model_id} ready: {loaded.footprint_mb:.0f} MB in {loaded.load_s:.1f} s")
+        return loaded
+
+
+def release(loaded: LoadedModel) -> None:
+    """Drop a model from the resident cache so its memory can be freed (cleanup, keep_alive false)."""
+    with _cache_lock:
+        _cache.pop(loaded.key, None)
+    if loaded.device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def footprint_mb(model: torch.nn.Module) -> float:
+    """Bytes of parameters and buffers (shared tensors counted once), in MB."""
+    seen, total = set(), 0
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if tensor.data_ptr() in seen:
+            continue
+        seen.add(tensor.data_ptr())
+        total += tensor.numel() * tensor.element_size()
+    return total / 2**20
+
+
+def _locate(cfg: ModelConfig) -> tuple[Path | None, Path | None]:
+    """Return (hf_folder, gguf_file); exactly one is set."""
+    if not cfg.path:
+        return None, embedded_gguf()
+    path = Path(cfg.path).expanduser()
+    if not path.exists():
+        raise ModelLoadError(f"model.path {path} does not exist")
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise ModelLoadError(f"model.path {path} is a file but not a .gguf; give a folder or a GGUF file")
+        return None, path
+    if cfg.gguf_file:
+        gguf = path / cfg.gguf_file
+        if not gguf.is_file():
+            raise ModelLoadError(f"model.gguf_file {cfg.gguf_file} not found in {path}")
+        return None, gguf
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(
+            f"model.path {path} is not a Hugging Face model folder (no config.json); "
+            "for a GGUF, set model.gguf_file or point model.path at the .gguf file")
+    return path, None
+
+
+def _check_adapter(adapter_path: str) -> Path | None:
+    if not adapter_path:
+        return None
+    path = Path(adapter_path).expanduser()
+    if not (path / "adapter_config.json").is_file():
+        raise ModelLoadError(f"model.adapter_path {path} is not a PEFT adapter folder (no adapter_config.json)")
+    return path
+
+
+def _identity(path: Path | None) -> tuple | None:
+    """A path plus its modification time, so a replaced model is loaded again."""
+    if path is None:
+        return None
+    probe = path / "config.json" if path.is_dir() else path
+    return (str(path.resolve()), probe.stat().st_mtime_ns if probe.exists() else 0)
+
+
+def _from_pretrained(folder: Path, dtype: torch.dtype, device: torch.device):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
+        model.to(device)
+    except torch.OutOfMemoryError as exc:
+        raise ModelLoadError(f"out of memory loading {folder} on {device}: {exc}") from exc
+    except Exception as exc:  # corrupt config, truncated safetensors, missing tokenizer files...
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ModelLoadError(f"cannot load model from {folder}: {type(exc).__name__}: {first_line}") from exc
+    return model, tokenizer
+
+
+def _attach_adapter(model, adapter: Path, merge: bool, base: Path):
+    from peft import PeftModel
+
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(adapter))
+    except Exception as exc:  # size mismatch, missing target modules, bad config
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ModelLoadError(
+            f"LoRA adapter {adapter} does not fit base model {base}: {type(exc).__name__}: {first_line}") from exc
+    return peft_model.merge_and_unload() if merge else peft_model
+
+
+def _check_budget(loaded: LoadedModel, irp_cfg: IRPConfig) -> None:
+    budget = irp_cfg.max_memory_mb
+    if not budget or loaded.footprint_mb <= budget:
+        return
+    message = (f"model {loaded.model_id} needs {loaded.footprint_mb:.0f} MB, over llm_irp.max_memory_mb "
+               f"= {budget} MB")
+    if irp_cfg.memory_limit_action == "error":
+        raise ModelLoadError(message + " (llm_irp.memory_limit_action: error)")
+    loaded.over_budget = True
+    log.warning(message)

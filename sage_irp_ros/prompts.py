@@ -1,0 +1,58 @@
+"""Turn a question, optional context and conversation history into prompt token ids.
+
+Instruct models with a chat template get real chat messages; other models get the research
+system's "seed" prompt (``{context}\\n\\nQuestion: {q}\\n\\nAnswer:``) with its history block.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+History = Sequence[tuple[str, str]]
+
+
+def seed_history_block(history: History) -> str:
+    """The research system's rendering of earlier exchanges as context."""
+    if not history:
+        return ""
+    lines = ["CONVERSATION HISTORY:"]
+    for i, (question, answer) in enumerate(history, start=1):
+        lines += [f"[Turn {i}]", f"User: {question}", f"Assistant: {answer}", ""]
+    lines += ["---", "Current turn:"]
+    return "\n".join(lines)
+
+
+def seed_prompt(question: str, context: str = "", history: History = ()) -> str:
+    """``{context}\\n\\nQuestion: {q}\\n\\nAnswer:`` with the history block leading the context."""
+    parts = [p for p in (seed_history_block(history), context) if p]
+    if parts:
+        return "\n\n".join(parts) + f"\n\nQuestion: {question}\n\nAnswer:"
+    return f"Question: {question}\n\nAnswer:"
+
+
+def chat_messages(question: str, context: str = "", history: History = ()) -> list[dict[str, str]]:
+    """Chat messages: earlier turns as user/assistant pairs, context in front of the question."""
+    messages: list[dict[str, str]] = []
+    for q, a in history:
+        messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    content = f"{context}\n\n{question}" if context else question
+    messages.append({"role": "user", "content": content})
+    return messages
+
+
+def build_prompt_ids(tokenizer, question: str, context: str = "", history: History = (),
+                     use_chat_template: bool = True) -> list[int]:
+    """Token ids of the full prompt, ready for generation."""
+    if use_chat_template and getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(chat_messages(question, context, history),
+                                             tokenize=False, add_generation_prompt=True)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(seed_prompt(question, context, history))["input_ids"]
+
+
+def clean_answer(text: str) -> str:
+    """The answer part of a generated text: after the last ``Answer:``, before an echoed next question."""
+    if "Answer:" in text:
+        text = text.rsplit("Answer:", 1)[1]
+    text = text.split("\nQuestion:", 1)[0]
+    return text.strip()

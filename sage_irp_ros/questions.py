@@ -1,0 +1,138 @@
+"""Parse an incoming question message: plain text or a JSON object, treated as untrusted input.
+
+Sizes are bounded before anything is parsed, nothing from a message is evaluated, formatted or
+used as a path, and every rejection is a :class:`SageError` with a precise code and message.
+Unknown JSON fields are ignored with a warning (recorded in ``Question.warnings``), so newer clients
+keep working with older nodes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import INVALID_INPUT, TOO_LONG, SageError
+
+FIELDS = ("id", "question", "text", "conversation", "context", "max_iterations", "deadline_s", "reset")
+MAX_ID_CHARS = 128
+MAX_ITERATIONS = 64
+MAX_DEADLINE_S = 3600.0
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+@dataclass
+class Question:
+    """A validated question."""
+
+    text: str
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    conversation: str = "default"
+    context: str = ""
+    max_iterations: int | None = None
+    deadline_s: float | None = None
+    reset: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+def parse_question(raw: str, max_chars: int) -> Question:
+    """Parse a ``question`` message. Raises SageError(invalid_input | too_long)."""
+    if not isinstance(raw, str):
+        raise SageError(INVALID_INPUT, "question message must be a string")
+    # A JSON envelope may add a little to the question itself; anything beyond that is refused unread.
+    if len(raw) > 2 * max_chars + 4096:
+        raise SageError(TOO_LONG, f"message is {len(raw)} characters; the limit is {max_chars} for the question")
+    _check_encodable(raw, "message")
+    stripped = raw.strip()
+    if stripped.startswith("{"):
+        return _from_json(stripped, max_chars)
+    if stripped.startswith("[") or stripped.startswith('"'):
+        try:
+            json.loads(stripped)
+        except ValueError:
+            pass
+        else:
+            raise SageError(INVALID_INPUT, "JSON question must be an object with a 'question' field")
+    return Question(text=_clean_text(raw, "question", max_chars))
+
+
+def parse_id(raw: str) -> str | None:
+    """Best-effort id of a message that failed to parse, so its error result can still be matched."""
+    try:
+        data = json.loads(raw) if len(raw) < 1_000_000 else None
+    except ValueError:
+        return None
+    value = data.get("id") if isinstance(data, dict) else None
+    return value if isinstance(value, str) and 0 < len(value) <= MAX_ID_CHARS else None
+
+
+def _from_json(text: str, max_chars: int) -> Question:
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise SageError(INVALID_INPUT, f"message starts with '{{' but is not valid JSON: {exc.msg} "
+                                       f"at character {exc.pos}") from None
+    if not isinstance(data, dict):
+        raise SageError(INVALID_INPUT, "JSON question must be an object with a 'question' field")
+    body = data.get("question", data.get("text"))
+    if body is None:
+        raise SageError(INVALID_INPUT, "JSON question has no 'question' field (or its alias 'text')")
+    question = Question(text=_clean_text(_typed(body, str, "question"), "question", max_chars))
+    if "id" in data:
+        question.id = _clean_text(_typed(data["id"], str, "id"), "id", MAX_ID_CHARS)
+    if "conversation" in data:
+        question.conversation = _clean_text(_typed(data["conversation"], str, "conversation"),
+                                            "conversation", MAX_ID_CHARS)
+    if "context" in data:
+        context = _typed(data["context"], str, "context")
+        question.context = _clean_text(context, "context", max_chars) if context.strip() else ""
+    if "max_iterations" in data:
+        value = _typed(data["max_iterations"], int, "max_iterations")
+        if not 1 <= value <= MAX_ITERATIONS:
+            raise SageError(INVALID_INPUT, f"max_iterations must be in [1, {MAX_ITERATIONS}], got {value}")
+        question.max_iterations = value
+    if "deadline_s" in data:
+        value = _typed(data["deadline_s"], float, "deadline_s")
+        if not (math.isfinite(value) and 0 < value <= MAX_DEADLINE_S):
+            raise SageError(INVALID_INPUT, f"deadline_s must be in (0, {MAX_DEADLINE_S:g}], got {value}")
+        question.deadline_s = float(value)
+    if "reset" in data:
+        question.reset = _typed(data["reset"], bool, "reset")
+    unknown = sorted(str(k)[:40] for k in data if k not in FIELDS)
+    if unknown:
+        question.warnings.append(f"ignored unknown fields: {', '.join(unknown)}")
+    return question
+
+
+def _typed(value: Any, kind: type, name: str) -> Any:
+    """Check a JSON field's type (bool is not a number; a whole float is an int)."""
+    if kind is int and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if not ok:
+        names = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+        raise SageError(INVALID_INPUT, f"field '{name}' must be {names[kind]}, got {type(value).__name__}")
+    return value
+
+
+def _clean_text(text: str, name: str, max_chars: int) -> str:
+    """Drop control characters (keeping newlines and tabs), refuse empty and over-long text."""
+    _check_encodable(text, name)
+    text = _CONTROL.sub("", text).strip()
+    if not text:
+        raise SageError(INVALID_INPUT, f"{name} is empty")
+    if len(text) > max_chars:
+        raise SageError(TOO_LONG, f"{name} is {len(text)} characters; the limit is {max_chars}")
+    return text
+
+
+def _check_encodable(text: str, name: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SageError(INVALID_INPUT, f"{name} is not valid Unicode (lone surrogate)") from None

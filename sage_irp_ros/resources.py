@@ -1,0 +1,30 @@
+"""Find the package's installed data files (config/, launch/) on every install path.
+
+colcon and ``pip install .`` put them under ``<prefix>/share/sage_irp_ros``; an editable install or
+a source checkout keeps them beside the package.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+PACKAGE = "sage_irp_ros"
+
+
+def share_dir() -> Path:
+    """The package's share directory (ament index first, then the Python prefix, then the checkout)."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return Path(get_package_share_directory(PACKAGE))
+    except Exception:  # not installed through ament, or ament_index_python missing
+        pass
+    for candidate in (Path(sys.prefix) / "share" / PACKAGE, Path(__file__).resolve().parent.parent):
+        if (candidate / "config").is_dir():
+            return candidate
+    raise FileNotFoundError(f"cannot find the {PACKAGE} share directory (config/, launch/)")
+
+
+def config_file(name: str = "edge.yaml") -> Path:
+    return share_dir() / "config" / name

@@ -1,0 +1,43 @@
+"""ament_python package sage_irp_ros: installs with colcon on a ROS 2 distro, or with pip on plain Python."""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "sage_irp_ros"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(exclude=["test", "test.*", "bench", "bench.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+    ],
+    # rclpy and the ROS message packages are NOT listed: on a robot they come from the distro (rosdep,
+    # package.xml); on a plain Python machine requirements/runtime.txt installs the Kilted wheels.
+    install_requires=["setuptools", "pyyaml", "numpy", "psutil", "torch", "transformers>=4.46", "peft",
+                      "safetensors", "gguf"],
+    extras_require={
+        "test": ["pytest", "hypothesis"],
+        "jetson": ["jetson-stats"],
+        "nvml": ["nvidia-ml-py"],
+        "bt": ["py-trees"],
+        "monitor": ["rich"],
+    },
+    zip_safe=True,
+    maintainer="sage_irp_ros maintainers",
+    maintainer_email="maintainers@sage-irp-ros.invalid",
+    description="On-board LLM for ROS 2 robots: IRP refinement, SNARC salience, salient memory, diagnostics.",
+    license="Apache-2.0",
+    tests_require=["pytest"],
+    entry_points={
+        "console_scripts": [
+            "irp_node = sage_irp_ros.irp_node:main",
+            "diagnostics_node = sage_irp_ros.diagnostics_node:main",
+            "sage_irp = sage_irp_ros.cli:main",
+        ],
+    },
+)

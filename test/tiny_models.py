@@ -1,0 +1,74 @@
+"""Build real, tiny transformers models (and LoRA adapters) on disk for fast tests.
+
+The models are random but real: a Llama architecture with hidden size 64, a BPE tokenizer trained
+here with the `tokenizers` library and saved as PreTrainedTokenizerFast, loaded back through the
+normal ``from_pretrained(folder)`` path the package uses for users' models.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+CORPUS = [
+    "What is the difference between knowledge and understanding?",
+    "Are you aware of this conversation?", "What is 2+2? The answer is 4.",
+    "When you generate a response, are you discovering it or creating it?",
+    "How does compression affect meaning?", "The robot moves to the kitchen and picks up the cup.",
+    "Knowledge is information; understanding is knowing why.", "Yes. No. Maybe. I think so.",
+    "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789 .,!?;:'\"()-+=/",
+] * 20
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def build_tokenizer(out: Path, chat_template: bool = True):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<|endoftext|>", "<|im_start|>",
+                                                                  "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<|endoftext|>",
+                                   pad_token="<|endoftext|>", bos_token="<|endoftext|>")
+    if chat_template:
+        fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(str(out))
+    return fast
+
+
+def build_tiny_model(out: Path, *, chat_template: bool = True, seed: int = 0, layers: int = 2,
+                     max_positions: int = 512) -> Path:
+    """A random Llama (hidden 64) with its tokenizer in ``out``; returns ``out``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = build_tokenizer(out, chat_template)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
+                      eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
+                      pad_token_id=tok.pad_token_id, tie_word_embeddings=True)
+    LlamaForCausalLM(cfg).save_pretrained(str(out))
+    return out
+
+
+def build_lora_adapter(base: Path, out: Path, *, rank: int = 4, seed: int = 1,
+                       target_modules: tuple[str, ...] = ("q_proj", "v_proj")) -> Path:
+    """A LoRA adapter for ``base`` with non-zero weights (so merging changes the logits)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(str(base))
+    peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=8, target_modules=list(target_modules),
+                                                  init_lora_weights=False))
+    peft_model.save_pretrained(str(out))
+    return Path(out)
