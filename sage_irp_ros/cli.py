@@ -120,23 +120,20 @@ def _format(result: dict) -> str:
 
 def _ask(args: argparse.Namespace, ros_args: list[str]) -> int:
     import rclpy
-    from rclpy.executors import SingleThreadedExecutor
 
-    from .client import SageClient
+    from .client import SageClient, spinning
 
     rclpy.init(args=["sage_irp", *ros_args])
     node = rclpy.create_node("sage_irp_ask")
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    threading.Thread(target=executor.spin, daemon=True).start()
     try:
-        client = SageClient(node, namespace=args.namespace)
-        result = client.ask(args.question, timeout=args.timeout, id=args.id, conversation=args.conversation)
+        with spinning(node):
+            client = SageClient(node, namespace=args.namespace)
+            result = client.ask(args.question, timeout=args.timeout, wait_ready=True, id=args.id,
+                                conversation=args.conversation)
     except TimeoutError as exc:
         print(f"sage_irp ask: {exc}", file=sys.stderr)
         return 3
     finally:
-        executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
         rclpy.try_shutdown()
     print(json.dumps(result.raw, ensure_ascii=False, indent=2) if args.json else _format(result.raw))

@@ -11,9 +11,11 @@ import json
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.task import Future
@@ -84,11 +86,16 @@ class SageClient:
         self._pub.publish(String(data=json.dumps(payload)))
         return future
 
-    def ask(self, question: str, timeout: float = 120.0, **fields: Any) -> Result:
-        """Blocking form: wait for the node, ask, and wait for the result. Raises TimeoutError."""
+    def ask(self, question: str, timeout: float = 120.0, wait_ready: bool = False, **fields: Any) -> Result:
+        """Blocking form: wait for the node (and, with ``wait_ready``, for it to be active), ask, and
+        wait for the result. Raises TimeoutError."""
         deadline = time.monotonic() + timeout
         if not self.wait_for_node(timeout):
             raise TimeoutError(f"no IRP node answered on {self._pub.topic_name} within {timeout:g} s")
+        if wait_ready and not self.wait_until_ready(max(0.0, deadline - time.monotonic())):
+            state = self.status or {}
+            raise TimeoutError(f"the IRP node did not become active within {timeout:g} s (lifecycle "
+                               f"{state.get('lifecycle')}, state {state.get('state')}, error {state.get('error')})")
         future = self.ask_async(question, **fields)
         done = threading.Event()
         future.add_done_callback(lambda _: done.set())
@@ -145,3 +152,17 @@ class SageClient:
         with self._status_changed:
             self.status = status
             self._status_changed.notify_all()
+
+
+@contextmanager
+def spinning(node: Node) -> Iterator[Node]:
+    """Spin ``node`` on a background thread for the duration of the block, then stop and join it."""
+    executor = SingleThreadedExecutor(context=node.context)
+    executor.add_node(node)
+    thread = threading.Thread(target=executor.spin, name="sage_client_spin", daemon=True)
+    thread.start()
+    try:
+        yield node
+    finally:
+        executor.shutdown(timeout_sec=2.0)
+        thread.join(timeout=5.0)

@@ -215,9 +215,13 @@ class SageConfig:
                 continue
             for key, value in values.items():
                 flat[f"{section}.{key}"] = value
+        try:
+            config = cls().with_updates(flat)
+        except ConfigError as exc:
+            problems += str(exc).splitlines()[1:]
         if problems:
-            raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
-        return cls().with_updates(flat)
+            raise ConfigError("invalid configuration:\n  " + "\n  ".join(p.strip() for p in problems))
+        return config
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "SageConfig":

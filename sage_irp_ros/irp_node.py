@@ -150,7 +150,7 @@ class IrpNode(Node, LifecycleNodeMixin):
         try:
             question = parse_question(msg.data, self.cfg.llm_irp.max_question_chars)
         except SageError as exc:
-            self._reject(exc, parse_id(msg.data) if len(msg.data) < 1_000_000 else None, received)
+            self._reject(exc, parse_id(msg.data), received)
             return
         for warning in question.warnings:
             self.get_logger().warning(f"question {question.id}: {warning}")
@@ -302,12 +302,14 @@ def spin_nodes(nodes: list[Node], stop: threading.Event | None = None) -> int:
         finally:
             stop.set()
 
-    threading.Thread(target=spin, name="executor", daemon=True).start()
+    spinner = threading.Thread(target=spin, name="executor", daemon=True)
+    spinner.start()
     stop.wait()
     for node in nodes:
         if isinstance(node, IrpNode):
             node.stop()
     executor.shutdown(timeout_sec=2.0)
+    spinner.join(timeout=5.0)
     for node in nodes:
         node.destroy_node()
     rclpy.try_shutdown()

@@ -22,6 +22,10 @@ MAX_ID_CHARS = 128
 MAX_ITERATIONS = 64
 MAX_DEADLINE_S = 3600.0
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# The id of a message too big (or too broken) to parse, read from a bounded prefix only: clients such
+# as SageClient put "id" first, so their over-long questions still get an error result they can match.
+_ID_PREFIX = re.compile(r'\s*\{\s*"id"\s*:\s*"([^"\\\x00-\x1f]{1,%d})"' % MAX_ID_CHARS)
+_PARSE_ID_LIMIT = 1_000_000
 
 
 @dataclass
@@ -46,6 +50,8 @@ def parse_question(raw: str, max_chars: int) -> Question:
     if len(raw) > 2 * max_chars + 4096:
         raise SageError(TOO_LONG, f"message is {len(raw)} characters; the limit is {max_chars} for the question")
     _check_encodable(raw, "message")
+    if "\ufffd" in raw:  # rclpy decodes invalid UTF-8 on the wire to U+FFFD replacement characters
+        raise SageError(INVALID_INPUT, "message is not valid UTF-8 (it holds U+FFFD replacement characters)")
     stripped = raw.strip()
     if stripped.startswith("{"):
         return _from_json(stripped, max_chars)
@@ -60,13 +66,29 @@ def parse_question(raw: str, max_chars: int) -> Question:
 
 
 def parse_id(raw: str) -> str | None:
-    """Best-effort id of a message that failed to parse, so its error result can still be matched."""
-    try:
-        data = json.loads(raw) if len(raw) < 1_000_000 else None
-    except ValueError:
+    """Best-effort id of a message that failed to parse, so its error result can still be matched.
+
+    Messages up to 1 MB are parsed as JSON; bigger or broken ones only have their first 256
+    characters matched against ``{"id": "..."`` (no parsing of the rest)."""
+    if not isinstance(raw, str):
         return None
+    data = None
+    if len(raw) < _PARSE_ID_LIMIT:
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            data = None
     value = data.get("id") if isinstance(data, dict) else None
-    return value if isinstance(value, str) and 0 < len(value) <= MAX_ID_CHARS else None
+    if data is None:
+        match = _ID_PREFIX.match(raw[:256])
+        value = match.group(1) if match else None
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_CHARS:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return value
 
 
 def _from_json(text: str, max_chars: int) -> Question:

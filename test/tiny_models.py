@@ -44,7 +44,7 @@ def build_tokenizer(out: Path, chat_template: bool = True):
 
 
 def build_tiny_model(out: Path, *, chat_template: bool = True, seed: int = 0, layers: int = 2,
-                     max_positions: int = 512) -> Path:
+                     max_positions: int = 512, hidden: int = 64) -> Path:
     """A random Llama (hidden 64) with its tokenizer in ``out``; returns ``out``."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -52,7 +52,7 @@ def build_tiny_model(out: Path, *, chat_template: bool = True, seed: int = 0, la
     out.mkdir(parents=True, exist_ok=True)
     tok = build_tokenizer(out, chat_template)
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
                       eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
                       pad_token_id=tok.pad_token_id, tie_word_embeddings=True)

@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny real models on disk, isolated cache/data dirs, ROS isolation."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from tiny_models import build_lora_adapter, build_tiny_model  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A random Llama (hidden 64) with a chat template, saved as a normal HF folder."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_plain_model_dir(tmp_path_factory) -> Path:
+    """The same kind of model without a chat template (the seed prompt is used)."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_plain") / "model", chat_template=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    return build_lora_adapter(tiny_model_dir, tmp_path_factory.mktemp("lora") / "adapter")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_dirs(tmp_path, monkeypatch):
+    """Keep the user's data dir out of tests; the conversion cache stays shared (it is read-only data)."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg_data"))
+
+
+@pytest.fixture
+def ros_env(monkeypatch) -> dict[str, str]:
+    """A random ROS_DOMAIN_ID with localhost-only discovery, for this test and its child processes."""
+    domain = random.randint(1, 101)
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(domain))
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    return dict(os.environ)

@@ -1,0 +1,133 @@
+"""SageCore without ROS: one result per question, history, salient memory, adaptation, failures."""
+
+import sqlite3
+
+import pytest
+import torch
+
+from sage_irp_ros import errors
+from sage_irp_ros.config import SageConfig
+from sage_irp_ros.core import SageCore
+from sage_irp_ros.questions import Question
+
+RESULT_KEYS = {"id", "conversation", "question", "ok", "answer", "error", "snarc", "irp", "timing", "model",
+               "warnings", "stamp"}
+
+
+@pytest.fixture
+def core(tiny_model_dir, tmp_path):
+    cfg = SageConfig.from_mapping({
+        "model": {"path": str(tiny_model_dir)},
+        "llm_irp": {"max_tokens": 8, "irp_iterations": 3, "min_available_memory_mb": 0},
+        "snarc": {"salience_threshold": 0.0},  # everything is salient: every answer is stored
+        "memory": {"db_path": str(tmp_path / "memory.db"), "consolidation_interval": 2}})
+    core = SageCore(cfg)
+    core.load()
+    yield core
+    core.release()
+
+
+def test_answer_has_the_documented_shape(core):
+    result = core.answer(Question(text="What is 2+2?", id="q1"))
+    assert set(result) == RESULT_KEYS and result["ok"] and result["id"] == "q1"
+    assert set(result["snarc"]) == {"surprise", "novelty", "arousal", "reward", "conflict", "total", "salient"}
+    assert result["irp"]["candidates"] == 3 and len(result["irp"]["energies"]) == 3
+    assert result["irp"]["temperatures"] == pytest.approx([0.7, 0.647, 0.594])
+    assert result["timing"]["tokens"] > 0 and result["timing"]["total_s"] >= result["timing"]["inference_s"]
+
+
+def test_salient_exchanges_are_stored_and_consolidated(core, tmp_path):
+    ids = [core.answer(Question(text=f"Question {i}?", id=f"q{i}"))["id"] for i in range(4)]
+    with sqlite3.connect(tmp_path / "memory.db") as db:
+        stored = [row[0] for row in db.execute("SELECT question_id FROM exchanges ORDER BY id")]
+        consolidations = db.execute("SELECT COUNT(*) FROM consolidations").fetchone()[0]
+    assert stored == ids and consolidations == 2
+    assert core.store_status()["ok"]
+
+
+def test_history_feeds_the_next_prompt_and_reset_clears_it(core):
+    core.answer(Question(text="My name is Ada.", conversation="c1"))
+    second = core.answer(Question(text="What is my name?", conversation="c1"))
+    assert second["irp"]["history_used"] == 1
+    assert core.answer(Question(text="Hi", conversation="c2"))["irp"]["history_used"] == 0
+    assert core.answer(Question(text="Again?", conversation="c1", reset=True))["irp"]["history_used"] == 0
+    assert core.reset_history() == 2
+
+
+def test_throttled_uses_fewer_candidates_and_tokens(core):
+    result = core.answer(Question(text="Hi"), throttled=True)
+    assert result["irp"]["candidates"] == 1 and result["irp"]["throttled"]
+    core.reconfigure(SageConfig.from_mapping({**_mapping(core), "llm_irp": {
+        **_mapping(core)["llm_irp"], "enable_thermal_monitoring": False}}))
+    assert core.answer(Question(text="Hi"), throttled=True)["irp"]["candidates"] == 3
+
+
+def test_memory_floor_refuses_with_out_of_memory(core):
+    core.reconfigure(SageConfig.from_mapping({**_mapping(core), "llm_irp": {
+        **_mapping(core)["llm_irp"], "min_available_memory_mb": 1_000_000}}))
+    result = core.answer(Question(text="Hi"))
+    assert not result["ok"] and result["error"]["code"] == errors.OUT_OF_MEMORY
+    assert "min_available_memory_mb" in result["error"]["message"]
+
+
+def test_generation_failure_is_a_result_and_serving_continues(core, monkeypatch):
+    real = core.engine.lm.model.generate
+
+    def broken(*args, **kwargs):
+        raise ValueError("kernel exploded")
+
+    monkeypatch.setattr(core.engine.lm.model, "generate", broken)
+    failed = core.answer(Question(text="Hi"))
+    assert failed["error"] == {"code": errors.INFERENCE_FAILED, "message": "ValueError: kernel exploded"}
+    monkeypatch.setattr(core.engine.lm.model, "generate", real)
+    assert core.answer(Question(text="Hi"))["ok"]
+    assert core.stats.snapshot()["errors"] == 1
+
+
+def test_out_of_memory_retries_once_with_fewer_candidates(core, monkeypatch):
+    real = core.engine.lm.model.generate
+    calls = []
+
+    def oom_once(*args, **kwargs):
+        calls.append(kwargs["num_return_sequences"])
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(core.engine.lm.model, "generate", oom_once)
+    result = core.answer(Question(text="Hi"))
+    assert result["ok"] and calls[0] == 3 and set(calls[1:]) == {1} and result["irp"]["candidates"] == 1
+
+
+def test_keep_alive_false_releases_the_model_after_each_answer(core):
+    core.reconfigure(SageConfig.from_mapping({**_mapping(core), "llm_irp": {
+        **_mapping(core)["llm_irp"], "model_keep_alive": False}}))
+    assert core.answer(Question(text="Hi"))["ok"] and core.lm is None
+    assert core.answer(Question(text="Hi again"))["ok"] and core.lm is None
+
+
+def test_deadline_passed_in_queue(core):
+    import time
+    result = core.answer(Question(text="Hi", deadline_s=0.5), received=time.monotonic() - 1.0)
+    assert result["error"]["code"] == errors.DEADLINE and result["timing"]["queued_s"] >= 1.0
+
+
+def test_unwritable_store_does_not_stop_answers(tiny_model_dir, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    cfg = SageConfig.from_mapping({"model": {"path": str(tiny_model_dir)}, "llm_irp": {"max_tokens": 4},
+                                   "snarc": {"salience_threshold": 0.0},
+                                   "memory": {"db_path": str(blocker / "memory.db")}})
+    core = SageCore(cfg)
+    core.load()
+    assert core.answer(Question(text="Hi"))["ok"]
+    status = core.store_status()
+    assert not status["ok"] and str(blocker) in status["error"]
+
+
+def _mapping(core):
+    sections = {}
+    for dotted, value in core.cfg.flat().items():
+        section, key = dotted.split(".", 1)
+        sections.setdefault(section, {})[key] = value
+    return sections

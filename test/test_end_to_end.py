@@ -1,0 +1,77 @@
+"""End to end with the real embedded SmolLM2-135M-Instruct: the README's commands, for real.
+
+``sage_irp run`` in one process, ``sage_irp ask`` in another, over real DDS on a random domain.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sage_irp_ros.config import SageConfig
+from sage_irp_ros.core import SageCore
+from sage_irp_ros.embedded_model import EMBEDDED_GGUF, converted_gguf, embedded_gguf
+from sage_irp_ros.questions import Question
+
+SHORT = ["-p", "llm_irp.max_tokens:=24", "-p", "llm_irp.deadline_s:=0.0"]
+
+
+def test_embedded_model_answers_without_ros():
+    cfg = SageConfig.from_mapping({"llm_irp": {"max_tokens": 24, "seed": 1}, "memory": {"db_path": "none"}})
+    core = SageCore(cfg)
+    lm = core.load()
+    assert lm.model_id == "SmolLM2-135M-Instruct" and lm.has_chat_template
+    result = core.answer(Question(text="What is the capital of France?"))
+    assert result["ok"] and result["answer"] and result["model"] == "SmolLM2-135M-Instruct"
+    assert "Paris" in result["answer"] or result["irp"]["candidates"] == 3
+
+
+def test_conversion_is_cached():
+    gguf = embedded_gguf()
+    assert gguf.name == EMBEDDED_GGUF
+    folder = converted_gguf(gguf)
+    stamp = (folder / "model.safetensors").stat().st_mtime_ns
+    assert converted_gguf(gguf) == folder and (folder / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def _sage_irp(*args, env, **kwargs):
+    return [sys.executable, "-m", "sage_irp_ros.cli", *args]
+
+
+def test_run_then_ask_from_another_process(ros_env, tmp_path):
+    env = {**ros_env, "XDG_DATA_HOME": str(tmp_path)}
+    server = subprocess.Popen(_sage_irp("run", "--ros-args", *SHORT, env=env), env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        ask = subprocess.run(_sage_irp("ask", "What is 2+2?", "--id", "e2e-1", "--json", "--timeout", "300",
+                                       env=env), env=env, capture_output=True, text=True, timeout=400)
+        assert ask.returncode == 0, ask.stderr
+        result = json.loads(ask.stdout)
+        assert result["id"] == "e2e-1" and result["ok"] and result["model"] == "SmolLM2-135M-Instruct"
+        assert 0.0 <= result["snarc"]["total"] <= 1.0 and result["timing"]["tokens"] > 0
+        # The salient exchange reached the default store under XDG_DATA_HOME.
+        assert (tmp_path / "sage_irp_ros" / "memory.db").is_file() == result["snarc"]["salient"]
+    finally:
+        server.terminate()
+        out, _ = server.communicate(timeout=60)
+    assert server.returncode == 0, out[-3000:]
+
+
+def test_ask_without_a_node_times_out_with_exit_code(ros_env):
+    ask = subprocess.run(_sage_irp("ask", "Hello?", "--timeout", "1", env=ros_env), env=ros_env,
+                         capture_output=True, text=True, timeout=60)
+    assert ask.returncode == 3 and "no IRP node answered" in ask.stderr
+
+
+def test_demo_once_prints_five_answers(ros_env, tmp_path):
+    env = {**ros_env, "XDG_DATA_HOME": str(tmp_path)}
+    demo = subprocess.run(_sage_irp("run", "--demo", "--once", "--ros-args", "-p", "llm_irp.max_tokens:=12",
+                                    env=env), env=env, capture_output=True, text=True, timeout=600)
+    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+    for n in range(1, 6):
+        assert f"[demo {n}/5]" in demo.stdout
+    assert demo.stdout.count("salience ") == 5
