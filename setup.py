@@ -32,7 +32,6 @@ setup(
     maintainer_email="maintainers@sage-irp-ros.invalid",
     description="On-board LLM for ROS 2 robots: IRP refinement, SNARC salience, salient memory, diagnostics.",
     license="Apache-2.0",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "irp_node = sage_irp_ros.irp_node:main",
