@@ -1,0 +1,238 @@
+"""``diagnostics_node``: publishes the platform's and the IRP node's health on ``/diagnostics``.
+
+A thin rclpy adapter over the ROS-free core (:mod:`sage_irp_ros.probes`,
+:mod:`sage_irp_ros.diagnostics_status`). Topics (relative ones follow the node's namespace):
+
+- ``/diagnostics`` (``diagnostic_msgs/DiagnosticArray``) at ``diagnostics.rate_hz``
+- ``throttled`` (``std_msgs/Bool``, reliable, TRANSIENT_LOCAL depth 1, published on change)
+- ``metrics/latency_s``, ``metrics/tokens_per_s``, ``metrics/temperature_c``,
+  ``metrics/ram_used_pct``, ``metrics/gpu_mem_mb``, ``metrics/power_w`` (``std_msgs/Float32``)
+- subscribes ``status`` (``std_msgs/String`` JSON from the IRP node, TRANSIENT_LOCAL depth 1)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from typing import Any, Callable, Optional
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.exceptions import (InvalidParameterTypeException, InvalidParameterValueException,
+                              ParameterException)
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from std_msgs.msg import Bool, Float32, String
+
+from .config import ConfigError, SageConfig, allowed_range, describe_keys
+from .diagnostics_status import Limits, ProbeInfo, Status, build_statuses, metrics
+from .probes.system_probe import SystemProbe
+from .ros_params import descriptor
+
+NODE_NAME = "sage_diagnostics"
+PARAMETERS = ("diagnostics.backend", "diagnostics.rate_hz", "diagnostics.latency_warn_s",
+              "diagnostics.stale_timeout_s", "diagnostics.sysfs_root",
+              "llm_irp.thermal_throttle_threshold", "llm_irp.max_memory_mb")
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
+_LEVEL_BYTES = {0: DiagnosticStatus.OK, 1: DiagnosticStatus.WARN, 2: DiagnosticStatus.ERROR,
+                3: DiagnosticStatus.STALE}
+
+ProbeFactory = Callable[..., Any]
+
+
+class DiagnosticsNode(Node):
+    """The diagnostics node. ``node_kwargs`` go to :class:`rclpy.node.Node` (``namespace``,
+    ``context``, ``parameter_overrides``, ``cli_args`` ...). ``probe_factory(cfg, threshold_c)``
+    replaces :class:`SystemProbe` (tests)."""
+
+    def __init__(self, node_name: str = NODE_NAME, *, probe_factory: Optional[ProbeFactory] = None,
+                 **node_kwargs: Any):
+        super().__init__(node_name, **node_kwargs)
+        self._config = self._declare_parameters()  # raises ConfigError naming every bad value
+        # Parameter changes may arrive on another thread (MultiThreadedExecutor): they swap the
+        # probe and the timer, so they and the publishing tick take turns.
+        self._lock = threading.RLock()
+        self._probe_factory = probe_factory or (
+            lambda cfg, threshold: SystemProbe(cfg, threshold))
+        self._probe: Any = None
+        self._probe_error: Optional[str] = None
+        self._irp: Optional[dict] = None
+        self._irp_received: Optional[float] = None
+        self._last_throttled: Optional[bool] = None
+
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._throttled_pub = self.create_publisher(Bool, "throttled", LATCHED)
+        self._metric_pubs = {topic: self.create_publisher(Float32, topic, 10)
+                             for topic in metrics(None, None)}
+        self.create_subscription(String, "status", self._on_status, LATCHED)
+        self._open_probe()
+        self._timer = self.create_timer(1.0 / self._config.diagnostics.rate_hz, self._tick)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.get_logger().info(
+            f"publishing /diagnostics at {self._config.diagnostics.rate_hz:g} Hz; probe: "
+            f"{getattr(self._probe, 'backend_reason', self._probe_error)}")
+
+    def _declare_parameters(self) -> SageConfig:
+        defaults = SageConfig().flat()
+        fields = dict(describe_keys())
+        values, problems = {}, []
+        for name in PARAMETERS:
+            f = fields[name]
+            try:
+                values[name] = self.declare_parameter(name, defaults[name], descriptor(name, f)).value
+            except (InvalidParameterValueException, InvalidParameterTypeException) as exc:
+                is_float = f.type in ("float", float)
+                hint = (" (write floats with a decimal point, e.g. 5.0)"
+                        if is_float and isinstance(exc, InvalidParameterTypeException) else "")
+                problems.append(f"{name}: allowed {allowed_range(f)}{hint}")
+        try:
+            config = SageConfig().with_updates(values)
+        except ConfigError as exc:  # values of the right type but not allowed (e.g. a backend name)
+            problems += [line.strip() for line in str(exc).splitlines()[1:]]
+        if problems:
+            raise ConfigError("invalid parameters:\n  " + "\n  ".join(problems))
+        return config
+
+    # -- probe -----------------------------------------------------------------------------------
+    def _open_probe(self) -> None:
+        if self._probe is not None:
+            self._probe.close()
+        try:
+            self._probe = self._probe_factory(self._config.diagnostics,
+                                              self._config.llm_irp.thermal_throttle_threshold)
+            self._probe_error = None
+        except Exception as exc:  # noqa: BLE001 - report it as an ERROR status instead of dying
+            self._probe = None
+            self._probe_error = f"{type(exc).__name__}: {exc}"
+            self.get_logger().error(f"cannot start the system probe: {self._probe_error}")
+
+    # -- parameters --------------------------------------------------------------------------------
+    def _on_set_parameters(self, params: list) -> SetParametersResult:
+        updates = {p.name: p.value for p in params if p.name in PARAMETERS}
+        if not updates:
+            return SetParametersResult(successful=True)
+        try:
+            config = self._config.with_updates(updates)
+        except ConfigError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        with self._lock:
+            self._apply(self._config, config)
+        return SetParametersResult(successful=True)
+
+    def _apply(self, old: SageConfig, config: SageConfig) -> None:
+        self._config = config
+        if config.diagnostics.rate_hz != old.diagnostics.rate_hz:
+            self._timer.cancel()
+            self.destroy_timer(self._timer)
+            self._timer = self.create_timer(1.0 / config.diagnostics.rate_hz, self._tick)
+        if (config.diagnostics.backend, config.diagnostics.sysfs_root,
+                config.llm_irp.thermal_throttle_threshold) != (
+                old.diagnostics.backend, old.diagnostics.sysfs_root,
+                old.llm_irp.thermal_throttle_threshold):
+            self._open_probe()
+
+    # -- IRP status --------------------------------------------------------------------------------
+    def _on_status(self, msg: String) -> None:
+        try:
+            data = json.loads(msg.data)
+        except ValueError as exc:
+            self.get_logger().warning(f"ignoring a status that is not JSON: {exc}",
+                                      throttle_duration_sec=10.0)
+            return
+        if not isinstance(data, dict):
+            self.get_logger().warning("ignoring a status that is not a JSON object",
+                                      throttle_duration_sec=10.0)
+            return
+        self._irp = data
+        self._irp_received = time.monotonic()
+
+    # -- publishing --------------------------------------------------------------------------------
+    def _tick(self) -> None:
+        with self._lock:
+            self._publish()
+
+    def _publish(self) -> None:
+        snap = None
+        error = self._probe_error
+        if self._probe is not None:
+            try:
+                snap = self._probe.read()
+            except Exception as exc:  # noqa: BLE001 - keep publishing; the Probe status says why
+                error = f"{type(exc).__name__}: {exc}"
+                self.get_logger().error(f"probe read failed: {error}", throttle_duration_sec=30.0)
+        cfg = self._config
+        probe = self._probe
+        info = ProbeInfo(backend=getattr(probe, "backend", "none"), requested=cfg.diagnostics.backend,
+                         reason=getattr(probe, "backend_reason", "") or (error or ""),
+                         degraded=bool(getattr(probe, "degraded", False)),
+                         retry_in_s=getattr(probe, "retry_in_s", None),
+                         sysfs_root=cfg.diagnostics.sysfs_root, error=error)
+        limits = Limits(latency_warn_s=cfg.diagnostics.latency_warn_s,
+                        stale_timeout_s=cfg.diagnostics.stale_timeout_s,
+                        max_memory_mb=cfg.llm_irp.max_memory_mb,
+                        throttle_threshold_c=cfg.llm_irp.thermal_throttle_threshold)
+        age = None if self._irp_received is None else time.monotonic() - self._irp_received
+        hardware_id = getattr(probe, "hardware_id", "") or "unknown"
+        statuses = build_statuses(self.get_name(), snap, self._irp, age, info, limits, hardware_id)
+        array = DiagnosticArray()
+        array.header.stamp = self.get_clock().now().to_msg()
+        array.status = [_to_msg(s) for s in statuses]
+        self._diag_pub.publish(array)
+
+        if snap is not None and snap.throttle.throttled != self._last_throttled:
+            was = self._last_throttled
+            self._last_throttled = snap.throttle.throttled
+            self._throttled_pub.publish(Bool(data=snap.throttle.throttled))
+            if snap.throttle.throttled:
+                self.get_logger().warning("throttled: " + "; ".join(snap.throttle.reasons))
+            elif was:
+                self.get_logger().info("no longer throttled")
+        for topic, value in metrics(snap, self._irp).items():
+            if value is not None:
+                self._metric_pubs[topic].publish(Float32(data=float(value)))
+
+    def destroy_node(self) -> None:
+        with self._lock:
+            if self._probe is not None:
+                self._probe.close()
+                self._probe = None
+        super().destroy_node()
+
+
+def _to_msg(status: Status) -> DiagnosticStatus:
+    return DiagnosticStatus(level=_LEVEL_BYTES[status.level], name=status.name,
+                            message=status.message, hardware_id=status.hardware_id,
+                            values=[KeyValue(key=k, value=v) for k, v in status.values])
+
+
+def make_node(**kwargs: Any) -> DiagnosticsNode:
+    """Build the node for an executor shared with other nodes (``namespace=``, ``context=`` ...)."""
+    return DiagnosticsNode(**kwargs)
+
+
+def main(args: Optional[list[str]] = None) -> int:
+    rclpy.init(args=args)
+    node = None
+    code = 0
+    try:
+        node = DiagnosticsNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except (ConfigError, ParameterException) as exc:
+        print(f"{NODE_NAME}: {exc}", file=sys.stderr)
+        code = 2
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
