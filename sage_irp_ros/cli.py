@@ -3,6 +3,8 @@
     sage_irp run [--demo] [--once] [--namespace sage] [--model-path P] [--no-diagnostics] [--ros-args ...]
     sage_irp ask "text" [--id ID] [--conversation C] [--timeout S] [--json] [--namespace sage]
     sage_irp export-salient [--db FILE] [--since UNIX_TIME] [--conversation C] [--min-salience X] [--out F]
+    sage_irp monitor [--namespace sage] [--once] [--timeout S]
+    sage_irp plot [--db FILE] [--out session.png] [--since UNIX_TIME] [--conversation C]
 
 ``run`` is the one-process equivalent of ``ros2 launch sage_irp_ros edge.launch.py``: the same nodes,
 the same default parameters file (config/edge.yaml), standard ``--ros-args`` (params files, remaps).
@@ -58,6 +60,17 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--min-salience", type=float)
     export.add_argument("--out", default="-", help="output file, '-' = stdout")
     export.set_defaults(func=_export)
+    monitor = sub.add_parser("monitor", help="live terminal view of status, answers and diagnostics")
+    monitor.add_argument("--namespace", default="sage")
+    monitor.add_argument("--once", action="store_true", help="print one frame once the status arrives, exit 0")
+    monitor.add_argument("--timeout", type=float, default=10.0, help="with --once: longest wait for the status")
+    monitor.set_defaults(func=_monitor)
+    plot = sub.add_parser("plot", help="PNG of latency and salience over a session, from the SQLite store")
+    plot.add_argument("--db", default="", help="SQLite file (default: memory.db_path default)")
+    plot.add_argument("--out", default="session.png")
+    plot.add_argument("--since", type=float, help="unix time")
+    plot.add_argument("--conversation")
+    plot.set_defaults(func=_plot)
     return parser
 
 
@@ -69,10 +82,10 @@ def _run(args: argparse.Namespace, ros_args: list[str]) -> int:
     from .irp_node import IrpNode, init_ros, spin_nodes
     from .resources import config_file
 
-    if "--params-file" not in ros_args:
-        ros_args = (ros_args or ["--ros-args"]) + ["--params-file", str(config_file("edge.yaml"))]
+    if "--params-file" not in ros_args:  # first, so the user's own -p overrides win
+        ros_args = ["--ros-args", "--params-file", str(config_file("edge.yaml")), *ros_args]
     if args.model_path:
-        ros_args = ros_args + ["-p", f"model.path:={args.model_path}"]
+        ros_args = [*ros_args, "--ros-args", "-p", f"model.path:={args.model_path}"]
     init_ros(["sage_irp", *ros_args])
     try:
         nodes = [IrpNode(namespace=args.namespace)]
@@ -154,6 +167,36 @@ def _export(args: argparse.Namespace, ros_args: list[str]) -> int:
     finally:
         store.close()
     print(f"exported {count} salient exchanges from {path}", file=sys.stderr)
+    return 0
+
+
+def _monitor(args: argparse.Namespace, ros_args: list[str]) -> int:
+    try:
+        from .monitor import run_monitor
+    except ImportError as exc:
+        print(f"sage_irp monitor needs rich: pip install rich ({exc})", file=sys.stderr)
+        return 1
+    return run_monitor(args.namespace, once=args.once, timeout=args.timeout, ros_args=ros_args)
+
+
+def _plot(args: argparse.Namespace, ros_args: list[str]) -> int:
+    from .memory_store import default_db_path
+
+    try:
+        from .plot import plot_session
+    except ImportError as exc:
+        print(f"sage_irp plot needs matplotlib: pip install matplotlib ({exc})", file=sys.stderr)
+        return 1
+    path = args.db or default_db_path()
+    try:
+        count = plot_session(path, args.out, since=args.since, conversation=args.conversation)
+    except Exception as exc:
+        print(f"sage_irp plot: cannot read {path}: {exc}", file=sys.stderr)
+        return 1
+    if not count:
+        print(f"sage_irp plot: no exchanges in {path} (with these filters): nothing plotted", file=sys.stderr)
+        return 1
+    print(f"plotted {count} exchanges from {path} to {args.out}", file=sys.stderr)
     return 0
 
 

@@ -63,7 +63,7 @@ def test_colcon_build_installs_launch_config_and_executables(tmp_path):
     ws = tmp_path / "ws"
     src = ws / "src" / "sage_irp_ros"
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", ".git", "build", "install", "log",
-                                                             "__pycache__", "*.egg-info", "bench"))
+                                                             "__pycache__", "*.egg-info", "results"))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     build = subprocess.run([str(COLCON), "build"], cwd=ws, env=env, capture_output=True, text=True, timeout=300)
     assert build.returncode == 0, build.stdout + build.stderr
