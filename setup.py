@@ -26,6 +26,7 @@ setup(
         "nvml": ["nvidia-ml-py"],
         "bt": ["py-trees"],
         "monitor": ["rich"],
+        "plot": ["matplotlib"],
     },
     zip_safe=True,
     maintainer="sage_irp_ros maintainers",
@@ -37,6 +38,7 @@ setup(
             "irp_node = sage_irp_ros.irp_node:main",
             "diagnostics_node = sage_irp_ros.diagnostics_node:main",
             "sage_irp = sage_irp_ros.cli:main",
+            "sage_irp_bt_example = sage_irp_ros.examples.ask_tree:main",
         ],
     },
 )

@@ -32,7 +32,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ros_args = argv[argv.index("--ros-args"):] if "--ros-args" in argv else []
     ours = argv[:len(argv) - len(ros_args)]
     args = _parser().parse_args(ours)
-    return args.func(args, ros_args)
+    try:
+        return args.func(args, ros_args)
+    except KeyboardInterrupt:  # Ctrl-C while asking/monitoring: a quiet, conventional exit
+        return 130
 
 
 def _parser() -> argparse.ArgumentParser:

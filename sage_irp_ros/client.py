@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from rclpy.executors import SingleThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.task import Future
@@ -23,6 +23,9 @@ from std_msgs.msg import String
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+# Results of every client's questions share one topic: a deep reader history so a burst of them (other
+# clients' included) does not overwrite ours before the executor takes it.
+RESULTS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 
 
 @dataclass
@@ -72,7 +75,7 @@ class SageClient:
         self.status: dict[str, Any] | None = None
         self._status_changed = threading.Condition()
         self._pub = node.create_publisher(String, topic(namespace, "question"), RELIABLE)
-        self._sub = node.create_subscription(String, topic(namespace, "result"), self._on_result, RELIABLE)
+        self._sub = node.create_subscription(String, topic(namespace, "result"), self._on_result, RESULTS)
         self._status_sub = node.create_subscription(String, topic(namespace, "status"), self._on_status, LATCHED)
 
     # -- asking -----------------------------------------------------------------------------------
@@ -159,7 +162,13 @@ def spinning(node: Node) -> Iterator[Node]:
     """Spin ``node`` on a background thread for the duration of the block, then stop and join it."""
     executor = SingleThreadedExecutor(context=node.context)
     executor.add_node(node)
-    thread = threading.Thread(target=executor.spin, name="sage_client_spin", daemon=True)
+    def spin() -> None:
+        try:
+            executor.spin()
+        except ExternalShutdownException:  # Ctrl-C shut the context down: nothing left to spin
+            pass
+
+    thread = threading.Thread(target=spin, name="sage_client_spin", daemon=True)
     thread.start()
     try:
         yield node

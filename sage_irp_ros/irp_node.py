@@ -39,6 +39,10 @@ from .ros_params import declare_config, validate_update
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+# question in / result out: a deeper history, so a burst of questions arriving faster than the executor
+# takes them (or of queue_full results) is not overwritten in DDS before the node sees it. Depth does not
+# affect QoS matching: depth-10 clients connect as before.
+BURST = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 SNARC_LABEL = "surprise,novelty,arousal,reward,conflict,total"
 _STOP = object()
 
@@ -64,10 +68,10 @@ class IrpNode(Node, LifecycleNodeMixin):
         self.pub_answer = self.create_publisher(String, "answer", RELIABLE)
         self.pub_salience = self.create_publisher(Float32, "salience", RELIABLE)
         self.pub_snarc = self.create_publisher(Float32MultiArray, "snarc", RELIABLE)
-        self.pub_result = self.create_publisher(String, "result", RELIABLE)
+        self.pub_result = self.create_publisher(String, "result", BURST)
         self.pub_status = self.create_publisher(String, "status", LATCHED)
         inputs = MutuallyExclusiveCallbackGroup()
-        self.create_subscription(String, "question", self._on_question, RELIABLE, callback_group=inputs)
+        self.create_subscription(String, "question", self._on_question, BURST, callback_group=inputs)
         self.create_subscription(Bool, "throttled", self._on_throttled, LATCHED, callback_group=inputs)
         self.create_service(Trigger, "~/reset_history", self._on_reset, callback_group=inputs)
         self.add_on_set_parameters_callback(self._on_set_parameters)

@@ -1,0 +1,135 @@
+"""Example py_trees tree: ask the robot's LLM a question when it is ready, log the answer, else wait.
+
+    Selector "AskWhenReady" (no memory: re-checks the conditions every tick, preempting the fallback)
+    |- Sequence "Ask" (no memory: a throttle report or a node going down preempts AskSage)
+    |   |- SageReady      status topic: lifecycle active, state ready/busy
+    |   |- NotThrottled   throttled topic false or never received
+    |   |- AskSage        question -> result with the same id; answer/salience on the blackboard
+    |   `- LogAnswer      logs (or speaks, via ``say``) the answer
+    `- FallbackLog "throttled or not ready"   RUNNING: the tree keeps waiting instead of failing
+
+Run it against a running node (``sage_irp run`` in another terminal)::
+
+    python -m sage_irp_ros.examples.ask_tree --question "Where is the dock?" [--namespace sage] [--timeout 120]
+
+``main`` ticks the tree at 2 Hz until it succeeds (exit 0, the answer printed) or the timeout passes
+(exit 1, the last feedback printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import py_trees
+from py_trees.common import Access, Status
+
+from ..behaviours import AskSage, NotThrottled, SageReady
+
+TICK_HZ = 2.0
+
+
+class LogAnswer(py_trees.behaviour.Behaviour):
+    """Hand the answer on the blackboard to ``say`` (default: the behaviour's logger); FAILURE if none."""
+
+    def __init__(self, name: str = "LogAnswer", answer_key: str = "sage/answer",
+                 salience_key: str = "sage/salience", say: Optional[Callable[[str], None]] = None):
+        super().__init__(name)
+        self.answer_key, self.salience_key = answer_key, salience_key
+        self.say = say
+        self.blackboard = self.attach_blackboard_client(name=name)
+        self.blackboard.register_key(answer_key, access=Access.READ)
+        self.blackboard.register_key(salience_key, access=Access.READ)
+
+    def update(self) -> Status:
+        try:
+            answer = self.blackboard.get(self.answer_key)
+        except KeyError:
+            self.feedback_message = "no answer on the blackboard"
+            return Status.FAILURE
+        salience = self.blackboard.get(self.salience_key) if self.blackboard.exists(self.salience_key) else None
+        line = f"answer (salience {salience:.3f}): {answer}" if salience is not None else f"answer: {answer}"
+        (self.say or self.logger.info)(line)
+        self.feedback_message = line
+        return Status.SUCCESS
+
+
+class FallbackLog(py_trees.behaviour.Behaviour):
+    """Log ``message`` once each time this branch is entered and report ``status`` (default RUNNING)."""
+
+    def __init__(self, message: str, status: Status = Status.RUNNING,
+                 say: Optional[Callable[[str], None]] = None):
+        super().__init__("FallbackLog")
+        self.message, self.result_status, self.say = message, status, say
+        self.feedback_message = message
+
+    def initialise(self) -> None:
+        (self.say or self.logger.info)(self.message)
+
+    def update(self) -> Status:
+        return self.result_status
+
+
+def create_tree(question: str = "What is 2+2?", namespace: str = "sage", timeout_s: float = 60.0,
+                say: Optional[Callable[[str], None]] = None, **fields: Any) -> py_trees.behaviour.Behaviour:
+    """The example tree's root; ``fields`` go into the question JSON (``conversation``, ``deadline_s``)."""
+    ask = py_trees.composites.Sequence("Ask", memory=False, children=[
+        SageReady(namespace=namespace),
+        NotThrottled(namespace=namespace),
+        AskSage(question=question, timeout_s=timeout_s, namespace=namespace, **fields),
+        LogAnswer(say=say),
+    ])
+    return py_trees.composites.Selector("AskWhenReady", memory=False, children=[
+        ask, FallbackLog("throttled or not ready", say=say)])
+
+
+def tick_until(tree: py_trees.trees.BehaviourTree, timeout_s: float, hz: float = TICK_HZ,
+               until: Sequence[Status] = (Status.SUCCESS,)) -> Status:
+    """Tick at ``hz`` until the root's status is in ``until`` or ``timeout_s`` passes; the last status."""
+    period = 1.0 / hz
+    deadline = time.monotonic() + timeout_s
+    while True:
+        started = time.monotonic()
+        tree.tick()
+        if tree.root.status in until or started >= deadline:
+            return tree.root.status
+        time.sleep(max(0.0, period - (time.monotonic() - started)))  # the tick period, not a sync
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    import rclpy
+
+    from ..client import spinning
+
+    parser = argparse.ArgumentParser(prog="sage_irp_bt_example", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--question", default="What is 2+2?")
+    parser.add_argument("--namespace", default="sage")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds until giving up")
+    args, ros_args = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    rclpy.init(args=["sage_irp_bt_example", *ros_args])
+    node = rclpy.create_node("sage_irp_bt_example")
+    try:
+        with spinning(node):
+            say = node.get_logger().info
+            tree = py_trees.trees.BehaviourTree(create_tree(args.question, args.namespace, args.timeout, say))
+            tree.setup(node=node)  # non-blocking; the conditions wait for the node at tick time
+            status = tick_until(tree, args.timeout)
+            answer = py_trees.blackboard.Blackboard.storage.get("/sage/answer")
+            if status == Status.SUCCESS:
+                print(answer)
+                return 0
+            tip = tree.tip()
+            print(f"no answer within {args.timeout:g} s: {tip.name if tip else '-'}: "
+                  f"{tip.feedback_message if tip else ''}", file=sys.stderr)
+            return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

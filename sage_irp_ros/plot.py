@@ -1,0 +1,57 @@
+"""``sage_irp plot``: latency and salience over a session, as a PNG, from the SQLite memory store.
+
+Why: the store already holds every recorded exchange with its timing and SNARC scores, so a picture of
+a session (did answers get slower as the board heated up? which exchanges were salient?) needs no extra
+logging. Two panels share the time axis (seconds since the first plotted exchange): the total latency
+(``timing.total_s``) and the total salience, salient exchanges highlighted. Rendered on matplotlib's
+Agg canvas without pyplot: no display needed (robots, CI), no global backend change. Needs ``matplotlib``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from .memory_store import MemoryStore
+
+
+def session_series(rows: list[dict[str, Any]]) -> dict[str, list]:
+    """Per-exchange series from :meth:`MemoryStore.query` rows: t (s since the first), latency, salience."""
+    t0 = rows[0]["stamp"] if rows else 0.0
+    latency = [(row.get("timing") or {}).get("total_s") for row in rows]
+    return {"t": [row["stamp"] - t0 for row in rows],
+            "latency": [float(v) if isinstance(v, (int, float)) else float("nan") for v in latency],
+            "salience": [float(row["total"]) for row in rows],
+            "salient": [bool(row["salient"]) for row in rows]}
+
+
+def plot_session(db: str | Path, out: str | Path, since: Optional[float] = None,
+                 conversation: Optional[str] = None, title: Optional[str] = None) -> int:
+    """Write the PNG for the exchanges matching the filters; returns how many were plotted (0: no file)."""
+    with MemoryStore(db) as store:
+        rows = store.query(since=since, conversation=conversation)
+    if not rows:
+        return 0
+    s = session_series(rows)
+    fig = Figure(figsize=(9, 5.5), layout="constrained")  # no pyplot: no global backend, no GUI
+    FigureCanvasAgg(fig)
+    ax_lat, ax_sal = fig.subplots(2, 1, sharex=True)
+    ax_lat.plot(s["t"], s["latency"], marker=".", color="tab:blue")
+    ax_lat.set_ylim(bottom=0.0)
+    ax_lat.set_ylabel("latency total_s [s]")
+    ax_lat.grid(alpha=0.3)
+    ax_sal.plot(s["t"], s["salience"], color="tab:gray", alpha=0.5)
+    colours = ["tab:red" if salient else "tab:gray" for salient in s["salient"]]
+    ax_sal.scatter(s["t"], s["salience"], c=colours, s=14, zorder=3)
+    ax_sal.set_ylim(0.0, 1.0)
+    ax_sal.set_ylabel("salience total")
+    ax_sal.set_xlabel("time since first exchange [s]")
+    ax_sal.grid(alpha=0.3)
+    models = sorted({row["model"] for row in rows if row["model"]})
+    fig.suptitle(title or f"{len(rows)} exchanges, {', '.join(models) or 'unknown model'} "
+                          f"(red: salient)")
+    fig.savefig(out, dpi=100)
+    return len(rows)
