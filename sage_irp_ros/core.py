@@ -219,8 +219,8 @@ class SageCore:
         }
 
     def store_status(self) -> dict[str, Any]:
-        if self.store is None:
-            return {"ok": self.cfg.memory.db_path.lower() == "none", "error": None, "path": None}
+        if self.store is None:  # not configured yet, or storage disabled with db_path 'none'
+            return {"ok": True, "error": None, "path": None}
         return {"ok": self.store.healthy, "error": self.store.last_error, "path": str(self.store.path)}
 
 

@@ -60,6 +60,7 @@ class IrpNode(Node, LifecycleNodeMixin):
         self._queue: queue.Queue = queue.Queue(maxsize=self.cfg.node.queue_size)
         self._lifecycle, self._state, self._load_error = "unconfigured", "idle", None
         self._active = threading.Event()
+        self._stopping = threading.Event()  # set by stop(): refusals say shutting_down, not not_active
         self._cancel = threading.Event()
         self._throttled = False
         self._status_lock = threading.Lock()
@@ -133,6 +134,7 @@ class IrpNode(Node, LifecycleNodeMixin):
         """Stop serving: fail queued questions, cancel the running one, join the worker, close the store."""
         if not self._worker.is_alive():
             return
+        self._stopping.set()
         self._active.clear()
         self._fail_pending(errors.SHUTTING_DOWN, "the node is shutting down")
         self._queue.put(_STOP)
@@ -159,7 +161,8 @@ class IrpNode(Node, LifecycleNodeMixin):
         for warning in question.warnings:
             self.get_logger().warning(f"question {question.id}: {warning}")
         if not self._active.is_set():
-            self._reject(SageError(errors.NOT_ACTIVE, f"node is {self._lifecycle}, not active"),
+            self._reject(SageError(errors.SHUTTING_DOWN, "the node is shutting down") if self._stopping.is_set()
+                         else SageError(errors.NOT_ACTIVE, f"node is {self._lifecycle}, not active"),
                          question.id, received, question)
             return
         try:
@@ -201,9 +204,9 @@ class IrpNode(Node, LifecycleNodeMixin):
                 return
             question, received = item
             if not self._active.is_set():
-                self._publish_result(self.core.error_result(
-                    question, SageError(errors.NOT_ACTIVE, "the node was deactivated before this question ran"),
-                    received=received))
+                error = (SageError(errors.SHUTTING_DOWN, "the node is shutting down") if self._stopping.is_set()
+                         else SageError(errors.NOT_ACTIVE, "the node was deactivated before this question ran"))
+                self._publish_result(self.core.error_result(question, error, received=received))
                 continue
             self._set_state(self._lifecycle, "busy")
             result = self.core.answer(question, received=received, throttled=self._throttled, cancel=self._cancel)

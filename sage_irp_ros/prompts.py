@@ -42,12 +42,25 @@ def chat_messages(question: str, context: str = "", history: History = ()) -> li
 
 def build_prompt_ids(tokenizer, question: str, context: str = "", history: History = (),
                      use_chat_template: bool = True) -> list[int]:
-    """Token ids of the full prompt, ready for generation."""
+    """Token ids of the full prompt, ready for generation.
+
+    User-supplied text cannot carry the tokenizer's special tokens (``<|im_end|>`` and the like):
+    they are removed first, so a question cannot forge chat roles or end the prompt early.
+    """
+    specials = [t for t in getattr(tokenizer, "all_special_tokens", []) if t]
+    question, context = strip_special_tokens(question, specials), strip_special_tokens(context, specials)
+    history = [(strip_special_tokens(q, specials), strip_special_tokens(a, specials)) for q, a in history]
     if use_chat_template and getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(chat_messages(question, context, history),
                                              tokenize=False, add_generation_prompt=True)
         return tokenizer(text, add_special_tokens=False)["input_ids"]
     return tokenizer(seed_prompt(question, context, history))["input_ids"]
+
+
+def strip_special_tokens(text: str, specials: Sequence[str]) -> str:
+    for token in specials:
+        text = text.replace(token, "")
+    return text
 
 
 def clean_answer(text: str) -> str:

@@ -1,0 +1,568 @@
+"""Reliability and security of the IRP node (issue 6): bad input, floods, faults and crashes.
+
+The promise under test: exactly one result per question, no lost salient memory, and the node keeps
+serving. Every fault is injected through a real code path: real DDS between processes, real SQLite
+locks held by another process, real signals and ``kill -9``. Figures measured here are in
+docs/reliability.md (run with ``-s`` to see them printed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import signal
+import sqlite3
+import struct
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import rclpy
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from rclpy.context import Context
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from std_msgs.msg import String
+
+from ros_harness import START_TIMEOUT, RunningNode, percentiles
+
+from sage_irp_ros.errors import INVALID_INPUT, TOO_LONG, SageError
+from sage_irp_ros.questions import MAX_DEADLINE_S, MAX_ID_CHARS, MAX_ITERATIONS, parse_id, parse_question
+
+MAX_CHARS = 500
+_CONTROL = {chr(c) for c in [*range(0, 9), 11, 12, *range(14, 32), 127]}
+
+
+def _ok(result):
+    assert result["ok"], result["error"]
+    return result
+
+
+# -- the parser, property-based ---------------------------------------------------------------------
+ANY_CHAR = st.characters(codec=None, exclude_categories=())  # surrogates and control characters included
+JSON_SCALARS = (st.none() | st.booleans() | st.integers(min_value=-2**70, max_value=2**70)
+                | st.floats(allow_nan=True, allow_infinity=True) | st.text(ANY_CHAR, max_size=30))
+JSON_VALUES = st.recursive(JSON_SCALARS, lambda inner: st.lists(inner, max_size=3)
+                           | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=8)
+FIELD_VALUES = {
+    "id": st.text(ANY_CHAR, max_size=140) | JSON_VALUES,
+    "question": st.text(ANY_CHAR, max_size=2 * MAX_CHARS) | JSON_VALUES,
+    "text": st.text(ANY_CHAR, max_size=50) | JSON_VALUES,
+    "conversation": st.text(ANY_CHAR, max_size=140) | JSON_VALUES,
+    "context": st.text(ANY_CHAR, max_size=2 * MAX_CHARS) | JSON_VALUES,
+    "max_iterations": st.integers(-5, 100) | JSON_VALUES,
+    "deadline_s": st.floats(-10, 5000) | JSON_VALUES,
+    "reset": st.booleans() | JSON_VALUES,
+}
+QUESTION_OBJECTS = st.fixed_dictionaries({}, optional=FIELD_VALUES).flatmap(
+    lambda known: st.dictionaries(st.text(max_size=10), JSON_VALUES, max_size=3).map(
+        lambda extra: {**extra, **known}))
+
+
+def _check_parse(raw: str):
+    try:
+        q = parse_question(raw, MAX_CHARS)
+    except SageError as exc:
+        assert exc.code in (INVALID_INPUT, TOO_LONG) and exc.message
+        return None
+    assert q.text and q.text == q.text.strip() and len(q.text) <= MAX_CHARS
+    assert not _CONTROL & set(q.text + q.id + q.conversation + q.context)
+    assert 0 < len(q.id) <= MAX_ID_CHARS and 0 < len(q.conversation) <= MAX_ID_CHARS
+    assert q.max_iterations is None or (type(q.max_iterations) is int and 1 <= q.max_iterations <= MAX_ITERATIONS)
+    assert q.deadline_s is None or (math.isfinite(q.deadline_s) and 0 < q.deadline_s <= MAX_DEADLINE_S)
+    assert isinstance(q.reset, bool)
+    (q.text + q.id + q.conversation + q.context).encode("utf-8")  # never a lone surrogate
+    return q
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(ANY_CHAR, max_size=3 * MAX_CHARS) | st.binary(max_size=200).map(
+    lambda b: b.decode("utf-8", errors="replace")))
+def test_parser_accepts_or_refuses_any_string_precisely(raw):
+    _check_parse(raw)
+    pid = parse_id(raw)
+    assert pid is None or (isinstance(pid, str) and 0 < len(pid) <= MAX_ID_CHARS)
+
+
+@settings(max_examples=400, deadline=None)
+@given(QUESTION_OBJECTS, st.booleans())
+def test_parser_accepts_or_refuses_any_json_object_precisely(obj, id_first):
+    if id_first and "id" in obj:
+        obj = {"id": obj["id"], **obj}
+    raw = json.dumps(obj)  # ensure_ascii: surrogates and NULs travel as \u escapes; NaN as NaN
+    q = _check_parse(raw)
+    pid = parse_id(raw)
+    if isinstance(obj.get("id"), str) and 0 < len(obj["id"]) <= MAX_ID_CHARS:
+        try:
+            obj["id"].encode("utf-8")
+            assert pid == obj["id"]
+        except UnicodeEncodeError:
+            assert pid is None
+    if q is not None:
+        unknown = {k for k in obj if k not in FIELD_VALUES}
+        assert bool(q.warnings) == bool(unknown)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text("x{}\"id: ", max_size=300), st.integers(MAX_CHARS, 3 * MAX_CHARS))
+def test_oversized_messages_are_refused_before_parsing_and_keep_a_leading_id(tail, size):
+    raw = '{"id": "big-1", "question": "' + "x" * (2 * MAX_CHARS + 4096) + tail
+    with pytest.raises(SageError) as err:
+        parse_question(raw, MAX_CHARS)
+    assert err.value.code == TOO_LONG
+    assert parse_id(raw) == "big-1"
+
+
+# -- a live node --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def rel(tiny_model_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("reliability")
+    running = RunningNode(tmp, params={
+        "model.path": str(tiny_model_dir), "memory.db_path": str(tmp / "memory.db"),
+        "llm_irp.max_question_chars": MAX_CHARS, "llm_irp.max_tokens": 4, "node.queue_size": 8})
+    yield running
+    try:
+        counts = Counter(r["id"] for r in running.tester.results)
+        assert not [i for i, n in counts.items() if n > 1], f"duplicate results: {counts.most_common(3)}"
+    finally:
+        running.close()
+
+
+@pytest.fixture
+def t(rel):
+    assert rel.proc.proc.poll() is None, rel.proc.log()[-3000:]
+    return rel.tester
+
+
+ROS_SAFE_TEXT = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=2 * MAX_CHARS)
+LIVE_MESSAGES = ROS_SAFE_TEXT | QUESTION_OBJECTS.map(lambda o: ("json", o))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+@given(message=LIVE_MESSAGES)
+def test_live_node_answers_arbitrary_messages_exactly_once(t, message):
+    if isinstance(message, tuple):
+        qid = f"hyp-{uuid.uuid4().hex[:8]}"
+        obj = {"id": qid, **{k: v for k, v in message[1].items() if k != "id"}}
+        result = t.exchange_raw(json.dumps(obj))
+        assert result["id"] == qid
+    else:
+        result = t.exchange_raw(message)
+    assert result["ok"] or result["error"]["code"] in (INVALID_INPUT, TOO_LONG), result["error"]
+    assert result["ok"] == (result["error"] is None) and (result["snarc"] is not None) == result["ok"]
+
+
+def test_live_node_after_the_property_run_still_answers_once(t):
+    before = len(t.results)
+    _ok(t.ask("What is 2+2?", qid="after-property"))
+    assert len(t.results) == before + 1
+
+
+def test_one_megabyte_message_is_too_long_and_keeps_its_id(t):
+    result = t.ask("x" * (1 << 20), qid="mb-json")  # SageClient-style: "id" first
+    assert result["error"]["code"] == "too_long" and f"limit is {MAX_CHARS}" in result["error"]["message"]
+    plain = t.exchange_raw("y" * (1 << 20))
+    assert plain["error"]["code"] == "too_long" and len(plain["id"]) == 12 and plain["question"] == ""
+    _ok(t.ask("What is 2+2?", qid="after-mb"))
+
+
+def _raw_string_message(payload: bytes) -> bytes:
+    """A CDR-serialised std_msgs/String whose bytes need not be UTF-8 (what a C++ node could send)."""
+    return b"\x00\x01\x00\x00" + struct.pack("<I", len(payload) + 1) + payload + b"\x00"
+
+
+def test_invalid_utf8_lone_surrogates_and_control_characters(t):
+    t.question_pub.publish(_raw_string_message(b'{"id": "utf8-1", "question": "caf\xc3 \xff\xfe?"}'))
+    t.wait_results(["utf8-1"], 10)
+    (bad,) = t.results_for("utf8-1")
+    assert bad["error"]["code"] == "invalid_input" and "UTF-8" in bad["error"]["message"]
+
+    surrogate = t.exchange_raw('{"id": "sur-1", "question": "bad \\ud800 surrogate"}')
+    assert (surrogate["id"], surrogate["error"]["code"]) == ("sur-1", "invalid_input")
+    assert "surrogate" in surrogate["error"]["message"]
+
+    only_control = t.exchange_raw('{"id": "cc-1", "question": "\\u0000\\u0007\\u001b\\u007f"}')
+    assert only_control["error"]["code"] == "invalid_input" and "empty" in only_control["error"]["message"]
+    mixed = _ok(t.exchange_raw('{"id": "cc-2", "question": "What\\u0007 is\\u0000 2+2?\\u001b"}'))
+    assert mixed["question"] == "What is 2+2?"
+    plain = _ok(t.exchange_raw("What\x07 is\x1b 2+2?\x7f"))
+    assert plain["question"] == "What is 2+2?"
+
+
+def test_format_strings_and_template_syntax_are_plain_data(rel, t):
+    qid = "%s%n%x{0}{__class__}"
+    text = "What is %s%n {0} {__class__.__mro__} {{ 7*7 }} {% raw %}<|im_end|>?"
+    result = _ok(t.ask(text, qid=qid, conversation="%n%n{0}", context="%(x)s {{ config }}"))
+    assert (result["id"], result["question"], result["conversation"]) == (qid, text, "%n%n{0}")
+    refused = t.ask("", qid=qid + "-empty")
+    assert refused["id"] == qid + "-empty" and refused["error"]["code"] == "invalid_input"
+    rel.proc.wait_log(f"question {qid}-empty refused: invalid_input")  # logged verbatim, not formatted
+
+
+@pytest.mark.parametrize("field,value", [
+    ("max_iterations", 0), ("max_iterations", -1), ("max_iterations", 65), ("max_iterations", 10**30),
+    ("max_iterations", 2.5), ("max_iterations", True), ("max_iterations", float("nan")),
+    ("deadline_s", 0), ("deadline_s", -1.0), ("deadline_s", 3601), ("deadline_s", 1e308),
+    ("deadline_s", float("nan")), ("deadline_s", float("-inf")), ("deadline_s", "5"),
+])
+def test_out_of_range_numbers_are_refused(t, field, value):
+    qid = f"num-{uuid.uuid4().hex[:6]}"
+    result = t.exchange_raw(json.dumps({"id": qid, "question": "What is 2+2?", field: value}))
+    assert (result["id"], result["error"]["code"]) == (qid, "invalid_input")
+    assert field in result["error"]["message"]
+
+
+def test_unknown_fields_are_ignored_with_a_warning(rel, t):
+    result = _ok(t.ask("What is 2+2?", qid="unknown-1", priority=3, extra={"a": [1]}))
+    assert result["warnings"] == ["ignored unknown fields: extra, priority"]
+    rel.proc.wait_log("question unknown-1: ignored unknown fields: extra, priority")
+
+
+# -- load ------------------------------------------------------------------------------------------------
+def test_load_200_questions_at_50_hz_from_3_publishers(rel, t):
+    # Longer answers than the other tests, so inference (~10/s here) is slower than arrivals (50/s)
+    # and the bounded queue really fills.
+    (res,) = t.set_parameters({"llm_irp.max_tokens": 32})
+    assert res.successful, res.reason
+    rss_before = t.statuses[-1]["rss_mb"]
+    publishers = [t.node.create_publisher(String, f"{t.namespace}/question",
+                                          QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+                  for _ in range(3)]
+    t.wait_for(lambda: all(p.get_subscription_count() > 0 for p in publishers), 10, "publisher matching")
+    per_publisher, period = 67, 3 / 50.0  # 3 x 67 = 201 questions at 50 Hz in total
+
+    def publish(p: int) -> None:
+        start = time.monotonic()
+        for i in range(per_publisher):
+            qid = f"load-{p}-{i}"
+            publishers[p].publish(String(data=json.dumps({"id": qid, "question": f"Load question {p}-{i}?",
+                                                           "conversation": f"load-{p}"})))
+            time.sleep(max(0.0, start + (i + 1) * period - time.monotonic()))  # pacing, not synchronisation
+
+    threads = [threading.Thread(target=publish, args=(p,)) for p in range(3)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    send_s = time.monotonic() - started
+    ids = [f"load-{p}-{i}" for p in range(3) for i in range(per_publisher)]
+    try:
+        results = t.wait_results(ids, timeout=120)
+        _ok(t.ask("Sentinel after load?", qid="load-sentinel"))
+    finally:
+        (res,) = t.set_parameters({"llm_irp.max_tokens": 4})
+    for qid in ids:
+        assert len(t.results_for(qid)) == 1, t.results_for(qid)
+        p, i = qid.split("-")[1:]
+        assert results[qid]["question"] == f"Load question {p}-{i}?"
+        assert results[qid]["conversation"] == f"load-{p}"
+    codes = Counter("ok" if r["ok"] else r["error"]["code"] for r in results.values())
+    assert set(codes) <= {"ok", "queue_full"}, codes
+    assert codes["ok"] > 0
+    mark = t.status_mark()  # the heartbeat after the load
+    status = t.wait_status(lambda s: s["queue_depth"] == 0, 10, since=mark)
+    rss_after = status["rss_mb"]
+    ok = [r for r in results.values() if r["ok"]]
+    figures = {
+        "questions": len(ids), "send_s": round(send_s, 2), "rate_hz": round(len(ids) / send_s, 1),
+        "ok": codes["ok"], "queue_full": codes["queue_full"],
+        "queued_s": percentiles([r["timing"]["queued_s"] for r in ok]),
+        "inference_s": percentiles([r["timing"]["inference_s"] for r in ok]),
+        "total_s": percentiles([r["timing"]["total_s"] for r in ok]),
+        "refusal_s": percentiles([r["timing"]["total_s"] for r in results.values() if not r["ok"]]),
+        "rss_mb": [rss_before, rss_after],
+    }
+    print("\nLOAD FIGURES " + json.dumps(figures))
+    assert rss_after - rss_before < 100, figures
+
+
+def test_a_slow_result_subscriber_does_not_stall_inference(t):
+    baseline_start = time.monotonic()
+    for i in range(10):
+        _ok(t.ask("What is 2+2?", qid=f"base-{i}"))
+    baseline = time.monotonic() - baseline_start
+
+    ctx = Context()
+    rclpy.init(context=ctx, domain_id=t.ctx.get_domain_id())  # a second participant, like another process
+    slow = rclpy.create_node("slow_subscriber", context=ctx)
+    entered, release, calls = threading.Event(), threading.Event(), []
+
+    def blocking_callback(msg: String) -> None:
+        calls.append(msg.data)
+        entered.set()
+        release.wait(60)  # holds its executor: this subscriber takes nothing more until released
+
+    sub = slow.create_subscription(String, f"{t.namespace}/result", blocking_callback,
+                                   QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+    executor = SingleThreadedExecutor(context=ctx)
+    executor.add_node(slow)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    try:
+        t.wait_for(lambda: sub.get_publisher_count() > 0, 10, "the slow subscriber to match")
+        for i in range(50):  # until the node's writer has matched it too and it is stuck in a callback
+            _ok(t.ask("Block the slow subscriber?", qid=f"slow-block-{i}"))
+            if entered.wait(0.2):
+                break
+        assert entered.is_set(), "the slow subscriber never got a result"
+        blocked_start = time.monotonic()
+        for i in range(30):
+            _ok(t.ask("What is 2+2?", qid=f"slow-{i + 1}", timeout=10))
+        blocked = (time.monotonic() - blocked_start) / 3  # per 10 questions, like the baseline
+        assert len(calls) == 1 and not release.is_set()  # it really was stuck the whole time
+        print(f"\nSLOW SUBSCRIBER 10 questions: {baseline:.2f} s without, {blocked:.2f} s with a stuck subscriber")
+        assert blocked < 3 * baseline + 1.0
+    finally:
+        release.set()
+        executor.shutdown(timeout_sec=2)
+        slow.destroy_node()
+        rclpy.try_shutdown(context=ctx)
+        spinner.join(5)
+
+
+# -- context window ------------------------------------------------------------------------------------
+CONTEXT = 128
+
+
+@pytest.fixture(scope="module")
+def short_context_model_dir(tmp_path_factory) -> Path:
+    from tiny_models import build_tiny_model
+
+    # 128 positions: a short question plus two or three earlier turns fit, five do not
+    return build_tiny_model(tmp_path_factory.mktemp("ctx128") / "model", max_positions=CONTEXT)
+
+
+def _prompt_tokens(model_dir: Path, question: str) -> int:
+    from transformers import AutoTokenizer
+
+    from sage_irp_ros.prompts import build_prompt_ids
+
+    return len(build_prompt_ids(AutoTokenizer.from_pretrained(str(model_dir)), question))
+
+
+def test_context_overflow_truncates_history_first_then_refuses(short_context_model_dir, tmp_path,
+                                                               ros_env):
+    max_tokens = 8
+    words = "knowledge understanding compression meaning robot kitchen cup".split()
+    # a question that fits alone (prompt + max_tokens <= CONTEXT) but leaves no room for an earlier turn
+    # (one turn is over 25 tokens with this tokenizer and chat template)
+    fitting = "Why"
+    while _prompt_tokens(short_context_model_dir, fitting + " " + words[0] + "?") + max_tokens <= CONTEXT - 8:
+        fitting += " " + words[len(fitting) % len(words)]
+    too_big = " ".join(words * 10) + "?"
+    assert _prompt_tokens(short_context_model_dir, too_big) + max_tokens > CONTEXT
+    node = RunningNode(tmp_path, env=ros_env, params={
+        "model.path": str(short_context_model_dir), "memory.db_path": "none",
+        "llm_irp.max_tokens": max_tokens, "memory.circular_buffer_size": 5})
+    t = node.tester
+    try:
+        used = [_ok(t.ask(f"What is {i}+{i}?", conversation="ctx"))["irp"]["history_used"] for i in range(5)]
+        assert used[0] == 0 and used[1] >= 1
+        assert any(u < i for i, u in enumerate(used)), used  # oldest turns were dropped to fit
+        alone = _ok(t.ask(fitting + "?", conversation="ctx"))
+        assert alone["irp"]["history_used"] == 0  # history gave way first
+        refused = t.ask(too_big, conversation="ctx", qid="ctx-too-big")
+        assert refused["error"]["code"] == "too_long" and f"context window of {CONTEXT}" in refused["error"]["message"]
+        _ok(t.ask("What is 2+2?", conversation="ctx"))
+    finally:
+        rc = node.close()
+    assert rc == 0
+
+
+# -- SQLite faults --------------------------------------------------------------------------------------
+def _spawn_locker(db: Path) -> subprocess.Popen:
+    """Another process holding an exclusive write lock on ``db`` until it reads a line."""
+    code = ("import sqlite3, sys\n"
+            "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+            "c.execute('BEGIN EXCLUSIVE')\n"
+            "print('locked', flush=True)\n"
+            "sys.stdin.readline()\n"
+            "c.execute('COMMIT')\n"
+            "print('released', flush=True)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(db)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def _stored_ids(db: Path) -> set[str]:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        return {row[0] for row in conn.execute("SELECT question_id FROM exchanges")}
+
+
+def test_sqlite_locked_by_another_process(tiny_model_dir, tmp_path, ros_env):
+    db = tmp_path / "memory.db"
+    node = RunningNode(tmp_path, env=ros_env, params={
+        "model.path": str(tiny_model_dir), "memory.db_path": str(db), "snarc.salience_threshold": 0.0})
+    t = node.tester
+    locker = None
+    try:
+        _ok(t.ask("Before the lock?", qid="db-0"))
+        assert _stored_ids(db) == {"db-0"}
+        locker = _spawn_locker(db)
+        mark = t.status_mark()
+        for i in (1, 2):
+            _ok(t.ask("While locked?", qid=f"db-{i}", timeout=20))  # answers keep flowing
+        status = t.wait_status(lambda s: not s["memory_store"]["ok"], 10, "memory_store.ok false", mark)
+        assert str(db) in status["memory_store"]["error"] and "locked" in status["memory_store"]["error"]
+        assert status["lifecycle"] == "active"
+        locker.stdin.write("\n")
+        locker.stdin.flush()
+        assert locker.stdout.readline().strip() == "released"
+        assert locker.wait(10) == 0
+        mark = t.status_mark()
+        _ok(t.ask("After the lock?", qid="db-3"))
+        t.wait_status(lambda s: s["memory_store"]["ok"] and s["memory_store"]["error"] is None, 10, since=mark)
+        stored = _stored_ids(db)
+        assert stored == {"db-0", "db-3"}  # the exchanges answered during the lock were not stored
+    finally:
+        if locker is not None and locker.poll() is None:
+            locker.kill()
+        rc = node.close()
+    assert rc == 0
+
+
+def test_sqlite_disk_full_then_space_freed(tiny_model_dir, tmp_path, ros_env):
+    """A full disk, for real: the node's RLIMIT_FSIZE is lowered to the WAL file's current size from
+    outside (prlimit on the soft limit; Python ignores SIGXFSZ, so writes fail with EFBIG and SQLite
+    reports the database or disk full), then lifted again."""
+    import resource
+
+    db = tmp_path / "memory.db"
+    node = RunningNode(tmp_path, env=ros_env, params={
+        "model.path": str(tiny_model_dir), "memory.db_path": str(db), "snarc.salience_threshold": 0.0})
+    t = node.tester
+    try:
+        _ok(t.ask("Before the disk fills?", qid="full-0"))
+        wal = Path(f"{db}-wal")
+        limit = max(wal.stat().st_size, db.stat().st_size)  # no file of the node may grow any more
+        original = resource.prlimit(node.proc.pid, resource.RLIMIT_FSIZE)
+        resource.prlimit(node.proc.pid, resource.RLIMIT_FSIZE, (limit, original[1]))  # soft limit only
+        try:
+            mark = t.status_mark()
+            for i in (1, 2):
+                _ok(t.ask("While the disk is full?", qid=f"full-{i}"))
+            status = t.wait_status(lambda s: not s["memory_store"]["ok"], 10, "memory_store.ok false", mark)
+            assert str(db) in status["memory_store"]["error"] and "full" in status["memory_store"]["error"]
+        finally:
+            resource.prlimit(node.proc.pid, resource.RLIMIT_FSIZE, original)
+        mark = t.status_mark()
+        _ok(t.ask("After space was freed?", qid="full-3"))
+        t.wait_status(lambda s: s["memory_store"]["ok"], 10, "memory_store.ok true again", mark)
+        stored = _stored_ids(db)  # integrity_check == ok inside
+        # the write that hit the full disk was dropped whole; closing the failed connection checkpoints
+        # and shrinks the WAL, so the next exchange may already fit again
+        assert {"full-0", "full-3"} <= stored and stored != {"full-0", "full-1", "full-2", "full-3"}
+    finally:
+        rc = node.close()
+    assert rc == 0
+
+
+def test_kill_9_while_exchanges_are_written_loses_no_published_exchange(tiny_model_dir, tmp_path,
+                                                                       ros_env):
+    db = tmp_path / "memory.db"
+    node = RunningNode(tmp_path, env=ros_env, params={
+        "model.path": str(tiny_model_dir), "memory.db_path": str(db), "snarc.salience_threshold": 0.0,
+        "node.queue_size": 100, "memory.consolidation_interval": 7, "llm_irp.max_tokens": 32})
+    t = node.tester
+    try:
+        ids = [t.send(f"Question {i} before the crash?", qid=f"k9-{i}") for i in range(60)]
+        t.wait_count(15, 60)
+        node.proc.proc.kill()
+        assert node.proc.wait(10) == -signal.SIGKILL
+        with t._cond:
+            published = [r for r in t.results if r["id"] in ids]
+    finally:
+        node.close()
+    assert 15 <= len(published) < 60, "the crash should come while questions are still being answered"
+    stored = _stored_ids(db)  # integrity_check == ok inside
+    salient = {r["id"] for r in published if r["ok"] and r["snarc"]["salient"]}
+    assert salient and salient <= stored, salient - stored
+    with sqlite3.connect(str(db)) as conn:
+        partial = conn.execute("SELECT COUNT(*) FROM exchanges WHERE question = '' OR answer = '' "
+                               "OR irp_json = '' OR timing_json = ''").fetchone()[0]
+    assert partial == 0
+
+
+# -- signals ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def slow_model_dir(tmp_path_factory) -> Path:
+    from tiny_models import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("slow") / "model", max_positions=8192)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_during_generation_answers_everything_and_exits_cleanly(slow_model_dir, tmp_path, ros_env,
+                                                                       sig):
+    db = tmp_path / "memory.db"
+    node = RunningNode(tmp_path, env=ros_env, params={
+        "model.path": str(slow_model_dir), "memory.db_path": str(db), "snarc.salience_threshold": 0.0,
+        "llm_irp.max_tokens": 4000, "node.shutdown_timeout_s": 1.0})
+    t = node.tester
+    try:
+        _ok(t.ask("Stored before the signal?", qid="sig-0", deadline_s=0.3))
+        assert Path(f"{db}-wal").exists()  # the store is open
+        mark = t.status_mark()
+        ids = [t.send("Tell me a very long story.", qid=f"sig-{i}") for i in range(1, 5)]
+        t.wait_status(lambda s: s["state"] == "busy" and s["queue_depth"] == 3, 30, "three queued questions", mark)
+        start = time.monotonic()
+        node.proc.signal(sig)
+        rc = node.proc.wait(20)
+        elapsed = time.monotonic() - start
+        results = t.wait_results(ids, 5)
+    finally:
+        node.close()
+    log = node.proc.log()
+    print(f"\n{signal.Signals(sig).name}: exited with {rc} after {elapsed:.2f} s")
+    assert rc == 0, log[-3000:]
+    assert elapsed < 20
+    for qid in ids:
+        assert len(t.results_for(qid)) == 1
+    assert results["sig-1"]["ok"] or results["sig-1"]["error"]["code"] == "shutting_down"
+    for qid in ids[1:]:
+        assert results[qid]["error"]["code"] == "shutting_down", results[qid]
+    assert "Traceback" not in log
+    assert not Path(f"{db}-wal").exists() or Path(f"{db}-wal").stat().st_size == 0  # the DB was closed
+    assert "sig-0" in _stored_ids(db)
+
+
+# -- model path missing or corrupt at configure ------------------------------------------------------------
+def test_missing_then_corrupt_model_path_is_fixed_without_restarting(tiny_model_dir, tmp_path, ros_env):
+    model = tmp_path / "later" / "model"
+    node = RunningNode(tmp_path, env=ros_env, wait=False, params={
+        "model.path": str(model), "memory.db_path": "none", "node.autostart": True})
+    t = node.tester
+    try:
+        status = t.wait_status(lambda s: s["state"] == "error", START_TIMEOUT, "the configure error")
+        assert status["lifecycle"] == "unconfigured" and str(model) in status["error"]
+        assert "does not exist" in status["error"]
+        assert t.get_state() == "unconfigured"
+        t.client.wait_for_node(10)
+        assert t.ask("Anyone there?", qid="mp-0")["error"]["code"] == "not_active"
+
+        model.mkdir(parents=True)
+        (model / "config.json").write_text("{broken", encoding="utf-8")
+        assert not t.change_state("configure")
+        status = t.wait_status(lambda s: s["state"] == "error" and "cannot load" in (s["error"] or ""), 10)
+        assert str(model) in status["error"] and t.get_state() == "unconfigured"
+
+        shutil.rmtree(model)
+        shutil.copytree(tiny_model_dir, model)
+        assert t.change_state("configure") and t.change_state("activate")
+        status = t.wait_status(lambda s: s["lifecycle"] == "active", 10)
+        assert status["error"] is None and status["model"] == "model"
+        _ok(t.ask("What is 2+2?", qid="mp-1"))
+        assert node.proc.proc.poll() is None  # the same process throughout
+    finally:
+        rc = node.close()
+    assert rc == 0
