@@ -47,7 +47,8 @@ def build_prompt_ids(tokenizer, question: str, context: str = "", history: Histo
     User-supplied text cannot carry the tokenizer's special tokens (``<|im_end|>`` and the like):
     they are removed first, so a question cannot forge chat roles or end the prompt early.
     """
-    specials = [t for t in getattr(tokenizer, "all_special_tokens", []) if t]
+    specials = sorted({t for t in [*getattr(tokenizer, "all_special_tokens", []),
+                                   *tokenizer.get_added_vocab()] if t}, key=len, reverse=True)
     question, context = strip_special_tokens(question, specials), strip_special_tokens(context, specials)
     history = [(strip_special_tokens(q, specials), strip_special_tokens(a, specials)) for q, a in history]
     if use_chat_template and getattr(tokenizer, "chat_template", None):
