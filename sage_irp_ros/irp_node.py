@@ -161,8 +161,7 @@ class IrpNode(Node, LifecycleNodeMixin):
         for warning in question.warnings:
             self.get_logger().warning(f"question {question.id}: {warning}")
         if not self._active.is_set():
-            self._reject(SageError(errors.SHUTTING_DOWN, "the node is shutting down") if self._stopping.is_set()
-                         else SageError(errors.NOT_ACTIVE, f"node is {self._lifecycle}, not active"),
+            self._reject(self._inactive_error(f"node is {self._lifecycle}, not active"),
                          question.id, received, question)
             return
         try:
@@ -204,14 +203,18 @@ class IrpNode(Node, LifecycleNodeMixin):
                 return
             question, received = item
             if not self._active.is_set():
-                error = (SageError(errors.SHUTTING_DOWN, "the node is shutting down") if self._stopping.is_set()
-                         else SageError(errors.NOT_ACTIVE, "the node was deactivated before this question ran"))
+                error = self._inactive_error("the node was deactivated before this question ran")
                 self._publish_result(self.core.error_result(question, error, received=received))
                 continue
             self._set_state(self._lifecycle, "busy")
             result = self.core.answer(question, received=received, throttled=self._throttled, cancel=self._cancel)
             self._publish_result(result)
             self._set_state(self._lifecycle, "ready" if self._active.is_set() else "idle")
+
+    def _inactive_error(self, message: str) -> SageError:
+        if self._stopping.is_set():
+            return SageError(errors.SHUTTING_DOWN, "the node is shutting down")
+        return SageError(errors.NOT_ACTIVE, message)
 
     def _reject(self, error: SageError, question_id: str | None, received: float, question=None) -> None:
         self.get_logger().warning(f"question {question_id or '(no id)'} refused: {error.code}: {error.message}")
