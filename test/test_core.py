@@ -89,7 +89,7 @@ def test_out_of_memory_retries_once_with_fewer_candidates(core, monkeypatch):
     calls = []
 
     def oom_once(*args, **kwargs):
-        calls.append(kwargs["num_return_sequences"])
+        calls.append(kwargs["input_ids"].shape[0])
         if len(calls) == 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(*args, **kwargs)
