@@ -104,6 +104,8 @@ def load_model(model_cfg: ModelConfig, irp_cfg: IRPConfig,
             model = _attach_adapter(model, adapter, model_cfg.merge_adapter, folder)
             model_id += f"+{adapter.name}" + ("(merged)" if model_cfg.merge_adapter else "")
         model.eval()
+        if device.type == "cpu":
+            _make_resident(model)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         loaded = LoadedModel(
@@ -122,6 +124,17 @@ def release(loaded: LoadedModel) -> None:
         _cache.pop(loaded.key, None)
     if loaded.device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def _make_resident(model: torch.nn.Module) -> None:
+    """Copy CPU weights out of the memory-mapped safetensors file into process memory.
+
+    Memory-mapped pages can be dropped and re-read by the kernel under memory pressure, which shows
+    up as random slow tokens on a robot; keep-alive means the weights stay in RAM.
+    """
+    with torch.no_grad():
+        for param in model.parameters():
+            param.data = param.data.clone()
 
 
 def footprint_mb(model: torch.nn.Module) -> float:

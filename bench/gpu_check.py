@@ -1,0 +1,247 @@
+"""GPU check: per-token decode time of batched candidate sampling against the bandwidth floor.
+
+One command for a lent GPU session (needs only torch and transformers, no model download):
+
+    PYTHONUNBUFFERED=1 python3 -m bench.gpu_check            # or: bash bench/gpu_check.sh
+    python3 -m bench.gpu_check --dry-run                      # tiny model on CPU: checks the script runs
+
+It builds a randomly initialised model with Qwen2.5-0.5B-Instruct's exact architecture in fp16
+(weights do not change speed), then for N = 1, 3, 5, 8 candidates decodes ``--tokens`` tokens per
+candidate in ONE generate call with per-row temperatures (as the package's engine does: a logits
+processor divides row i by its temperature and gathers the untempered log-prob of the sampled token),
+in three modes:
+
+- ``eager``:   dynamic KV cache, no compilation (what the package does today);
+- ``static``:  ``cache_implementation="static"`` with ``disable_compile=True``;
+- ``compile``: ``cache_implementation="static"``; transformers then compiles the forward pass
+  (torch.compile, mode "reduce-overhead" = CUDA graphs) on CUDA.
+
+Reported per cell: prefill ms, decode ms per step (one step = one new token for each of the N rows),
+decode ms per generated token, tokens/s, peak GPU memory, and the ratio of the step time to the
+bandwidth floor = weight bytes / memory bandwidth (KV-cache bytes are added; they are small here).
+Floors are listed for H100 SXM (3.35 TB/s), H100 PCIe (2.0 TB/s), H200 (4.8 TB/s) and Jetson Orin
+Nano 8GB (68 GB/s); the GPU in hand is detected by name, and a measured device-to-device copy
+bandwidth is reported beside it as the practical ceiling.
+
+The JSON result is printed (last line, prefixed ``GPU-CHECK-JSON``) and written to ``--out``
+(default ``$OUT/gpu_check.json`` when ``$OUT`` is set, else ``bench/results/gpu_check.json``) after
+every cell, so a run cut short still leaves what it measured. ``--budget-s`` skips the remaining
+cells (recorded as skipped) once that much time has passed, so the run ends inside a lease.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+try:  # run as ``python -m bench.gpu_check`` or as a plain script
+    from bench.models import random_model, weight_bytes
+except ImportError:  # pragma: no cover
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench.models import random_model, weight_bytes
+
+BANDWIDTH_GBS = {"H100 SXM": 3350.0, "H100 PCIe": 2000.0, "H200": 4800.0, "Jetson Orin Nano 8GB": 68.0}
+
+
+def detect_bandwidth(name: str | None) -> tuple[str | None, float | None]:
+    if not name:
+        return None, None
+    upper = name.upper()
+    if "H200" in upper:
+        return "H200", BANDWIDTH_GBS["H200"]
+    if "H100" in upper:
+        return ("H100 PCIe", BANDWIDTH_GBS["H100 PCIe"]) if "PCIE" in upper else (
+            "H100 SXM", BANDWIDTH_GBS["H100 SXM"])
+    if "ORIN" in upper:
+        return "Jetson Orin Nano 8GB", BANDWIDTH_GBS["Jetson Orin Nano 8GB"]
+    return None, None
+
+
+class RowTemperature:
+    """Per-row temperature + untempered log-prob of the sampled token (the engine's processor)."""
+
+    def __init__(self, temperatures, device, sync):
+        import torch
+
+        self.t = torch.tensor(temperatures, dtype=torch.float32, device=device)[:, None]
+        self.first_call: float | None = None
+        self.sync = sync
+        self.last = None
+        self.logprobs = []
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        if self.first_call is None:
+            self.sync()
+            self.first_call = time.perf_counter()
+        if self.last is not None:
+            self.logprobs.append(self.last.gather(1, input_ids[:, -1:]))
+        self.last = torch.log_softmax(scores.float(), dim=-1)
+        return scores / self.t.to(scores.dtype)
+
+
+def measure_copy_bandwidth(torch, device) -> float | None:
+    """Device-to-device copy of 1 GiB: (bytes read + written) / time, in GB/s."""
+    if device.type != "cuda":
+        return None
+    src = torch.empty(2**30, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    reps = 10
+    for _ in range(reps):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    seconds = (time.perf_counter() - start) / reps
+    del src, dst
+    torch.cuda.empty_cache()
+    return 2 * 2**30 / seconds / 1e9
+
+
+def run_cell(torch, model, mode: str, n: int, prompt_len: int, tokens: int, reps: int, device, sync) -> dict:
+    vocab = model.config.vocab_size
+    prompt = torch.randint(100, min(vocab, 30000), (1, prompt_len), device=device)
+    temps = [round(0.7 - i * 0.16 / n, 6) for i in range(n)]
+    kwargs: dict[str, Any] = dict(do_sample=True, temperature=1.0, top_k=None, top_p=None,
+                                  num_return_sequences=n, max_new_tokens=tokens, min_new_tokens=tokens,
+                                  pad_token_id=0, eos_token_id=model.config.eos_token_id)
+    if mode in ("static", "compile"):
+        kwargs["cache_implementation"] = "static"
+    if mode == "static":
+        kwargs["disable_compile"] = True
+
+    def once(max_new: int) -> dict:
+        proc = RowTemperature(temps, device, sync)
+        sync()
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt),
+                                 logits_processor=[proc], **{**kwargs, "max_new_tokens": max_new,
+                                                             "min_new_tokens": max_new})
+        sync()
+        end = time.perf_counter()
+        first = proc.first_call or end
+        new = out.shape[1] - prompt_len
+        return {"total_s": end - start, "prefill_s": first - start, "decode_s": end - first, "new_tokens": new}
+
+    warm = [once(tokens) for _ in range(2 if mode == "compile" else 1)]  # compile happens here
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    runs = [once(tokens) for _ in range(reps)]
+    steps = [r["decode_s"] / max(1, r["new_tokens"] - 1) for r in runs]
+    step = statistics.median(steps)
+    compiled = getattr(model, "_compiled_call", None) is not None
+    return {"mode": mode, "n": n, "tokens": tokens, "prompt_tokens": prompt_len, "reps": reps,
+            "warmup_s": [round(w["total_s"], 3) for w in warm], "compiled": compiled,
+            "prefill_ms": 1e3 * statistics.median(r["prefill_s"] for r in runs),
+            "decode_ms_per_step": 1e3 * step, "decode_ms_per_token": 1e3 * step / n,
+            "tokens_per_s": n / step, "total_s_median": statistics.median(r["total_s"] for r in runs),
+            "new_tokens": runs[0]["new_tokens"],
+            "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Batched decoding vs the memory-bandwidth floor on a GPU")
+    parser.add_argument("--shape", default="qwen05b-shape", choices=("qwen05b-shape", "smollm2-shape", "tiny"))
+    parser.add_argument("--dtype", default="fp16", choices=("fp16", "bf16", "fp32"))
+    parser.add_argument("--ns", default="1,3,5,8")
+    parser.add_argument("--modes", default="eager,static,compile")
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--prompt-tokens", type=int, default=32)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--budget-s", type=float, default=420.0, help="skip remaining cells after this long")
+    parser.add_argument("--bandwidth-gbs", type=float, default=0.0, help="override the detected bandwidth")
+    parser.add_argument("--dry-run", action="store_true", help="tiny model, few tokens, CPU allowed")
+    parser.add_argument("--out", default="")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    started = time.perf_counter()
+    if args.dry_run:
+        args.shape, args.tokens, args.prompt_tokens, args.reps, args.ns = "tiny", 6, 8, 1, "1,3"
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type != "cuda" and not args.dry_run:
+        print("no CUDA device: use --dry-run to check the script on CPU", file=sys.stderr)
+        return 2
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    if device.type == "cpu" and dtype == torch.float16:
+        dtype = torch.float32  # fp16 on CPU is slow and not what a dry run checks
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    out_path = Path(args.out or (Path(os.environ["OUT"]) / "gpu_check.json" if os.environ.get("OUT") else
+                                 Path(__file__).resolve().parent / "results" / "gpu_check.json"))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+
+    gpu_name = torch.cuda.get_device_name(0) if device.type == "cuda" else None
+    bw_name, bw = detect_bandwidth(gpu_name)
+    if args.bandwidth_gbs:
+        bw_name, bw = "given", args.bandwidth_gbs
+    model, build_s = random_model(args.shape, dtype=dtype, device=str(device))
+    wbytes = weight_bytes(model)
+    cfg = model.config
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    kv_bytes_per_token_row = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * \
+        torch.tensor([], dtype=dtype).element_size()
+    result: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "host": platform.node(),
+        "gpu": gpu_name, "torch": torch.__version__, "device": str(device), "dtype": str(dtype),
+        "shape": args.shape, "parameters": sum(p.numel() for p in model.parameters()),
+        "weight_bytes": wbytes, "build_s": build_s, "bandwidth_assumed": {"name": bw_name, "gbs": bw},
+        "copy_bandwidth_gbs": measure_copy_bandwidth(torch, device),
+        "floor_ms_per_step_weights_only": {name: 1e3 * wbytes / (gbs * 1e9) for name, gbs in BANDWIDTH_GBS.items()},
+        "kv_bytes_per_token_per_row": kv_bytes_per_token_row, "cells": [], "skipped": []}
+    try:
+        from transformers import __version__ as tf_version
+        result["transformers"] = tf_version
+    except ImportError:  # pragma: no cover
+        pass
+
+    def save() -> None:
+        out_path.write_text(json.dumps(result, indent=1))
+
+    save()
+    modes = [m for m in args.modes.split(",") if m]
+    ns = [int(x) for x in args.ns.split(",") if x]
+    for mode in modes:
+        for n in ns:
+            if time.perf_counter() - started > args.budget_s:
+                result["skipped"].append({"mode": mode, "n": n, "why": "time budget"})
+                continue
+            try:
+                cell = run_cell(torch, model, mode, n, args.prompt_tokens, args.tokens, args.reps, device, sync)
+            except Exception as exc:  # record and go on: one failing mode must not lose the others
+                result["skipped"].append({"mode": mode, "n": n, "why": f"{type(exc).__name__}: {exc}"[:500]})
+                print(f"{mode} N={n}: FAILED {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+                save()
+                continue
+            # bandwidth floor of one step: all weights once + this step's KV cache reads (mid-sequence)
+            mid = args.prompt_tokens + args.tokens // 2
+            step_bytes = wbytes + n * mid * kv_bytes_per_token_row
+            cell["floor_ms_per_step"] = 1e3 * step_bytes / (bw * 1e9) if bw else None
+            cell["x_floor"] = cell["decode_ms_per_step"] / cell["floor_ms_per_step"] if bw else None
+            cell["effective_gbs"] = step_bytes / (cell["decode_ms_per_step"] / 1e3) / 1e9
+            result["cells"].append(cell)
+            save()
+            floor = f", floor {cell['floor_ms_per_step']:.3f} ms ({cell['x_floor']:.1f}x)" if bw else ""
+            print(f"{mode:8s} N={n}: prefill {cell['prefill_ms']:.1f} ms, decode {cell['decode_ms_per_step']:.3f} "
+                  f"ms/step = {cell['decode_ms_per_token']:.3f} ms/token, {cell['tokens_per_s']:.0f} tok/s, "
+                  f"effective {cell['effective_gbs']:.0f} GB/s{floor}, compiled={cell['compiled']}, "
+                  f"warm-up {cell['warmup_s']} s", flush=True)
+    result["duration_s"] = time.perf_counter() - started
+    save()
+    print("GPU-CHECK-JSON " + json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
