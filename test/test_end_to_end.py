@@ -65,13 +65,3 @@ def test_ask_without_a_node_times_out_with_exit_code(ros_env):
     ask = subprocess.run(_sage_irp("ask", "Hello?", "--timeout", "1", env=ros_env), env=ros_env,
                          capture_output=True, text=True, timeout=60)
     assert ask.returncode == 3 and "no IRP node answered" in ask.stderr
-
-
-def test_demo_once_prints_five_answers(ros_env, tmp_path):
-    env = {**ros_env, "XDG_DATA_HOME": str(tmp_path)}
-    demo = subprocess.run(_sage_irp("run", "--demo", "--once", "--ros-args", "-p", "llm_irp.max_tokens:=12",
-                                    env=env), env=env, capture_output=True, text=True, timeout=600)
-    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
-    for n in range(1, 6):
-        assert f"[demo {n}/5]" in demo.stdout
-    assert demo.stdout.count("salience ") == 5

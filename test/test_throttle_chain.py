@@ -1,0 +1,41 @@
+"""Issue 4 end to end: a tripped throttle alert in the platform's sysfs makes the diagnostics node
+publish ``throttled``, and the IRP node's next answer uses the throttled limits (fewer candidates);
+clearing the alert restores the normal count. Two node processes plus the test, real DDS."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from ros_harness import RunningNode
+
+ORIN = Path(__file__).resolve().parent / "data" / "sysfs" / "orin_nano_jp6"
+ALERT = "sys/class/thermal/cooling_device2/cur_state"  # gpu-throttle-alert in the recorded tree
+
+
+def test_tripped_alert_reduces_candidates_until_it_clears(tiny_model_dir, tmp_path):
+    root = tmp_path / "sysfs"
+    shutil.copytree(ORIN, root)
+    assert (root / ALERT).parent.joinpath("type").read_text().strip() == "gpu-throttle-alert"
+    (root / ALERT).write_text("1\n")
+    irp = RunningNode(tmp_path, params={"model.path": str(tiny_model_dir), "llm_irp.irp_iterations": 3,
+                                        "llm_irp.throttled_candidates": 1})
+    log = open(tmp_path / "diagnostics.log", "w")
+    diagnostics = subprocess.Popen(
+        [sys.executable, "-m", "sage_irp_ros.diagnostics_node", "--ros-args", "-r",
+         f"__ns:={irp.proc.namespace}", "-p", f"diagnostics.sysfs_root:={root}", "-p", "diagnostics.backend:=sysfs",
+         "-p", "diagnostics.rate_hz:=5.0"], env=irp.env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        irp.tester.wait_status(lambda s: s["throttled"], timeout=60)
+        throttled = irp.tester.ask("What is 2+2?")
+        assert throttled["ok"] and throttled["irp"]["throttled"] and throttled["irp"]["candidates"] == 1
+
+        (root / ALERT).write_text("0\n")
+        irp.tester.wait_status(lambda s: not s["throttled"], timeout=60)
+        normal = irp.tester.ask("What is 2+2?")
+        assert normal["ok"] and not normal["irp"]["throttled"] and normal["irp"]["candidates"] == 3
+    finally:
+        diagnostics.terminate()
+        diagnostics.wait(timeout=30)
+        log.close()
+        irp.close()
