@@ -43,6 +43,9 @@ LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability
 # takes them (or of queue_full results) is not overwritten in DDS before the node sees it. Depth does not
 # affect QoS matching: depth-10 clients connect as before.
 BURST = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+# Results: a reliable writer re-sends from its history until readers acknowledge; a burst of queue_full
+# refusals to a slow (CPU-starved) reader must not push unacknowledged results out of it. ~2 kB each.
+RESULTS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
 SNARC_LABEL = "surprise,novelty,arousal,reward,conflict,total"
 _STOP = object()
 
@@ -69,7 +72,7 @@ class IrpNode(Node, LifecycleNodeMixin):
         self.pub_answer = self.create_publisher(String, "answer", RELIABLE)
         self.pub_salience = self.create_publisher(Float32, "salience", RELIABLE)
         self.pub_snarc = self.create_publisher(Float32MultiArray, "snarc", RELIABLE)
-        self.pub_result = self.create_publisher(String, "result", BURST)
+        self.pub_result = self.create_publisher(String, "result", RESULTS)
         self.pub_status = self.create_publisher(String, "status", LATCHED)
         inputs = MutuallyExclusiveCallbackGroup()
         self.create_subscription(String, "question", self._on_question, BURST, callback_group=inputs)

@@ -48,7 +48,8 @@ def build_prompt_ids(tokenizer, question: str, context: str = "", history: Histo
     they are removed first, so a question cannot forge chat roles or end the prompt early.
     """
     specials = sorted({t for t in [*getattr(tokenizer, "all_special_tokens", []),
-                                   *tokenizer.get_added_vocab()] if t}, key=len, reverse=True)
+                                   *(tok.content for tok in tokenizer.added_tokens_decoder.values() if tok.special)]
+                       if t}, key=len, reverse=True)
     question, context = strip_special_tokens(question, specials), strip_special_tokens(context, specials)
     history = [(strip_special_tokens(q, specials), strip_special_tokens(a, specials)) for q, a in history]
     if use_chat_template and getattr(tokenizer, "chat_template", None):

@@ -30,8 +30,9 @@ def test_tripped_alert_reduces_candidates_until_it_clears(tiny_model_dir, tmp_pa
         throttled = irp.tester.ask("What is 2+2?")
         assert throttled["ok"] and throttled["irp"]["throttled"] and throttled["irp"]["candidates"] == 1
 
+        mark = irp.tester.status_mark()
         (root / ALERT).write_text("0\n")
-        irp.tester.wait_status(lambda s: not s["throttled"], timeout=60)
+        irp.tester.wait_status(lambda s: not s["throttled"], timeout=60, since=mark)
         normal = irp.tester.ask("What is 2+2?")
         assert normal["ok"] and not normal["irp"]["throttled"] and normal["irp"]["candidates"] == 3
     finally:
