@@ -233,6 +233,12 @@ class RosTester:
         with self._cond:
             return next(s for s in reversed(self.statuses[since:]) if predicate(s))
 
+    def assert_no_duplicates(self) -> None:
+        """Every question got at most one result (exactly one is checked where questions are counted)."""
+        from collections import Counter
+        counts = Counter(r["id"] for r in self.results)
+        assert not [i for i, n in counts.items() if n > 1], f"duplicate results: {counts.most_common(3)}"
+
     def results_for(self, qid: str) -> list[dict[str, Any]]:
         with self._cond:
             return [r for r in self.results if r.get("id") == qid]

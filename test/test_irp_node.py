@@ -49,8 +49,7 @@ def shared(boom_model_dir, tmp_path_factory):
         "memory.circular_buffer_size": 5})
     yield running
     try:
-        counts = Counter(r["id"] for r in running.tester.results)
-        assert not [i for i, n in counts.items() if n > 1], f"duplicate results: {counts.most_common(3)}"
+        running.tester.assert_no_duplicates()
     finally:
         running.close()
 

@@ -129,8 +129,7 @@ def rel(tiny_model_dir, tmp_path_factory):
         "llm_irp.max_question_chars": MAX_CHARS, "llm_irp.max_tokens": 4, "node.queue_size": 8})
     yield running
     try:
-        counts = Counter(r["id"] for r in running.tester.results)
-        assert not [i for i, n in counts.items() if n > 1], f"duplicate results: {counts.most_common(3)}"
+        running.tester.assert_no_duplicates()
     finally:
         running.close()
 
