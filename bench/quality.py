@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from sage_irp_ros.config import SageConfig
-from sage_irp_ros.energy import ResponseEnergy, seed_energy
+from sage_irp_ros.energy import ResponseEnergy, repetition, seed_energy
 from sage_irp_ros.generation import sample_candidates
 from sage_irp_ros.model_loader import load_model
 from sage_irp_ros.prompts import build_prompt_ids
@@ -50,6 +50,7 @@ def run(tokens: int, seeds: int) -> dict:
         "oracle: any of 5": None,
     }
     hits = {name: 0.0 for name in selectors}
+    dump: list[list[dict]] = []
     trials = 0
     start = time.monotonic()
     for item in questions:
@@ -63,6 +64,9 @@ def run(tokens: int, seeds: int) -> dict:
             torch.manual_seed(seed)
             cands = sample_candidates(lm, prompt, TEMPERATURES, tokens).candidates
             ok = [correct(c.text, item["a"]) for c in cands]
+            dump.append([{"nll": mean_nll(c), "finished": c.finished, "repetition": repetition(c.token_ids),
+                          "words": len(c.text.split()), "correct": k, "text": c.text[:200]}
+                         for c, k in zip(cands, ok)])
             trials += 1
             hits["random sample (mean)"] += sum(ok) / len(ok)
             hits["greedy"] += correct(greedy, item["a"])
@@ -72,7 +76,7 @@ def run(tokens: int, seeds: int) -> dict:
                     hits[name] += ok[min(range(len(cands)), key=lambda i: key(cands[i]))]
     return {"questions": len(questions), "seeds": seeds, "tokens": tokens, "trials": trials,
             "accuracy": {k: round(v / trials, 3) for k, v in hits.items()},
-            "seconds": round(time.monotonic() - start, 1)}
+            "seconds": round(time.monotonic() - start, 1), "candidates": dump}
 
 
 def main() -> None:

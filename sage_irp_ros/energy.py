@@ -39,11 +39,14 @@ def seed_energy(candidate: Candidate, initial_temperature: float) -> float:
 class ResponseEnergy:
     """Weights and scales of the default energy; the weights sum to 1."""
 
-    confidence_weight: float = 0.55
-    finish_weight: float = 0.25
+    # Chosen on bench/quality.py's checkable questions (docs/performance.md, "Answer quality"): with the
+    # NLL scale at 2 nats the confidence term spans the range real answers have (0.3-2 nats/token); a
+    # heavier finish term made short, finished, wrong answers beat longer right ones cut at max_tokens.
+    confidence_weight: float = 0.7
+    finish_weight: float = 0.1
     repetition_weight: float = 0.1
     length_weight: float = 0.1
-    nll_scale: float = 4.0  # mean NLL (nats/token) that counts as no confidence at all
+    nll_scale: float = 2.0  # mean NLL (nats/token) that counts as no confidence at all
     min_words: int = 3
 
     def __call__(self, candidate: Candidate, initial_temperature: float = 0.0) -> float:

@@ -138,7 +138,7 @@ def test_response_energy_properties():
     loop = Candidate("la la la la la la", 0.7, [1, 2, 3] * 6, [-0.5] * 19, finished=True)
     assert repetition(loop.token_ids) > 0.5 and energy(loop, 0.7) > energy(good, 0.7)
     assert energy(Candidate("", 0.7), 0.7) == 1.0
-    assert energy(Candidate("ok", 0.7, [1], [-0.1], finished=True), 0.7) > energy(good, 0.7)  # too short
+    assert energy(Candidate("ok", 0.7, [1], [-0.5, -0.5], finished=True), 0.7) > energy(good, 0.7)  # too short
 
 
 def test_seed_energy_rewards_low_temperature():
