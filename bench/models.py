@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import time
 
-DEMO_QUESTIONS = (
-    "What is the difference between knowledge and understanding?",
-    "Are you aware of this conversation?",
-    "What is 2+2?",
-    "When you generate a response, are you discovering it or creating it?",
-    "How does compression affect meaning?",
-)
+# The demo questions live in one place; sage_irp_ros.cli imports only the standard library at module
+# level, so this keeps bench.models (and the GPU check that imports it) free of the package's dependencies.
+from sage_irp_ros.cli import DEMO_QUESTIONS  # noqa: E402
 
 # Earlier exchanges for "a question in a conversation": the first four demo questions with answers of
 # a typical length (the research system rendered them as a CONVERSATION HISTORY context block).
