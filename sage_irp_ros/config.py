@@ -70,6 +70,9 @@ class IRPConfig:
         "Follow the 'throttled' topic and use the throttled_* limits while it is true"))
     thermal_throttle_threshold: float = field(default=85.0, metadata=_key(
         "Zone temperature in deg C at which the diagnostics node reports throttling", lo=20.0, hi=130.0))
+    pack_cpu_weights: bool = field(default=True, metadata=_key(
+        "On CPU, reorder Linear weights once into oneDNN's blocked layout at load: the same fp32/bf16 "
+        "arithmetic, 1.5-2x faster decoding of several candidates (a tied output head gets its own copy)"))
     power_mode: str = field(default="balanced", metadata=_key(
         "CPU threads for inference: efficiency = half the cores, balanced = all but one, "
         "performance = all", choices=POWER_MODES))

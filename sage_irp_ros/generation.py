@@ -130,7 +130,10 @@ def shared_prefill(model, input_ids: torch.Tensor, rows: int) -> DynamicCache | 
     which then only decodes.
     """
     cache = DynamicCache(config=model.config)
-    model(input_ids=input_ids[:, :-1], cache=cache, use_cache=True)
+    try:  # the prefill's logits are not needed: skip the output head for all but one position
+        model(input_ids=input_ids[:, :-1], cache=cache, use_cache=True, logits_to_keep=1)
+    except TypeError:  # an architecture without logits_to_keep
+        model(input_ids=input_ids[:, :-1], cache=cache, use_cache=True)
     if cache.get_seq_length() != input_ids.shape[1] - 1:  # a model that ignored the cache: no sharing
         return None
     cache.batch_repeat_interleave(rows)

@@ -266,6 +266,7 @@ class IrpNode(Node, LifecycleNodeMixin):
             "state": self._state, "model": lm.model_id if lm else None,
             "device": str(lm.device) if lm else self.cfg.llm_irp.device,
             "precision": lm.precision if lm else self.cfg.llm_irp.precision,
+            "packed_layers": lm.packed_layers if lm else None,
             "queue_depth": self._queue.qsize(), "queue_size": self.cfg.node.queue_size,
             "throttled": self._throttled, "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
             "gpu_mem_mb": gpu_mb, "model_mb": round(lm.footprint_mb, 1) if lm else None,

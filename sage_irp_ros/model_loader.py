@@ -19,6 +19,7 @@ from typing import Any, Callable
 import torch
 
 from .config import IRPConfig, ModelConfig
+from .cpu_packing import pack_linear_weights, packed_bytes
 from .embedded_model import EMBEDDED_NAME, converted_gguf, embedded_gguf
 from .errors import ModelLoadError
 
@@ -43,6 +44,7 @@ class LoadedModel:
     context_window: int
     key: tuple = field(default=(), repr=False)
     over_budget: bool = False
+    packed_layers: int = 0  # Linear layers in oneDNN's blocked layout (llm_irp.pack_cpu_weights)
 
     @property
     def precision(self) -> str:
@@ -86,8 +88,9 @@ def load_model(model_cfg: ModelConfig, irp_cfg: IRPConfig,
     dtype = resolve_dtype(irp_cfg.precision, device)
     folder, gguf = _locate(model_cfg)
     adapter = _check_adapter(model_cfg.adapter_path)
+    pack = irp_cfg.pack_cpu_weights and device.type == "cpu"
     key = (_identity(folder), _identity(gguf), _identity(adapter), model_cfg.merge_adapter,
-           str(device), str(dtype))
+           str(device), str(dtype), pack)
     with _cache_lock:
         cached = _cache.get(key)
         if cached is not None:
@@ -104,14 +107,20 @@ def load_model(model_cfg: ModelConfig, irp_cfg: IRPConfig,
             model = _attach_adapter(model, adapter, model_cfg.merge_adapter, folder)
             model_id += f"+{adapter.name}" + ("(merged)" if model_cfg.merge_adapter else "")
         model.eval()
+        packed = 0
         if device.type == "cpu":
+            if pack:  # before _make_resident: reordering copies the weights out of the file anyway
+                packed, why_not = pack_linear_weights(model)
+                say(f"packed {packed} Linear layers for oneDNN" if packed else
+                    f"llm_irp.pack_cpu_weights: weights left unpacked ({why_not})")
             _make_resident(model)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         loaded = LoadedModel(
             model=model, tokenizer=tokenizer, model_id=model_id, device=device, dtype=dtype,
             footprint_mb=footprint_mb(model), load_s=time.monotonic() - start,
-            context_window=int(getattr(model.config, "max_position_embeddings", 0) or 2048), key=key)
+            context_window=int(getattr(model.config, "max_position_embeddings", 0) or 2048), key=key,
+            packed_layers=packed)
         _check_budget(loaded, irp_cfg)
         _cache[key] = loaded
         say(f"model {model_id} ready: {loaded.footprint_mb:.0f} MB in {loaded.load_s:.1f} s")
@@ -138,8 +147,8 @@ def _make_resident(model: torch.nn.Module) -> None:
 
 
 def footprint_mb(model: torch.nn.Module) -> float:
-    """Bytes of parameters and buffers (shared tensors counted once), in MB."""
-    seen, total = set(), 0
+    """Bytes of parameters, buffers and packed weights (shared tensors counted once), in MB."""
+    seen, total = set(), packed_bytes(model)
     for tensor in list(model.parameters()) + list(model.buffers()):
         if tensor.data_ptr() in seen:
             continue

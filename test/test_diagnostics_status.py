@@ -23,7 +23,7 @@ AGGREGATOR = Path(__file__).resolve().parents[1] / "config" / "diagnostics_aggre
 
 IRP = {
     "node": "sage_irp", "lifecycle": "active", "state": "ready", "model": "SmolLM2-135M-Instruct",
-    "device": "cpu", "precision": "fp32", "queue_depth": 0, "queue_size": 8, "served": 12,
+    "device": "cpu", "precision": "fp32", "packed_layers": 211, "queue_depth": 0, "queue_size": 8, "served": 12,
     "errors": 1, "consecutive_errors": 0, "throttled": False, "rss_mb": 812.5, "gpu_mem_mb": None,
     "model_mb": 540.0, "max_memory_mb": 0,
     "last": {"ok": True, "inference_s": 2.1, "total_s": 2.4, "tokens": 96, "tokens_per_s": 45.7},
@@ -52,6 +52,7 @@ def test_irp_ok_and_keys():
     assert values["tokens_per_s"] == "45.7" and values["questions_served"] == "12"
     assert values["queue_depth"] == "0" and values["errors"] == "1"
     assert values["memory_store_ok"] == "true" and "last_error" not in values
+    assert values["precision"] == "fp32" and values["packed_layers"] == "211"
     assert all(re.fullmatch(r"[a-z0-9_]+", key) for key in values)
 
 

@@ -196,6 +196,12 @@ def test_inference_failed_and_the_node_keeps_serving(t):
     assert status["lifecycle"] == "active" and status["error"] is None
 
 
+def test_status_reports_the_cpu_weights_packed_for_onednn(t):
+    status = t.wait_status(lambda s: s["model"] is not None, 10)
+    assert status["device"] == "cpu" and status["precision"] == "fp32"
+    assert status["packed_layers"] > 0  # llm_irp.pack_cpu_weights defaults to true
+
+
 def test_out_of_memory_below_the_available_ram_floor(t):
     (res,) = t.set_parameters({"llm_irp.min_available_memory_mb": 1_000_000})
     assert res.successful, res.reason

@@ -8,47 +8,32 @@ import torch
 from sage_irp_ros.config import SageConfig
 from sage_irp_ros.errors import ModelLoadError
 from sage_irp_ros.model_loader import load_model, release
-from tiny_models import build_lora_adapter, build_tiny_model
-
-
-def _cfg(**model):
-    return SageConfig.from_mapping({"model": model, "llm_irp": {"device": "cpu"}})
-
-
-def _load(**model):
-    cfg = _cfg(**model)
-    return load_model(cfg.model, cfg.llm_irp)
-
-
-def _logits(lm, text="What is 2+2?"):
-    ids = lm.tokenizer(text, return_tensors="pt").input_ids
-    with torch.no_grad():
-        return lm.model(ids).logits
+from tiny_models import build_lora_adapter, build_tiny_model, load_on_cpu, prompt_logits
 
 
 def test_hf_folder_loads_fp32_on_cpu_and_is_cached(tiny_model_dir):
-    first = _load(path=str(tiny_model_dir))
+    first = load_on_cpu(path=str(tiny_model_dir))
     assert first.dtype == torch.float32 and first.device.type == "cpu"
     assert first.has_chat_template and first.context_window == 512 and first.footprint_mb > 0
-    assert _load(path=str(tiny_model_dir)) is first  # re-configuring does not reload
+    assert load_on_cpu(path=str(tiny_model_dir)) is first  # re-configuring does not reload
     release(first)
-    assert _load(path=str(tiny_model_dir)) is not first
+    assert load_on_cpu(path=str(tiny_model_dir)) is not first
 
 
 def test_lora_merged_logits_equal_unmerged(tiny_model_dir, tiny_adapter_dir):
-    base = _load(path=str(tiny_model_dir))
-    merged = _load(path=str(tiny_model_dir), adapter_path=str(tiny_adapter_dir), merge_adapter=True)
-    unmerged = _load(path=str(tiny_model_dir), adapter_path=str(tiny_adapter_dir), merge_adapter=False)
+    base = load_on_cpu(path=str(tiny_model_dir))
+    merged = load_on_cpu(path=str(tiny_model_dir), adapter_path=str(tiny_adapter_dir), merge_adapter=True)
+    unmerged = load_on_cpu(path=str(tiny_model_dir), adapter_path=str(tiny_adapter_dir), merge_adapter=False)
     assert merged.model_id.endswith("(merged)") and not unmerged.model_id.endswith("(merged)")
-    assert not torch.allclose(_logits(base), _logits(merged), atol=1e-4)  # the adapter does something
-    torch.testing.assert_close(_logits(merged), _logits(unmerged), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(prompt_logits(base), prompt_logits(merged), atol=1e-4)  # the adapter does something
+    torch.testing.assert_close(prompt_logits(merged), prompt_logits(unmerged), atol=1e-5, rtol=1e-5)
 
 
 def test_adapter_for_another_base_fails_clearly(tiny_model_dir, tmp_path):
     other = build_tiny_model(tmp_path / "other", hidden=32)
     adapter = build_lora_adapter(other, tmp_path / "adapter")  # LoRA matrices sized for hidden 32
     with pytest.raises(ModelLoadError, match="does not fit base model"):
-        _load(path=str(tiny_model_dir), adapter_path=str(adapter))
+        load_on_cpu(path=str(tiny_model_dir), adapter_path=str(adapter))
 
 
 @pytest.mark.parametrize("setup,fragment", [
@@ -58,7 +43,7 @@ def test_adapter_for_another_base_fails_clearly(tiny_model_dir, tmp_path):
 ])
 def test_bad_paths_fail_with_clear_errors(tmp_path, setup, fragment):
     with pytest.raises(ModelLoadError, match=fragment):
-        _load(path=str(setup(tmp_path)))
+        load_on_cpu(path=str(setup(tmp_path)))
 
 
 def test_corrupt_folder_fails_with_clear_error(tiny_model_dir, tmp_path):
@@ -66,12 +51,12 @@ def test_corrupt_folder_fails_with_clear_error(tiny_model_dir, tmp_path):
     shutil.copytree(tiny_model_dir, corrupt)
     (corrupt / "model.safetensors").write_bytes(b"\x00" * 100)
     with pytest.raises(ModelLoadError, match=f"cannot load model from {corrupt}"):
-        _load(path=str(corrupt))
+        load_on_cpu(path=str(corrupt))
 
 
 def test_missing_adapter_folder_is_named(tiny_model_dir, tmp_path):
     with pytest.raises(ModelLoadError, match="not a PEFT adapter folder"):
-        _load(path=str(tiny_model_dir), adapter_path=str(tmp_path))
+        load_on_cpu(path=str(tiny_model_dir), adapter_path=str(tmp_path))
 
 
 def test_memory_budget_error_and_warning(tiny_model_dir, tmp_path):

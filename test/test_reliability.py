@@ -318,7 +318,10 @@ def test_a_slow_result_subscriber_does_not_stall_inference(t):
         blocked = (time.monotonic() - blocked_start) / 3  # per 10 questions, like the baseline
         assert len(calls) == 1 and not release.is_set()  # it really was stuck the whole time
         print(f"\nSLOW SUBSCRIBER 10 questions: {baseline:.2f} s without, {blocked:.2f} s with a stuck subscriber")
-        assert blocked < 3 * baseline + 1.0
+        # A stall would block the worker on the stuck reader: every ask would hit its 10 s timeout. What
+        # is left is DDS traffic for the stuck reader sharing 2 cores with everything else: 0.1-0.2 s per
+        # question on the development machine, on top of a baseline that itself varied 0.24-7 s there.
+        assert blocked < 3 * baseline + 5.0
     finally:
         release.set()
         executor.shutdown(timeout_sec=2)

@@ -72,3 +72,19 @@ def build_lora_adapter(base: Path, out: Path, *, rank: int = 4, seed: int = 1,
                                                   init_lora_weights=False))
     peft_model.save_pretrained(str(out))
     return Path(out)
+
+
+def load_on_cpu(llm_irp: dict | None = None, **model):
+    """``load_model`` as a test uses it: the given ``model:`` keys on the CPU, plus any ``llm_irp:`` keys."""
+    from sage_irp_ros.config import SageConfig
+    from sage_irp_ros.model_loader import load_model
+
+    cfg = SageConfig.from_mapping({"model": model, "llm_irp": {"device": "cpu", **(llm_irp or {})}})
+    return load_model(cfg.model, cfg.llm_irp)
+
+
+def prompt_logits(lm, text: str = "What is 2+2?") -> torch.Tensor:
+    """The model's logits for every position of ``text``."""
+    ids = lm.tokenizer(text, return_tensors="pt").input_ids
+    with torch.inference_mode():
+        return lm.model(ids).logits
