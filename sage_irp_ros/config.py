@@ -149,6 +149,12 @@ class MemoryConfig:
         "'none' disables storage"))
     max_conversations: int = field(default=1000, metadata=_key(
         "Conversation histories kept in RAM (least recently used dropped first)", lo=1, hi=1_000_000))
+    max_rows: int = field(default=20_000, metadata=_key(
+        "Retention: keep at most this many stored exchanges (the oldest are deleted at each "
+        "consolidation); 0 = no limit", lo=0, hi=100_000_000))
+    max_age_days: float = field(default=90.0, metadata=_key(
+        "Retention: delete stored exchanges older than this at each consolidation; 0 = keep forever",
+        lo=0.0, hi=36_500.0))
 
 
 @dataclass(frozen=True)
@@ -161,7 +167,11 @@ class NodeConfig:
     status_period_s: float = field(default=1.0, metadata=_key(
         "Period of the status heartbeat", lo=0.05, hi=3600.0))
     shutdown_timeout_s: float = field(default=10.0, metadata=_key(
-        "How long shutdown waits for the running question before failing it", lo=0.0, hi=600.0))
+        "How long shutdown and deactivate wait for the running question before cancelling it",
+        lo=0.0, hi=600.0))
+    throttled_timeout_s: float = field(default=5.0, metadata=_key(
+        "A 'throttled' value older than this is stale: treated as not throttled (status says "
+        "stale); 0 = never stale", lo=0.0, hi=3600.0))
 
 
 @dataclass(frozen=True)

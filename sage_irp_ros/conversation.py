@@ -19,6 +19,19 @@ class ConversationHistory:
         self._items: OrderedDict[str, deque[tuple[str, str]]] = OrderedDict()
         self._lock = threading.Lock()
 
+    def resize(self, max_history: int, max_conversations: int) -> None:
+        """Apply new bounds at once: longer histories are cut to their newest turns, the least
+        recently used conversations beyond ``max_conversations`` are dropped."""
+        with self._lock:
+            self._max_history, self._max_conversations = max_history, max_conversations
+            for name, turns in list(self._items.items()):
+                if max_history == 0:
+                    del self._items[name]
+                elif turns.maxlen != max_history:
+                    self._items[name] = deque(turns, maxlen=max_history)
+            while len(self._items) > self._max_conversations:
+                self._items.popitem(last=False)
+
     def get(self, conversation: str) -> list[tuple[str, str]]:
         with self._lock:
             turns = self._items.get(conversation)

@@ -42,36 +42,70 @@ class SageCore:
         self.snarc = SnarcScorer(cfg.snarc)
         self.store: MemoryStore | None = None
         self.stats = ServingStats()
-        self._lock = threading.Lock()  # one generation at a time on the model
+        # _lock: one generation at a time on the model; release() takes it too, so the model and the
+        # store are never freed under a running question. Reentrant: keep_alive false loads under it.
+        self._lock = threading.RLock()
+        # _state_lock: short critical sections swapping lm/engine/store/cfg (load, release, reconfigure).
+        self._state_lock = threading.Lock()
 
     # -- lifecycle --------------------------------------------------------------------------------
     def load(self) -> LoadedModel:
-        """Load the model (or reuse the resident one), warm it up and open the memory store."""
-        apply_power_mode(self.cfg.llm_irp.power_mode)
-        lm = load_model(self.cfg.model, self.cfg.llm_irp, self._progress)
-        engine = IRPEngine(lm, self.cfg.llm_irp)
-        if self.cfg.model.warmup:
-            self._progress(f"warm-up generation took {engine.warm_up():.2f} s")
-        self.lm, self.engine = lm, engine
-        if self.store is None:
-            self.store = open_store(self.cfg.memory)
+        """Load the model (or reuse the resident one), warm it up and open the memory store.
+
+        Any failure (also in warm-up: a RuntimeError, CUDA OOM) propagates after the model this call
+        made resident is released again, so a retry does not hold a second copy. Settings changed by
+        :meth:`reconfigure` while loading are applied to the engine that is installed.
+        """
+        cfg = self.cfg
+        apply_power_mode(cfg.llm_irp.power_mode)
+        previous = self.lm
+        lm = load_model(cfg.model, cfg.llm_irp, self._progress)
+        try:
+            if cfg.model.warmup:
+                self._progress(f"warm-up generation took {IRPEngine(lm, cfg.llm_irp).warm_up():.2f} s")
+        except BaseException:
+            if lm is not previous:
+                release(lm)
+            raise
+        with self._state_lock:
+            self.lm, self.engine = lm, IRPEngine(lm, self.cfg.llm_irp)
+            if self.store is None:
+                self.store = open_store(self.cfg.memory)
         return lm
 
-    def release(self) -> None:
-        """Drop the model from memory (cleanup) and close the store."""
-        if self.lm is not None:
-            release(self.lm)
-        self.lm = self.engine = None
-        if self.store is not None:
-            self.store.close()
-            self.store = None
+    def release(self, timeout: float | None = None) -> bool:
+        """Drop the model from memory (cleanup) and close the store, after the running generation.
+
+        With ``timeout``, waits at most that long for a running generation; returns False (and
+        releases nothing) when it is still running then.
+        """
+        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            log.warning("a generation is still running after %.1f s: model and memory store left open",
+                        timeout)
+            return False
+        try:
+            with self._state_lock:
+                lm, store = self.lm, self.store
+                self.lm = self.engine = self.store = None
+            if lm is not None:
+                release(lm)
+            if store is not None:
+                store.close()
+        finally:
+            self._lock.release()
+        return True
 
     def reconfigure(self, cfg: SageConfig) -> None:
-        """Apply new settings; IRP and SNARC keys take effect at the next question, model keys at load."""
-        self.cfg = cfg
-        self.snarc = SnarcScorer(cfg.snarc)
-        if self.lm is not None:
-            self.engine = IRPEngine(self.lm, cfg.llm_irp)
+        """Apply new settings: IRP and SNARC keys at the next question, history bounds and storage
+        policy at once; model keys (and ``memory.db_path``) at the next :meth:`load`."""
+        with self._state_lock:
+            self.cfg = cfg
+            self.snarc = SnarcScorer(cfg.snarc)
+            self.history.resize(cfg.memory.circular_buffer_size, cfg.memory.max_conversations)
+            if self.store is not None:
+                self.store.set_policy(cfg.memory)
+            if self.lm is not None:
+                self.engine = IRPEngine(self.lm, cfg.llm_irp)
 
     @property
     def loaded(self) -> bool:
@@ -97,7 +131,7 @@ class SageCore:
         except Exception as exc:  # a bug or a library failure must still produce a result
             log.exception("generation failed")
             failure = SageError(errors.INFERENCE_FAILED, f"{type(exc).__name__}: {exc}")
-        self.stats.record(ok=False, total_s=time.monotonic() - received)
+        self.stats.record(ok=False, code=failure.code)
         return self.error_result(question, failure, received=received, start=start)
 
     def _answer(self, q: Question, received: float, start: float, throttled: bool,
@@ -172,9 +206,10 @@ class SageCore:
 
     def release_model_only(self) -> None:
         """keep_alive false: free the model after each answer, keep the store open."""
-        if self.lm is not None:
-            release(self.lm)
-        self.lm = self.engine = None
+        with self._state_lock:
+            lm, self.lm, self.engine = self.lm, None, None
+        if lm is not None:
+            release(lm)
 
     def _check_memory_floor(self) -> None:
         floor = self.cfg.llm_irp.min_available_memory_mb
@@ -187,11 +222,15 @@ class SageCore:
                 "refusing new questions until memory is freed"))
 
     def _store(self, q: Question, response: str, scores, result: dict[str, Any]) -> None:
-        if self.store is None or not scores.salient:
+        if not scores.salient:
             return
-        self.store.record(Exchange(stamp=result["stamp"], conversation=q.conversation, question_id=q.id,
-                                   question=q.text, answer=response, scores=scores, irp=result["irp"],
-                                   timing=result["timing"], model=result["model"] or ""))
+        with self._lock:  # release() holds it while closing: never record into a store being closed
+            store = self.store
+            if store is None:
+                return
+            store.record(Exchange(stamp=result["stamp"], conversation=q.conversation, question_id=q.id,
+                                  question=q.text, answer=response, scores=scores, irp=result["irp"],
+                                  timing=result["timing"], model=result["model"] or ""))
 
     # -- results ----------------------------------------------------------------------------------
     def error_result(self, q: Question | None, error: SageError, *, question_id: str | None = None,
@@ -219,9 +258,11 @@ class SageCore:
         }
 
     def store_status(self) -> dict[str, Any]:
-        if self.store is None:  # not configured yet, or storage disabled with db_path 'none'
-            return {"ok": True, "error": None, "path": None}
-        return {"ok": self.store.healthy, "error": self.store.last_error, "path": str(self.store.path)}
+        store = self.store
+        if store is None:  # not configured yet, or storage disabled with db_path 'none'
+            return {"ok": True, "error": None, "path": None, "size_mb": None}
+        return {"ok": store.healthy, "error": store.last_error, "path": str(store.path),
+                "size_mb": round(store.size_bytes() / 2**20, 3), "pruned": store.pruned_count}
 
 
 def _irp_summary(info: dict[str, Any]) -> dict[str, Any]:

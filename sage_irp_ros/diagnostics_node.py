@@ -4,7 +4,8 @@ A thin rclpy adapter over the ROS-free core (:mod:`sage_irp_ros.probes`,
 :mod:`sage_irp_ros.diagnostics_status`). Topics (relative ones follow the node's namespace):
 
 - ``/diagnostics`` (``diagnostic_msgs/DiagnosticArray``) at ``diagnostics.rate_hz``
-- ``throttled`` (``std_msgs/Bool``, reliable, TRANSIENT_LOCAL depth 1, published on change)
+- ``throttled`` (``std_msgs/Bool``, reliable, TRANSIENT_LOCAL depth 1): at start and on every tick;
+  false while the probe fails (the Throttling status then says the state is unknown)
 - ``metrics/latency_s``, ``metrics/tokens_per_s``, ``metrics/temperature_c``,
   ``metrics/ram_used_pct``, ``metrics/gpu_mem_mb``, ``metrics/power_w`` (``std_msgs/Float32``)
 - subscribes ``status`` (``std_msgs/String`` JSON from the IRP node, TRANSIENT_LOCAL depth 1)
@@ -19,6 +20,7 @@ import time
 from typing import Any, Callable, Optional
 
 import rclpy
+import rclpy.logging
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.exceptions import (InvalidParameterTypeException, InvalidParameterValueException,
@@ -76,6 +78,7 @@ class DiagnosticsNode(Node):
         self.get_logger().info(
             f"publishing /diagnostics at {self._config.diagnostics.rate_hz:g} Hz; probe: "
             f"{getattr(self._probe, 'backend_reason', self._probe_error)}")
+        self._tick()  # at start: throttled and /diagnostics without waiting a whole period
 
     def _declare_parameters(self) -> SageConfig:
         defaults = SageConfig().flat()
@@ -184,11 +187,14 @@ class DiagnosticsNode(Node):
         array.status = [_to_msg(s) for s in statuses]
         self._diag_pub.publish(array)
 
-        if snap is not None and snap.throttle.throttled != self._last_throttled:
+        # Every tick, so readers can tell a live signal from a dead publisher (the IRP node's
+        # node.throttled_timeout_s); unknown (probe failing) is published as false.
+        throttled = bool(snap is not None and snap.throttle.throttled)
+        self._throttled_pub.publish(Bool(data=throttled))
+        if throttled != self._last_throttled:
             was = self._last_throttled
-            self._last_throttled = snap.throttle.throttled
-            self._throttled_pub.publish(Bool(data=snap.throttle.throttled))
-            if snap.throttle.throttled:
+            self._last_throttled = throttled
+            if throttled:
                 self.get_logger().warning("throttled: " + "; ".join(snap.throttle.reasons))
             elif was:
                 self.get_logger().info("no longer throttled")
@@ -224,8 +230,8 @@ def main(args: Optional[list[str]] = None) -> int:
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except (ConfigError, ParameterException) as exc:
-        print(f"{NODE_NAME}: {exc}", file=sys.stderr)
+    except (ConfigError, ParameterException) as exc:  # to the ROS logger, not a bare print
+        rclpy.logging.get_logger(NODE_NAME).error(str(exc))
         code = 2
     finally:
         if node is not None:

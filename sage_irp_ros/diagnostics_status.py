@@ -119,10 +119,12 @@ def irp_status(irp: Optional[Mapping[str, Any]], age_s: Optional[float], limits:
     b.kv("latency_samples", latency.get("count"))
     b.kv("questions_served", irp.get("served"))
     b.kv("errors", irp.get("errors"))
+    b.kv("refused", irp.get("refused"))
     b.kv("consecutive_errors", irp.get("consecutive_errors"))
     b.kv("queue_depth", irp.get("queue_depth"))
     b.kv("queue_size", irp.get("queue_size"))
     b.kv("memory_store_ok", store.get("ok") if store else None)
+    b.kv("memory_store_mb", _number(store.get("size_mb")) if store else None, 3)
     b.kv("last_error", irp.get("error"))
     b.kv("status_age_s", age_s, 1)
 
@@ -225,9 +227,14 @@ def thermal_status(snap: SystemSnapshot, limits: Limits) -> Status:
 
 
 # -- Throttling --------------------------------------------------------------------------------------
-def throttling_status(snap: SystemSnapshot) -> Status:
+def throttling_status(snap: SystemSnapshot, known: bool = True) -> Status:
+    """``known`` False: no snapshot this cycle (the probe failed), so the state is unknown."""
     b = _Builder(THROTTLING)
     state = snap.throttle
+    if not known:
+        b.kv("throttled", "unknown")
+        b.problem(WARN, "throttle state unknown: no probe reading ('throttled' published as false)")
+        return b.done("")
     b.kv("throttled", state.throttled)
     b.kv("reasons", "; ".join(state.reasons) or "none")
     for key, value in sorted(state.counters.items()):
@@ -295,9 +302,10 @@ def build_statuses(node_name: str, snap: Optional[SystemSnapshot], irp: Optional
                    irp_age_s: Optional[float], probe: ProbeInfo, limits: Limits,
                    hardware_id: str) -> list[Status]:
     """The six statuses in publishing order, named ``"<node_name>: <task>"``."""
+    known = snap is not None
     snap = snap if snap is not None else SystemSnapshot()
     statuses = [irp_status(irp, irp_age_s, limits), memory_status(snap, irp, limits),
-                thermal_status(snap, limits), throttling_status(snap), power_status(snap),
+                thermal_status(snap, limits), throttling_status(snap, known), power_status(snap),
                 probe_status(probe, hardware_id)]
     for status in statuses:
         status.name = f"{node_name}: {status.task}"

@@ -18,6 +18,9 @@ SHUTTING_DOWN = "shutting_down"      # the process is stopping; the question was
 
 ALL_CODES = (INVALID_INPUT, TOO_LONG, QUEUE_FULL, NOT_ACTIVE, DEADLINE, INFERENCE_FAILED,
              OUT_OF_MEMORY, MODEL_NOT_LOADED, SHUTTING_DOWN)
+# Refusals caused by the client or by the node's state, not by inference: they are counted as
+# ``refused``, never as failures, and logged at WARN (throttled) rather than ERROR.
+CLIENT_ERRORS = frozenset({INVALID_INPUT, TOO_LONG, QUEUE_FULL, NOT_ACTIVE, DEADLINE, SHUTTING_DOWN})
 
 
 class SageError(Exception):

@@ -14,6 +14,9 @@ Why it is built this way:
 * Consolidation: every ``consolidation_interval``-th exchange (by row id) also records a summary row
   (row count, mean salience of the last interval) in the same transaction and then checkpoints the
   WAL, so the ``-wal`` file stays small.
+* Bounded on disk: the same consolidation transaction applies retention first: exchanges older than
+  ``max_age_days`` and all but the newest ``max_rows`` are deleted. SQLite reuses the freed pages, so
+  the file stops growing at about ``max_rows`` rows (it does not shrink without a VACUUM).
 """
 
 from __future__ import annotations
@@ -64,6 +67,9 @@ CREATE TABLE IF NOT EXISTS consolidations (
 _INSERT = ("INSERT INTO exchanges (stamp, conversation, question_id, question, answer, surprise, "
            "novelty, arousal, reward, conflict, total, salient, irp_json, timing_json, model) "
            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_PRUNE_AGE = "DELETE FROM exchanges WHERE stamp < ?"
+_PRUNE_ROWS = ("DELETE FROM exchanges WHERE id <= "
+               "(SELECT id FROM exchanges ORDER BY id DESC LIMIT 1 OFFSET ?)")
 _CONSOLIDATE = ("INSERT INTO consolidations (stamp, exchanges_total, mean_salience) "
                 "SELECT ?, COUNT(*), (SELECT COALESCE(AVG(total), 0.0) FROM exchanges WHERE id > ?) "
                 "FROM exchanges")
@@ -102,7 +108,8 @@ def open_store(cfg: MemoryConfig) -> "MemoryStore | None":
         return None
     path = Path(raw).expanduser() if raw else default_db_path()
     return MemoryStore(path, verbatim=cfg.verbatim_storage,
-                       consolidation_interval=cfg.consolidation_interval)
+                       consolidation_interval=cfg.consolidation_interval,
+                       max_rows=cfg.max_rows, max_age_days=cfg.max_age_days)
 
 
 def _digest(text: str) -> str:
@@ -116,10 +123,14 @@ def _describe(exc: BaseException) -> str:
 class MemoryStore:
     """Thread-safe SQLite store of exchanges; opens lazily and re-opens after any failure."""
 
-    def __init__(self, path: str | Path, verbatim: bool = True, consolidation_interval: int = 100):
+    def __init__(self, path: str | Path, verbatim: bool = True, consolidation_interval: int = 100,
+                 max_rows: int = 0, max_age_days: float = 0.0):
         self._path = Path(path).expanduser()
         self._verbatim = verbatim
         self._interval = max(0, int(consolidation_interval))
+        self._max_rows = max(0, int(max_rows))
+        self._max_age_s = max(0.0, float(max_age_days)) * 86400.0
+        self.pruned_count = 0  # exchanges this instance deleted for retention
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         self.last_error: str | None = None
@@ -133,6 +144,24 @@ class MemoryStore:
     def healthy(self) -> bool:
         """False while the last record attempt failed."""
         return self.last_error is None
+
+    def set_policy(self, cfg: MemoryConfig) -> None:
+        """Apply new ``memory.*`` storage settings (all but ``db_path``) from the next exchange on."""
+        with self._lock:
+            self._verbatim = cfg.verbatim_storage
+            self._interval = max(0, int(cfg.consolidation_interval))
+            self._max_rows = max(0, int(cfg.max_rows))
+            self._max_age_s = max(0.0, float(cfg.max_age_days)) * 86400.0
+
+    def size_bytes(self) -> int:
+        """Bytes on disk: the database file plus its ``-wal`` (0 for a file not created yet)."""
+        total = 0
+        for path in (self._path, Path(f"{self._path}-wal")):
+            try:
+                total += path.stat().st_size
+            except OSError:
+                pass
+        return total
 
     def __enter__(self) -> "MemoryStore":
         return self
@@ -195,6 +224,7 @@ class MemoryStore:
                     rowid = conn.execute(_INSERT, row).lastrowid or 0
                     if self._interval and rowid % self._interval == 0:
                         consolidate = True
+                        pruned = self._prune(conn)
                         conn.execute(_CONSOLIDATE, (time.time(), rowid - self._interval))
             except Exception as exc:  # noqa: BLE001 - the contract is: never raise into the caller
                 self._drop_connection()
@@ -208,8 +238,18 @@ class MemoryStore:
                 self.last_error = None
             self.stored_count += 1
             if consolidate:
+                self.pruned_count += pruned
                 self._checkpoint(conn)
             return True
+
+    def _prune(self, conn: sqlite3.Connection) -> int:
+        """Retention, inside the consolidation transaction: drop too old rows, then all but the newest."""
+        deleted = 0
+        if self._max_age_s:
+            deleted += conn.execute(_PRUNE_AGE, (time.time() - self._max_age_s,)).rowcount
+        if self._max_rows:
+            deleted += conn.execute(_PRUNE_ROWS, (self._max_rows,)).rowcount
+        return max(0, deleted)
 
     def _checkpoint(self, conn: sqlite3.Connection) -> None:
         """Fold the WAL into the database file; best effort (the exchange is already committed)."""

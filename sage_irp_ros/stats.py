@@ -1,4 +1,11 @@
-"""Serving statistics: counts, the last result's timing and latency percentiles over a window."""
+"""Serving statistics: counts, the last answer's timing and latency percentiles over a window.
+
+Only inference-side outcomes count as served: an answer (ok) or an inference failure
+(``inference_failed``, ``out_of_memory``, ``model_not_loaded``). Client errors and refusals
+(:data:`sage_irp_ros.errors.CLIENT_ERRORS`: invalid input, queue full, not active, ...) are counted
+as ``refused`` only, so a misbehaving client cannot make a healthy node look failed, and latency
+comes from answered questions alone.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,8 @@ import statistics
 import threading
 from collections import deque
 from typing import Any
+
+from .errors import CLIENT_ERRORS
 
 
 class ServingStats:
@@ -16,26 +25,32 @@ class ServingStats:
         self._latencies: deque[float] = deque(maxlen=window)
         self.served = 0
         self.errors = 0
+        self.refused = 0
         self.consecutive_errors = 0
         self.last: dict[str, Any] | None = None
 
-    def record(self, ok: bool, total_s: float, inference_s: float = 0.0, tokens: int = 0) -> None:
+    def record(self, ok: bool, total_s: float = 0.0, inference_s: float = 0.0, tokens: int = 0,
+               code: str | None = None) -> None:
+        """Count one result; ``code`` is the error code of a failed one."""
         with self._lock:
+            if not ok and code in CLIENT_ERRORS:
+                self.refused += 1
+                return
             self.served += 1
-            if ok:
-                self.consecutive_errors = 0
-                self._latencies.append(total_s)
-            else:
+            if not ok:
                 self.errors += 1
                 self.consecutive_errors += 1
-            self.last = {"ok": ok, "total_s": round(total_s, 6), "inference_s": round(inference_s, 6),
+                return
+            self.consecutive_errors = 0
+            self._latencies.append(total_s)
+            self.last = {"ok": True, "total_s": round(total_s, 6), "inference_s": round(inference_s, 6),
                          "tokens": tokens,
                          "tokens_per_s": round(tokens / inference_s, 3) if inference_s > 0 else 0.0}
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             values = sorted(self._latencies)
-            return {"served": self.served, "errors": self.errors,
+            return {"served": self.served, "errors": self.errors, "refused": self.refused,
                     "consecutive_errors": self.consecutive_errors, "last": self.last,
                     "latency": {"p50_s": _quantile(values, 0.5), "p95_s": _quantile(values, 0.95),
                                 "count": len(values)}}

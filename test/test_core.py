@@ -131,3 +131,60 @@ def _mapping(core):
         section, key = dotted.split(".", 1)
         sections.setdefault(section, {})[key] = value
     return sections
+
+
+# -- issue 14: stats, live settings, load/release races -------------------------------------------------
+def test_client_errors_are_refusals_and_latency_comes_from_answers_only(core):
+    import time
+    ok = core.answer(Question(text="Hi", id="ok-1"))
+    assert ok["ok"]
+    for _ in range(3):  # a client's deadline that passed while queued: a refusal, not a failure
+        result = core.answer(Question(text="Hi", deadline_s=0.5), received=time.monotonic() - 1.0)
+        assert result["error"]["code"] == errors.DEADLINE
+    snap = core.stats.snapshot()
+    assert (snap["served"], snap["errors"], snap["refused"], snap["consecutive_errors"]) == (1, 0, 3, 0)
+    assert snap["last"]["total_s"] == ok["timing"]["total_s"] and snap["latency"]["count"] == 1
+
+
+def test_history_bounds_apply_at_once(core):
+    for i in range(3):
+        core.answer(Question(text=f"Turn {i}?", conversation="c1"))
+    core.answer(Question(text="Other?", conversation="c2"))
+    core.reconfigure(SageConfig.from_mapping({**_mapping(core), "memory": {
+        **_mapping(core)["memory"], "circular_buffer_size": 1, "max_conversations": 1}}))
+    assert len(core.history) == 1 and core.history.get("c1") == []  # c1 was least recently used
+    core.answer(Question(text="Again?", conversation="c2"))
+    assert core.answer(Question(text="And?", conversation="c2"))["irp"]["history_used"] == 1
+
+
+def test_a_warm_up_failure_releases_the_model_it_loaded(tmp_path):
+    from tiny_models import build_tiny_model
+
+    from sage_irp_ros import model_loader
+
+    short = build_tiny_model(tmp_path / "short", max_positions=8)  # warm-up's prompt does not fit
+    core = SageCore(SageConfig.from_mapping({"model": {"path": str(short)},
+                                             "memory": {"db_path": "none"}}))
+    before = set(model_loader._cache)
+    with pytest.raises(errors.SageError, match="context window"):
+        core.load()
+    assert core.lm is None and core.engine is None
+    assert set(model_loader._cache) == before  # nothing left resident: a retry loads one copy only
+
+
+def test_reconfigure_during_warm_up_is_applied_to_the_installed_engine(tiny_model_dir, tmp_path):
+    base = {"model": {"path": str(tiny_model_dir)}, "llm_irp": {"irp_iterations": 3},
+            "memory": {"db_path": "none"}}
+    changed = SageConfig.from_mapping({**base, "llm_irp": {"irp_iterations": 1}})
+    holder = {}
+
+    def progress(line: str) -> None:
+        if line.startswith("warm-up generation took"):  # after warm-up, before the engine is installed
+            holder["core"].reconfigure(changed)
+
+    core = holder["core"] = SageCore(SageConfig.from_mapping(base), progress=progress)
+    core.load()
+    try:
+        assert core.engine.cfg.irp_iterations == 1
+    finally:
+        core.release()

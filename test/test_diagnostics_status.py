@@ -165,7 +165,9 @@ def test_build_statuses_names_and_metrics():
     assert metrics(None, None) == dict.fromkeys(values)
     empty = build_statuses("n", None, None, None, ProbeInfo("none", "auto", "", error="boom"),
                            Limits(), "h")
-    assert [s.level for s in empty] == [STALE, OK, OK, OK, OK, ERROR]
+    assert [s.level for s in empty] == [STALE, OK, OK, WARN, OK, ERROR]
+    throttling = next(s for s in empty if s.task == "Throttling")  # no probe reading: unknown
+    assert throttling.value("throttled") == "unknown" and "unknown" in throttling.message
 
 
 def test_snake_keys():

@@ -217,13 +217,42 @@ def test_open_store(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
     assert open_store(MemoryConfig()).path == tmp_path / "sage_irp_ros" / "memory.db"
     store = open_store(MemoryConfig(db_path=str(tmp_path / "x.db"), verbatim_storage=False,
-                                    consolidation_interval=2))
+                                    consolidation_interval=2, max_age_days=0.0))  # stamps of 1970
     assert store.path == tmp_path / "x.db"
     for i in range(2):
         store.record(make_exchange(i))
     assert store.query()[0]["question"].startswith("sha256:")
     assert sqlite3.connect(tmp_path / "x.db").execute(
         "SELECT COUNT(*) FROM consolidations").fetchone()[0] == 1
+
+
+def test_retention_keeps_the_newest_max_rows_at_each_consolidation(tmp_path):
+    now = time.time()
+    store = MemoryStore(tmp_path / "r.db", consolidation_interval=5, max_rows=3)
+    for i in range(1, 10):
+        assert store.record(make_exchange(i, stamp=now + i))
+    # pruned at the 5th only (the 10th has not come): the newest 3 of 5 kept, then 4 more
+    assert [r["question_id"] for r in store.query()] == [f"q{i}" for i in (3, 4, 5, 6, 7, 8, 9)]
+    assert store.record(make_exchange(10, stamp=now + 10))
+    assert [r["question_id"] for r in store.query()] == ["q8", "q9", "q10"]
+    assert store.pruned_count == 2 + 5
+    totals = sqlite3.connect(tmp_path / "r.db").execute(
+        "SELECT exchanges_total FROM consolidations ORDER BY id").fetchall()
+    assert totals == [(3,), (3,)]  # the summary counts what retention kept
+
+
+def test_retention_by_age_and_live_policy_change(tmp_path):
+    now = time.time()
+    store = MemoryStore(tmp_path / "a.db", consolidation_interval=2, max_age_days=1.0)
+    store.record(make_exchange(1, stamp=now - 3 * 86400))  # three days old
+    store.record(make_exchange(2, stamp=now))                # consolidation: the old one goes
+    assert [r["question_id"] for r in store.query()] == ["q2"]
+    store.set_policy(MemoryConfig(consolidation_interval=2, max_age_days=0.0, max_rows=0))
+    store.record(make_exchange(3, stamp=now - 3 * 86400))
+    store.record(make_exchange(4, stamp=now))
+    assert [r["question_id"] for r in store.query()] == ["q2", "q3", "q4"]  # keep forever now
+    assert store.size_bytes() > 0
+    assert MemoryStore(tmp_path / "missing.db").size_bytes() == 0
 
 
 # -- faults --------------------------------------------------------------------------------------
