@@ -93,7 +93,7 @@ class NodeProcess:
 
     def __init__(self, env: dict[str, str], log_path: Path, *, namespace: str | None = None,
                  params: dict[str, Any] | None = None, params_file: Path | None = None,
-                 fast: bool = True):
+                 fast: bool = True, ros_args: list[str] | None = None):
         self.env = dict(env)
         self.namespace = namespace or unique_namespace()
         self.log_path = Path(log_path)
@@ -103,6 +103,7 @@ class NodeProcess:
             args += ["--params-file", str(params_file)]
         for key, value in merged.items():
             args += ["-p", _param_arg(key, value)]
+        args += list(ros_args or [])  # more --ros-args, e.g. ["--log-level", "error"]
         self.args = args
         self._log = open(self.log_path, "w", encoding="utf-8")
         self.proc = subprocess.Popen(args, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,

@@ -145,7 +145,7 @@ def test_tripped_alert_device_reports_error_and_throttled(observer, launch, tmp_
                    diagnostics__rate_hz=5.0)
     observer.publish_status()
 
-    assert observer.spin_until(lambda: observer.throttled == [True]
+    assert observer.spin_until(lambda: observer.throttled[-1:] == [True]
                                and observer.level("Throttling") == DiagnosticStatus.ERROR
                                and observer.level("IRP inference") == DiagnosticStatus.OK), \
         _log(tmp_path)
@@ -162,12 +162,12 @@ def test_tripped_alert_device_reports_error_and_throttled(observer, launch, tmp_
     assert observer.spin_until(lambda: observer.temperature)
     assert observer.temperature[-1] == pytest.approx(47.906, abs=1e-3)
 
-    # Published on change only: clearing the alert sends exactly one False.
-    count = len(observer.arrays)
-    assert observer.spin_until(lambda: len(observer.arrays) >= count + 3)
-    assert observer.throttled == [True]
+    # Published on every tick (readers detect a dead publisher by its silence), not only on change.
+    heard = len(observer.throttled)
+    assert observer.spin_until(lambda: len(observer.throttled) >= heard + 3)
+    assert set(observer.throttled) == {True}
     write(root, alert, 0)
-    assert observer.spin_until(lambda: observer.throttled == [True, False]
+    assert observer.spin_until(lambda: observer.throttled[-1] is False
                                and observer.level("Throttling") == DiagnosticStatus.OK)
     assert child.poll() is None
 
@@ -226,7 +226,7 @@ def test_in_process_node_with_namespace_and_parameters(domain):
         assert described["diagnostics.rate_hz"].floating_point_range[0].to_value == 100.0
         assert "one of auto, jtop, nvml, sysfs" in described["diagnostics.backend"].additional_constraints
         # The recorded Orin is at 47.9 C: above a 45 C threshold, so throttled.
-        assert obs.spin_until(lambda: obs.throttled == [True], timeout=10)
+        assert obs.spin_until(lambda: obs.throttled[-1:] == [True], timeout=10)
         assert "threshold 45.0 C" in obs.status("Throttling").message
         # Invalid values are refused with the configuration's message; valid ones apply.
         result = node.set_parameters([Parameter("diagnostics.backend", value="bogus")])[0]
@@ -235,8 +235,35 @@ def test_in_process_node_with_namespace_and_parameters(domain):
         assert not result.successful
         assert node.set_parameters([Parameter("llm_irp.thermal_throttle_threshold",
                                                value=85.0)])[0].successful
-        assert obs.spin_until(lambda: obs.throttled == [True, False], timeout=10)
+        assert obs.spin_until(lambda: obs.throttled[-1:] == [False], timeout=10)
         assert node.set_parameters([Parameter("diagnostics.rate_hz", value=2.0)])[0].successful
+    finally:
+        obs.executor.remove_node(node)
+        node.destroy_node()
+        obs.close()
+
+
+def test_throttled_is_published_at_start_and_every_tick_even_when_the_probe_fails(domain):
+    """No probe reading: 'throttled' is still published (false) at once and on every tick, and the
+    Throttling status says the state is unknown."""
+    obs = Observer(domain, namespace="robot")
+
+    def broken_probe(cfg, threshold):
+        raise RuntimeError("no sysfs here")
+
+    node = make_node(context=obs.context, namespace="robot", probe_factory=broken_probe,
+                     parameter_overrides=[Parameter("diagnostics.rate_hz", value=0.01)])  # a tick per 100 s
+    try:
+        # published in the constructor: the latched value is there before any executor ran a timer
+        obs.executor.add_node(node)
+        assert obs.spin_until(lambda: obs.throttled, timeout=30)
+        assert obs.throttled == [False]
+        node.set_parameters([Parameter("diagnostics.rate_hz", value=20.0)])
+        assert obs.spin_until(lambda: len(obs.throttled) >= 5 and obs.status("Throttling"), timeout=20)
+        assert set(obs.throttled) == {False}
+        assert obs.status("Throttling").level == DiagnosticStatus.WARN
+        assert "unknown" in obs.status("Throttling").message
+        assert obs.status("Probe").level == DiagnosticStatus.ERROR
     finally:
         obs.executor.remove_node(node)
         node.destroy_node()
