@@ -79,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace, ros_args: list[str]) -> int:
     import rclpy
+    import rclpy.logging
 
     from .client import SageClient
     from .config import ConfigError
@@ -95,8 +96,8 @@ def _run(args: argparse.Namespace, ros_args: list[str]) -> int:
         if not args.no_diagnostics:
             from .diagnostics_node import DiagnosticsNode
             nodes.append(DiagnosticsNode(namespace=args.namespace))
-    except ConfigError as exc:
-        print(f"[sage_irp] {exc}", file=sys.stderr)
+    except ConfigError as exc:  # to the ROS logger, as the nodes' own entry points do
+        rclpy.logging.get_logger("sage_irp").error(str(exc))
         rclpy.try_shutdown()
         return 2
     stop = threading.Event()
