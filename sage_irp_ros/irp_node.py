@@ -40,6 +40,7 @@ from .errors import CLIENT_ERRORS, ModelLoadError, SageError
 from .questions import parse_id, parse_question
 from .ros_logging import route_to_node
 from .ros_params import IRP_NODE_KEYS, declare_config, validate_update
+from .throttle_signal import STALE, ThrottleSignal, ThrottleState
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -79,9 +80,7 @@ class IrpNode(Node, LifecycleNodeMixin):
         self._cancel = threading.Event()
         self._idle = threading.Event()  # clear while the worker handles a question
         self._idle.set()
-        self._throttle_value: bool | None = None  # last 'throttled' message, and when it came
-        self._throttle_at = 0.0
-        self._throttle_seen: tuple[bool, str] = (False, "none")
+        self._throttle = ThrottleSignal()  # the last 'throttled' message, its age, staleness
         self._status_lock = threading.Lock()
         self._last_status: dict[str, Any] | None = None
 
@@ -221,38 +220,27 @@ class IrpNode(Node, LifecycleNodeMixin):
         self.publish_status()
 
     def _on_throttled(self, msg: Bool) -> None:
-        with self._status_lock:
-            self._throttle_value, self._throttle_at = bool(msg.data), time.monotonic()
+        self._throttle.update(bool(msg.data))
         if self._update_throttle():
             self.publish_status()
 
-    def throttle_state(self) -> tuple[bool, str, float | None]:
-        """(throttled, signal, age_s): signal 'none' (never heard), 'fresh', or 'stale' (older than
-        node.throttled_timeout_s: then treated as not throttled)."""
-        with self._status_lock:
-            value, at = self._throttle_value, self._throttle_at
-        if value is None:
-            return False, "none", None
-        age = time.monotonic() - at
-        timeout = self.cfg.node.throttled_timeout_s
-        if timeout and age > timeout:
-            return False, "stale", age
-        return value, "fresh", age
+    def throttle_state(self) -> ThrottleState:
+        """Throttled or not (stale after node.throttled_timeout_s: not), and why."""
+        return self._throttle.state(self.cfg.node.throttled_timeout_s)
 
     def _update_throttle(self) -> bool:
         """Log a change of the effective throttle state; True when it changed."""
-        throttled, signal_, age = self.throttle_state()
-        with self._status_lock:
-            before, self._throttle_seen = self._throttle_seen, (throttled, signal_)
-        if before == (throttled, signal_):
+        change = self._throttle.changed(self.cfg.node.throttled_timeout_s)
+        if change is None:
             return False
-        if signal_ == "stale":
+        before, now = change
+        if now.signal == STALE:
             self.get_logger().warning(
-                f"no 'throttled' message for {age:.1f} s (node.throttled_timeout_s = "
+                f"no 'throttled' message for {now.age_s:.1f} s (node.throttled_timeout_s = "
                 f"{self.cfg.node.throttled_timeout_s:g} s): treating the platform as not throttled")
-        elif throttled:
+        elif now.throttled:
             self.get_logger().warning("platform throttled: using throttled_* limits")
-        elif before[0]:
+        elif before.throttled:
             self.get_logger().info("platform no longer throttled")
         return True
 
@@ -298,7 +286,7 @@ class IrpNode(Node, LifecycleNodeMixin):
                          received)
             return
         self._set_state(self._lifecycle, "busy")
-        result = self.core.answer(question, received=received, throttled=self.throttle_state()[0],
+        result = self.core.answer(question, received=received, throttled=self.throttle_state().throttled,
                                   cancel=self._cancel)
         if (not result["ok"] and result["error"]["code"] == errors.SHUTTING_DOWN
                 and not self._stopping.is_set()):  # cancelled by deactivate, not by shutdown
@@ -363,7 +351,7 @@ class IrpNode(Node, LifecycleNodeMixin):
     def status(self) -> dict[str, Any]:
         lm = self.core.lm
         stats = self.core.stats.snapshot()
-        throttled, throttle_signal, throttle_age = self.throttle_state()
+        throttle = self.throttle_state()
         gpu_mb = None
         if lm is not None and lm.device.type == "cuda":
             import torch
@@ -376,8 +364,8 @@ class IrpNode(Node, LifecycleNodeMixin):
             "packed_layers": lm.packed_layers if lm else None,
             "queue_depth": self._queue.qsize(), "queue_size": self._queue.maxsize,
             "status_period_s": self._status_timer.timer_period_ns / 1e9,
-            "throttled": throttled, "throttled_signal": throttle_signal,
-            "throttled_age_s": None if throttle_age is None else round(throttle_age, 3),
+            "throttled": throttle.throttled, "throttled_signal": throttle.signal,
+            "throttled_age_s": None if throttle.age_s is None else round(throttle.age_s, 3),
             "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
             "gpu_mem_mb": gpu_mb, "model_mb": round(lm.footprint_mb, 1) if lm else None,
             "max_memory_mb": self.cfg.llm_irp.max_memory_mb, "error": self._load_error,

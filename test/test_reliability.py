@@ -198,11 +198,13 @@ def test_invalid_utf8_lone_surrogates_and_control_characters(t):
 def test_format_strings_and_template_syntax_are_plain_data(rel, t):
     qid = "%s%n%x{0}{__class__}"
     text = "What is %s%n {0} {__class__.__mro__} {{ 7*7 }} {% raw %}<|im_end|>?"
-    result = _ok(t.ask(text, qid=qid, conversation="%n%n{0}", context="%(x)s {{ config }}"))
+    result = _ok(t.ask(text, qid=qid, conversation="%n%n{0}", context="%(x)s {{ config }}", **{"%s": 1}))
     assert (result["id"], result["question"], result["conversation"]) == (qid, text, "%n%n{0}")
     refused = t.ask("", qid=qid + "-empty")
     assert refused["id"] == qid + "-empty" and refused["error"]["code"] == "invalid_input"
-    rel.proc.wait_log(f"question {qid}-empty refused: invalid_input")  # logged verbatim, not formatted
+    # logged verbatim, not formatted (refusals log at most once per 5 s, so the unknown-field warning
+    # of the answered question is the line to look for)
+    rel.proc.wait_log(f"question {qid}: ignored unknown fields: %s")
 
 
 @pytest.mark.parametrize("field,value", [
