@@ -174,10 +174,22 @@ def test_configure_failure_in_warm_up_is_reported_released_and_retried(tiny_mode
         # configure-time keys may be set while unconfigured; the next configure uses them
         (res,) = t.set_parameters({"model.path": str(tiny_model_dir)})
         assert res.successful, res.reason
-        assert t.change_state("configure") and t.change_state("activate")
+        mark = t.status_mark()
+        future = t.change_state_async("configure")
+        t.wait_status(lambda s: s["state"] == "loading", 30, "configure running", mark)
+        # set while configuring: a live key is applied to the engine configure installs (the warm-up
+        # window itself is hit deterministically in test_core.py); a configure-time key is refused
+        (res,) = t.set_parameters({"llm_irp.irp_iterations": 1})
+        assert res.successful, res.reason
+        (res,) = t.set_parameters({"model.path": str(short)})
+        assert not res.successful and "configure" in res.reason  # configuring, then inactive
+        done = threading.Event()
+        future.add_done_callback(lambda _: done.set())
+        assert done.wait(60) and future.result().success
+        assert t.change_state("activate")
         status = t.wait_status(lambda s: s["lifecycle"] == "active", 10)
         assert status["error"] is None and status["model"] == "model"
-        _ok(t.ask("What is 2+2?"))
+        assert _ok(t.ask("What is 2+2?"))["irp"]["candidates"] == 1
     finally:
         rc = node.close()
     assert rc == 0
