@@ -104,7 +104,7 @@ def test_ask_sage_alone_writes_its_keys(t):
 
 
 def test_ask_sage_in_a_named_conversation_keeps_its_history(t):
-    ask = AskSage(question="Where is the dock?", namespace=t.namespace, timeout_s=TIMEOUT,
+    ask = AskSage(question="Where is the charger?", namespace=t.namespace, timeout_s=TIMEOUT,
                   conversation="bt-dialogue")
     ask.setup(node=t.node)
     used = []
