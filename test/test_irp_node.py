@@ -9,6 +9,7 @@ code path — while every other question is answered normally.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -259,7 +260,7 @@ def test_history_changes_the_prompt_and_reset_clears_it(t):
     assert _ok(t.ask("Again?", conversation="history-2"))["irp"]["history_used"] == 0
 
 
-def test_questions_without_conversation_share_nothing_and_a_named_one_keeps_its_history(t):
+def test_questions_without_conversation_share_nothing_and_a_named_one_keeps_its_history(t, shared):
     """Issue 11: independent askers do not see each other's exchanges; a named conversation is a dialogue."""
     first = _ok(t.exchange_raw("What is the capital of France?"))  # plain text
     second = _ok(t.ask("Say hello."))  # JSON without 'conversation'
@@ -274,6 +275,15 @@ def test_questions_without_conversation_share_nothing_and_a_named_one_keeps_its_
     warned = _ok(t.ask("Start over.", reset=True))
     assert warned["irp"]["history_used"] == 0 and "'reset' has no effect" in warned["warnings"][0]
     assert _ok(t.ask("And now?", conversation="dialogue-1"))["irp"]["history_used"] == 2
+    # The same through SageClient.ask(conversation=) and `sage_irp ask --conversation`.
+    assert t.client.ask("Who am I?", timeout=60, conversation="dialogue-2").raw["irp"]["history_used"] == 1
+    assert t.client.ask("Who am I?", timeout=60).raw["irp"]["history_used"] == 0
+    cli = subprocess.run([sys.executable, "-m", "sage_irp_ros.cli", "ask", "One more?", "--conversation",
+                          "dialogue-2", "--json", "--timeout", "60", "--namespace", shared.proc.namespace],
+                         env=shared.env, capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0, cli.stderr
+    result = json.loads(cli.stdout)
+    assert result["conversation"] == "dialogue-2" and result["irp"]["history_used"] == 2
 
 
 # -- lifecycle from another process -----------------------------------------------------------------
