@@ -91,8 +91,8 @@ class SageClient:
         future = Future()
         with self._lock:
             self._pending[qid] = future
-        fields["conversation"] = conversation
-        payload = {"id": qid, "question": question, **{k: v for k, v in fields.items() if v is not None}}
+        optional = {"conversation": conversation, **fields}
+        payload = {"id": qid, "question": question, **{k: v for k, v in optional.items() if v is not None}}
         self._pub.publish(String(data=json.dumps(payload)))
         return future
 
