@@ -75,14 +75,16 @@ class AskSage(_SageBehaviour):
     ``salience_key`` and ``result_key``. An error result writes ``result_key`` only (trees can branch
     on ``error_code``) and gives FAILURE, as does no result within ``timeout_s`` (counted from the
     first tick, including the wait for the node to be discovered) or a missing ``question_key``.
-    ``fields`` are sent in the question JSON too (``conversation``, ``deadline_s``, ...).
+    Without ``conversation`` each question stands alone (no history, and it leaves none for any other
+    asker); behaviours given the same ``conversation`` id share that conversation's recent exchanges.
+    ``fields`` are sent in the question JSON too (``context``, ``deadline_s``, ...).
     """
 
     def __init__(self, name: str = "AskSage", client: ClientSource = None, *,
                  question: Optional[str] = None, question_key: Optional[str] = None,
                  answer_key: str = "sage/answer", salience_key: str = "sage/salience",
                  result_key: str = "sage/result", timeout_s: float = 30.0, namespace: str = "sage",
-                 **fields: Any):
+                 conversation: Optional[str] = None, **fields: Any):
         super().__init__(name, client, namespace)
         if (question is None) == (question_key is None):
             raise ValueError("AskSage needs exactly one of question= or question_key=")
@@ -90,6 +92,7 @@ class AskSage(_SageBehaviour):
         self.question_key = question_key
         self.answer_key, self.salience_key, self.result_key = answer_key, salience_key, result_key
         self.timeout_s = float(timeout_s)
+        self.conversation = conversation
         self.fields = fields
         self.question_id: Optional[str] = None  # id of the question last published
         self.result: Optional[Result] = None    # result of the last completed question
@@ -132,7 +135,8 @@ class AskSage(_SageBehaviour):
                 self.feedback_message = "waiting for the IRP node"
                 return Status.RUNNING
             self.question_id = uuid.uuid4().hex[:12]  # fresh per round: a retry never matches an old result
-            self._future = self.client.ask_async(self._text, id=self.question_id, **self.fields)
+            self._future = self.client.ask_async(self._text, id=self.question_id,
+                                                 conversation=self.conversation, **self.fields)
         if not self._future.done():
             if time.monotonic() >= self._deadline:
                 self._forget()

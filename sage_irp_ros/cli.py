@@ -6,6 +6,9 @@
     sage_irp monitor [--namespace sage] [--once] [--timeout S]
     sage_irp plot [--db FILE] [--out session.png] [--since UNIX_TIME] [--conversation C]
 
+``ask`` without ``--conversation`` asks the question on its own (no history, and it leaves none); the
+same ``--conversation`` id on several asks makes them one dialogue.
+
 ``run`` is the one-process equivalent of ``ros2 launch sage_irp_ros edge.launch.py``: the same nodes,
 the same default parameters file (config/edge.yaml), standard ``--ros-args`` (params files, remaps).
 """
@@ -25,6 +28,7 @@ DEMO_QUESTIONS = (
     "When you generate a response, are you discovering it or creating it?",
     "How does compression affect meaning?",
 )
+DEMO_CONVERSATION = "demo"  # the report asked its five questions as one dialogue
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,14 +48,16 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the IRP and diagnostics nodes in one process")
     run.add_argument("--namespace", default="sage")
     run.add_argument("--model-path", default="", help="local HF folder or .gguf (default: embedded SmolLM2)")
-    run.add_argument("--demo", action="store_true", help="ask the research report's five demo questions")
+    run.add_argument("--demo", action="store_true",
+                     help=f"ask the research report's five demo questions in conversation '{DEMO_CONVERSATION}'")
     run.add_argument("--once", action="store_true", help="with --demo: exit after the demo")
     run.add_argument("--no-diagnostics", action="store_true", help="run only the IRP node")
     run.set_defaults(func=_run)
     ask = sub.add_parser("ask", help="ask the running node a question and print the result")
     ask.add_argument("question")
     ask.add_argument("--id")
-    ask.add_argument("--conversation")
+    ask.add_argument("--conversation", help="conversation id: asks with the same id share their recent "
+                                            "exchanges as context (default: none, no history)")
     ask.add_argument("--timeout", type=float, default=120.0)
     ask.add_argument("--json", action="store_true", help="print the whole result JSON")
     ask.add_argument("--namespace", default="sage")
@@ -59,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export-salient", help="write salient exchanges as JSONL (for fine-tuning)")
     export.add_argument("--db", default="", help="SQLite file (default: memory.db_path default)")
     export.add_argument("--since", type=float, help="unix time")
-    export.add_argument("--conversation")
+    export.add_argument("--conversation", help="only this conversation ('' = questions asked without one)")
     export.add_argument("--min-salience", type=float)
     export.add_argument("--out", default="-", help="output file, '-' = stdout")
     export.set_defaults(func=_export)
@@ -72,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     plot.add_argument("--db", default="", help="SQLite file (default: memory.db_path default)")
     plot.add_argument("--out", default="session.png")
     plot.add_argument("--since", type=float, help="unix time")
-    plot.add_argument("--conversation")
+    plot.add_argument("--conversation", help="only this conversation ('' = questions asked without one)")
     plot.set_defaults(func=_plot)
     return parser
 
@@ -110,13 +116,14 @@ def _run(args: argparse.Namespace, ros_args: list[str]) -> int:
 
 
 def _demo(client, stop: threading.Event | None) -> None:
-    """Ask the five demo questions through the real topics once the node is ready."""
+    """Ask the five demo questions through the real topics once the node is ready, as one dialogue."""
     if not client.wait_until_ready(600):
         print("[demo] the IRP node did not become active", flush=True)
     else:
-        print(f"[demo] model {client.status.get('model')} ready on {client.status.get('device')}", flush=True)
+        print(f"[demo] model {client.status.get('model')} ready on {client.status.get('device')}; "
+              f"asking in conversation '{DEMO_CONVERSATION}'", flush=True)
         for n, question in enumerate(DEMO_QUESTIONS, start=1):
-            result = client.ask(question, timeout=600, conversation=f"demo-{n}")
+            result = client.ask(question, timeout=600, conversation=DEMO_CONVERSATION)
             print(f"\n[demo {n}/5] Q: {question}", flush=True)
             print(_format(result.raw), flush=True)
     if stop is not None:

@@ -79,19 +79,27 @@ class SageClient:
         self._status_sub = node.create_subscription(String, topic(namespace, "status"), self._on_status, LATCHED)
 
     # -- asking -----------------------------------------------------------------------------------
-    def ask_async(self, question: str, *, id: str | None = None, **fields: Any) -> Future:
-        """Publish a question; the returned future completes with a :class:`Result`."""
+    def ask_async(self, question: str, *, id: str | None = None, conversation: str | None = None,
+                  **fields: Any) -> Future:
+        """Publish a question; the returned future completes with a :class:`Result`.
+
+        Without ``conversation`` the question stands alone: no history, and it leaves none. Questions
+        with the same ``conversation`` id share that conversation's recent exchanges as context.
+        ``fields`` are the question JSON's other optional fields (``context``, ``deadline_s``, ...).
+        """
         qid = id or uuid.uuid4().hex[:12]
         future = Future()
         with self._lock:
             self._pending[qid] = future
-        payload = {"id": qid, "question": question, **{k: v for k, v in fields.items() if v is not None}}
+        optional = {"conversation": conversation, **fields}
+        payload = {"id": qid, "question": question, **{k: v for k, v in optional.items() if v is not None}}
         self._pub.publish(String(data=json.dumps(payload)))
         return future
 
-    def ask(self, question: str, timeout: float = 120.0, wait_ready: bool = False, **fields: Any) -> Result:
+    def ask(self, question: str, timeout: float = 120.0, wait_ready: bool = False, *,
+            conversation: str | None = None, **fields: Any) -> Result:
         """Blocking form: wait for the node (and, with ``wait_ready``, for it to be active), ask, and
-        wait for the result. Raises TimeoutError."""
+        wait for the result. ``conversation`` and ``fields`` as for :meth:`ask_async`. Raises TimeoutError."""
         deadline = time.monotonic() + timeout
         if not self.wait_for_node(timeout):
             raise TimeoutError(f"no IRP node answered on {self._pub.topic_name} within {timeout:g} s")
@@ -99,7 +107,7 @@ class SageClient:
             state = self.status or {}
             raise TimeoutError(f"the IRP node did not become active within {timeout:g} s (lifecycle "
                                f"{state.get('lifecycle')}, state {state.get('state')}, error {state.get('error')})")
-        future = self.ask_async(question, **fields)
+        future = self.ask_async(question, conversation=conversation, **fields)
         done = threading.Event()
         future.add_done_callback(lambda _: done.set())
         if not done.wait(max(0.0, deadline - time.monotonic())):

@@ -1,7 +1,16 @@
-"""Per-conversation history: the last ``memory.circular_buffer_size`` exchanges of each conversation.
+"""Conversation histories: the last ``memory.circular_buffer_size`` exchanges of each named conversation.
+
+A question is in a conversation only when its caller names one (the ``conversation`` field). A robot
+has many askers that know nothing of each other (behaviour trees, operators, scripts), so a question
+without a conversation id gets no history and leaves none: nothing it asks reaches another caller's
+prompt.
 
 Bounded twice: each conversation keeps a fixed number of exchanges, and only the most recently used
 ``memory.max_conversations`` conversations are kept, so a flood of new ids cannot grow memory.
+
+Besides the histories, the node-wide window of the last few exchanges heard (in any conversation, or in
+none) is kept for SNARC surprise of questions without a conversation: it is scored against what the
+robot has just been hearing (see docs/interface.md, "Conversations"). It never enters a prompt.
 """
 
 from __future__ import annotations
@@ -9,14 +18,21 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict, deque
 
+Turns = list[tuple[str, str]]
+
 
 class ConversationHistory:
-    """Thread-safe map of conversation id -> recent (question, answer) pairs, oldest first."""
+    """Thread-safe map of conversation id -> recent (question, answer) pairs, oldest first.
 
-    def __init__(self, max_history: int = 5, max_conversations: int = 1000):
+    ``conversation`` None means "no conversation": :meth:`get` gives nothing and :meth:`add` keeps the
+    exchange only in the node-wide :meth:`heard` window of the last ``heard_window`` exchanges.
+    """
+
+    def __init__(self, max_history: int = 5, max_conversations: int = 1000, heard_window: int = 3):
         self._max_history = max_history
         self._max_conversations = max_conversations
         self._items: OrderedDict[str, deque[tuple[str, str]]] = OrderedDict()
+        self._heard: deque[tuple[str, str]] = deque(maxlen=max(0, heard_window))
         self._lock = threading.Lock()
 
     def resize(self, max_history: int, max_conversations: int) -> None:
@@ -32,29 +48,43 @@ class ConversationHistory:
             while len(self._items) > self._max_conversations:
                 self._items.popitem(last=False)
 
-    def get(self, conversation: str) -> list[tuple[str, str]]:
+    def get(self, conversation: str | None) -> Turns:
+        """The conversation's earlier exchanges, oldest first; empty for None (no conversation)."""
+        if conversation is None:
+            return []
         with self._lock:
             turns = self._items.get(conversation)
             return list(turns) if turns else []
 
-    def add(self, conversation: str, question: str, answer: str) -> None:
-        if self._max_history == 0:
-            return
+    def heard(self) -> Turns:
+        """The last exchanges answered node-wide, in any conversation or none, oldest first."""
         with self._lock:
+            return list(self._heard)
+
+    def add(self, conversation: str | None, question: str, answer: str) -> None:
+        """Record an answered exchange: in its conversation's history (if it has one) and in :meth:`heard`."""
+        with self._lock:
+            self._heard.append((question, answer))
+            if conversation is None or self._max_history == 0:
+                return
             turns = self._items.pop(conversation, None) or deque(maxlen=self._max_history)
             turns.append((question, answer))
             self._items[conversation] = turns
             while len(self._items) > self._max_conversations:
                 self._items.popitem(last=False)
 
-    def reset(self, conversation: str | None = None) -> int:
-        """Forget one conversation, or all when ``conversation`` is None; returns how many were cleared."""
+    def reset(self, conversation: str) -> int:
+        """Forget one named conversation; returns 1 if it had a history, else 0."""
         with self._lock:
-            if conversation is None:
-                count = len(self._items)
-                self._items.clear()
-                return count
             return 1 if self._items.pop(conversation, None) is not None else 0
+
+    def clear(self) -> int:
+        """Forget every conversation and the :meth:`heard` window; returns how many histories were cleared."""
+        with self._lock:
+            count = len(self._items)
+            self._items.clear()
+            self._heard.clear()
+            return count
 
     def __len__(self) -> int:
         with self._lock:

@@ -24,7 +24,7 @@ from .irp import IRPEngine
 from .memory_store import Exchange, MemoryStore, open_store
 from .model_loader import LoadedModel, apply_power_mode, load_model, release
 from .questions import Question
-from .snarc import SnarcScorer
+from .snarc import SURPRISE_WINDOW, SnarcScorer
 from .stats import ServingStats
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,8 @@ class SageCore:
         self._progress = progress or log.info
         self.lm: LoadedModel | None = None
         self.engine: IRPEngine | None = None
-        self.history = ConversationHistory(cfg.memory.circular_buffer_size, cfg.memory.max_conversations)
+        self.history = ConversationHistory(cfg.memory.circular_buffer_size, cfg.memory.max_conversations,
+                                           heard_window=SURPRISE_WINDOW)
         self.snarc = SnarcScorer(cfg.snarc)
         self.store: MemoryStore | None = None
         self.stats = ServingStats()
@@ -112,7 +113,9 @@ class SageCore:
         return self.engine is not None
 
     def reset_history(self, conversation: str | None = None) -> int:
-        return self.history.reset(conversation)
+        """Forget one named conversation's history; with None, every history and the node-wide window
+        that SNARC surprise of questions without a conversation reads. Returns how many were cleared."""
+        return self.history.clear() if conversation is None else self.history.reset(conversation)
 
     # -- answering --------------------------------------------------------------------------------
     def answer(self, question: Question, *, received: float | None = None, throttled: bool = False,
@@ -138,7 +141,7 @@ class SageCore:
                 cancel: threading.Event | None) -> dict[str, Any]:
         irp_cfg = self.cfg.llm_irp
         self._check_memory_floor()
-        if q.reset:
+        if q.reset and q.conversation is not None:  # without one there is no history to clear
             self.history.reset(q.conversation)
         deadline_s = q.deadline_s or irp_cfg.deadline_s or None
         deadline = received + deadline_s if deadline_s else None
@@ -148,7 +151,10 @@ class SageCore:
         options = {"max_iterations": irp_cfg.throttled_candidates if adapt else q.max_iterations,
                    "max_tokens": min(irp_cfg.throttled_max_tokens, irp_cfg.max_tokens) if adapt else None,
                    "deadline": deadline, "cancel": cancel}
+        # Prompt history: only the question's own named conversation (none without one). Surprise's
+        # window: the same history in a conversation, else what the node heard last (docs/interface.md).
         history = self.history.get(q.conversation)
+        heard = history if q.conversation is not None else self.history.heard()
         with self._lock:
             engine = self._engine()
             try:
@@ -163,7 +169,7 @@ class SageCore:
                 raise SageError(errors.SHUTTING_DOWN, "generation cancelled: the node is stopping")
             raise SageError(errors.INFERENCE_FAILED, "the model produced no answer text")
         inference_s = time.monotonic() - start
-        scores = self.snarc.score(q.text, response, history, final_energy=info["final_energy"])
+        scores = self.snarc.score(q.text, response, heard, final_energy=info["final_energy"])
         self.history.add(q.conversation, q.text, response)
         info["throttled"] = adapt
         result = self._result(q, ok=True, answer=response, error=None, snarc=scores.as_dict(),

@@ -11,6 +11,9 @@ Why it is built this way:
 * Versioned: ``PRAGMA user_version`` holds the schema version (1). A file written by a newer version
   is refused with a clear message rather than misread.
 * Private if asked: ``verbatim=False`` keeps ``sha256:<hex>`` digests of question and answer only.
+* Conversations: an exchange asked without a conversation id is stored with ``conversation`` = ''
+  (the column is NOT NULL in schema 1; a named conversation is never empty) and read back as None,
+  so exports show ``"conversation": null`` as results do; the filter ``conversation=''`` selects them.
 * Consolidation: every ``consolidation_interval``-th exchange (by row id) also records a summary row
   (row count, mean salience of the last interval) in the same transaction and then checkpoints the
   WAL, so the ``-wal`` file stays small.
@@ -39,6 +42,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 200
+UNNAMED = ""  # the stored conversation of an exchange asked without a conversation id
 _DIMS = ("surprise", "novelty", "arousal", "reward", "conflict", "total")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS exchanges (
@@ -84,7 +88,7 @@ class Exchange:
     """One answered question with its SNARC scores, IRP info and timings."""
 
     stamp: float
-    conversation: str
+    conversation: str | None  # None: asked without a conversation
     question_id: str
     question: str
     answer: str
@@ -264,7 +268,8 @@ class MemoryStore:
         question, answer = (ex.question, ex.answer) if self._verbatim else (
             _digest(ex.question), _digest(ex.answer))
         s = ex.scores
-        return (float(ex.stamp), str(ex.conversation), str(ex.question_id), question, answer,
+        conversation = UNNAMED if ex.conversation is None else str(ex.conversation)
+        return (float(ex.stamp), conversation, str(ex.question_id), question, answer,
                 float(s.surprise), float(s.novelty), float(s.arousal), float(s.reward),
                 float(s.conflict), float(s.total), int(bool(s.salient)),
                 json.dumps(ex.irp or {}, default=str), json.dumps(ex.timing or {}, default=str),
@@ -275,7 +280,8 @@ class MemoryStore:
               min_salience: float | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         """Stored exchanges, oldest first, as dicts (irp and timing decoded, salient a bool).
 
-        Filters: ``stamp >= since``, exact ``conversation``, ``total >= min_salience``; ``limit``
+        Filters: ``stamp >= since``, exact ``conversation`` ('' = exchanges asked without one; they
+        are returned with ``conversation`` None), ``total >= min_salience``; ``limit``
         keeps the newest matches. Raises :class:`MemoryStoreError` when the file cannot be read;
         a store whose file does not exist yet is empty (and is not created).
         """
@@ -307,6 +313,7 @@ class MemoryStore:
                 raise
         rows.reverse()
         for row in rows:
+            row["conversation"] = row["conversation"] or None
             row["salient"] = bool(row["salient"])
             row["irp"] = json.loads(row.pop("irp_json") or "{}")
             row["timing"] = json.loads(row.pop("timing_json") or "{}")

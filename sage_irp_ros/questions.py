@@ -30,11 +30,15 @@ _PARSE_ID_LIMIT = 1_000_000
 
 @dataclass
 class Question:
-    """A validated question."""
+    """A validated question.
+
+    ``conversation`` is the caller's conversation id, or None for a question asked on its own: such a
+    question is answered without history and adds nothing to any other question's history.
+    """
 
     text: str
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
-    conversation: str = "default"
+    conversation: str | None = None
     context: str = ""
     max_iterations: int | None = None
     deadline_s: float | None = None
@@ -105,7 +109,7 @@ def _from_json(text: str, max_chars: int) -> Question:
     question = Question(text=_clean_text(_typed(body, str, "question"), "question", max_chars))
     if "id" in data:
         question.id = _clean_text(_typed(data["id"], str, "id"), "id", MAX_ID_CHARS)
-    if "conversation" in data:
+    if data.get("conversation") is not None:  # null (as results show an unnamed one) = no conversation
         question.conversation = _clean_text(_typed(data["conversation"], str, "conversation"),
                                             "conversation", MAX_ID_CHARS)
     if "context" in data:
@@ -123,6 +127,9 @@ def _from_json(text: str, max_chars: int) -> Question:
         question.deadline_s = float(value)
     if "reset" in data:
         question.reset = _typed(data["reset"], bool, "reset")
+        if question.reset and question.conversation is None:
+            question.warnings.append("'reset' has no effect without 'conversation': "
+                                     "a question without one is answered with no history anyway")
     unknown = sorted(str(k)[:40] for k in data if k not in FIELDS)
     if unknown:
         question.warnings.append(f"ignored unknown fields: {', '.join(unknown)}")

@@ -33,7 +33,7 @@ _SELF_REFERENCE_PHRASES = (
     "this conversation", "my response")
 _UNCERTAINTY_TERMS = ("uncertain", "maybe", "might", "could", "perhaps")
 _SENTENCE_END = frozenset(".!?")
-_SURPRISE_WINDOW = 3  # earlier exchanges whose questions define "expected" words
+SURPRISE_WINDOW = 3  # earlier exchanges whose questions define "expected" words
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ class SnarcScorer:
         if not history:
             return 0.0
         recent: set[str] = set()
-        for earlier_question, _ in history[-_SURPRISE_WINDOW:]:
+        for earlier_question, _ in history[-SURPRISE_WINDOW:]:
             recent.update(_words(earlier_question))
         current = set(q_words)
         if not recent or not current:
@@ -144,7 +144,8 @@ class SnarcScorer:
         """Score one exchange.
 
         ``history`` holds the earlier ``(question, answer)`` exchanges of the same conversation,
-        oldest first, not including this one. ``final_energy`` is the IRP's best energy, or None.
+        oldest first, not including this one (only the questions of the last ``SURPRISE_WINDOW``
+        are read, for surprise). ``final_energy`` is the IRP's best energy, or None.
         """
         q_words = _words(question)
         a_words = _words(answer)

@@ -95,10 +95,24 @@ def test_ask_sage_alone_writes_its_keys(t):
     assert Blackboard.storage["/me/result"].id == ask.question_id
     assert isinstance(Blackboard.storage["/me/salience"], float)
     assert "/sage/answer" not in Blackboard.storage
-    # A second round asks again with a fresh id.
+    assert Blackboard.storage["/me/result"].raw["conversation"] is None  # no conversation named
+    # A second round asks again with a fresh id, and without a conversation it gets no history.
     first = ask.question_id
     assert tick(ask, lambda s: s != Status.RUNNING) == Status.SUCCESS
     assert ask.question_id != first
+    assert ask.result.raw["irp"]["history_used"] == 0
+
+
+def test_ask_sage_in_a_named_conversation_keeps_its_history(t):
+    ask = AskSage(question="Where is the charger?", namespace=t.namespace, timeout_s=TIMEOUT,
+                  conversation="bt-dialogue")
+    ask.setup(node=t.node)
+    used = []
+    for _ in range(2):
+        assert tick(ask, lambda s: s != Status.RUNNING) == Status.SUCCESS, ask.feedback_message
+        assert ask.result.raw["conversation"] == "bt-dialogue"
+        used.append(ask.result.raw["irp"]["history_used"])
+    assert used == [0, 1]
 
 
 def test_error_result_is_failure(t):

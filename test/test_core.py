@@ -48,10 +48,63 @@ def test_salient_exchanges_are_stored_and_consolidated(core, tmp_path):
 def test_history_feeds_the_next_prompt_and_reset_clears_it(core):
     core.answer(Question(text="My name is Ada.", conversation="c1"))
     second = core.answer(Question(text="What is my name?", conversation="c1"))
-    assert second["irp"]["history_used"] == 1
+    assert second["irp"]["history_used"] == 1 and second["conversation"] == "c1"
     assert core.answer(Question(text="Hi", conversation="c2"))["irp"]["history_used"] == 0
     assert core.answer(Question(text="Again?", conversation="c1", reset=True))["irp"]["history_used"] == 0
     assert core.reset_history() == 2
+
+
+def test_questions_without_conversation_share_no_history(core):
+    first = core.answer(Question(text="What is the capital of France?"))
+    second = core.answer(Question(text="Say hello."))
+    assert first["ok"] and second["ok"]
+    assert first["conversation"] is None and second["conversation"] is None
+    assert [first["irp"]["history_used"], second["irp"]["history_used"]] == [0, 0]
+    core.answer(Question(text="My name is Ada.", conversation="c1"))
+    assert core.answer(Question(text="Name a primary color."))["irp"]["history_used"] == 0
+    named = core.answer(Question(text="What is my name?", conversation="c1"))
+    assert named["irp"]["history_used"] == 1  # only its own exchange, none of the unnamed ones
+    assert [q for q, _ in core.history.get("c1")] == ["My name is Ada.", "What is my name?"]
+    assert core.answer(Question(text="Start over?", reset=True))["ok"]  # no conversation: nothing to reset
+    assert core.answer(Question(text="And?", conversation="c1"))["irp"]["history_used"] == 2
+
+
+def test_named_conversation_salience_is_the_research_scorers_for_its_own_sequence(core):
+    """Interleaved unnamed questions and another conversation change nothing in a conversation's SNARC."""
+    from sage_irp_ros.snarc import SnarcScorer
+    from test_snarc import INLINE_VECTORS
+
+    research = SnarcScorer(core.cfg.snarc)
+    earlier: list[tuple[str, str]] = []
+    for n, vector in enumerate(INLINE_VECTORS):
+        core.answer(Question(text=f"Unrelated words number {n}?"))
+        core.answer(Question(text=f"Other dialogue {n}?", conversation="other"))
+        result = core.answer(Question(text=vector["question"], conversation="research"))
+        want = research.score(vector["question"], result["answer"], earlier, result["irp"]["best_energy"])
+        for dim, value in want.as_dict().items():
+            assert result["snarc"][dim] == pytest.approx(value, abs=1e-6), dim
+        assert result["snarc"]["surprise"] == pytest.approx(vector["surprise"], abs=1e-6)  # questions only
+        earlier.append((vector["question"], result["answer"]))
+
+
+def test_surprise_without_conversation_compares_with_what_the_node_heard(core):
+    assert core.answer(Question(text="alpha beta"))["snarc"]["surprise"] == 0.0  # nothing heard yet
+    core.answer(Question(text="gamma delta", conversation="c1"))
+    assert core.answer(Question(text="gamma delta"))["snarc"]["surprise"] == 0.0  # heard, in any conversation
+    assert core.answer(Question(text="epsilon delta"))["snarc"]["surprise"] == pytest.approx(0.5)
+    for word in ("one", "two", "three"):
+        core.answer(Question(text=word, conversation="c2"))
+    assert core.answer(Question(text="alpha beta"))["snarc"]["surprise"] == 1.0  # only the last 3 count
+    core.reset_history()  # the reset_history service forgets what was heard too
+    assert core.answer(Question(text="zeta"))["snarc"]["surprise"] == 0.0
+
+
+def test_exchanges_without_conversation_are_stored_as_unnamed(core):
+    core.answer(Question(text="Alone?", id="u1"))
+    core.answer(Question(text="Together?", id="n1", conversation="c1"))
+    rows = core.store.query()
+    assert [(r["question_id"], r["conversation"]) for r in rows] == [("u1", None), ("n1", "c1")]
+    assert [r["question_id"] for r in core.store.query(conversation="")] == ["u1"]
 
 
 def test_throttled_uses_fewer_candidates_and_tokens(core):

@@ -9,6 +9,7 @@ code path — while every other question is answered normally.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -71,7 +72,7 @@ def test_plain_text_question_gets_a_result_with_a_generated_id(t):
     text = "What is 2+2? plain"
     result = t.exchange_raw(f"  {text}\n")
     _ok(result)
-    assert result["question"] == text and result["conversation"] == "default"
+    assert result["question"] == text and result["conversation"] is None
     assert isinstance(result["id"], str) and len(result["id"]) == 12
     assert result["answer"] and result["model"] == "model"
     assert set(result["timing"]) >= {"queued_s", "inference_s", "total_s", "tokens", "tokens_per_s"}
@@ -257,6 +258,32 @@ def test_history_changes_the_prompt_and_reset_clears_it(t):
     assert response.success and "cleared" in response.message
     assert _ok(t.ask("After reset?", conversation=conv))["irp"]["history_used"] == 0
     assert _ok(t.ask("Again?", conversation="history-2"))["irp"]["history_used"] == 0
+
+
+def test_questions_without_conversation_share_nothing_and_a_named_one_keeps_its_history(t, shared):
+    """Issue 11: independent askers do not see each other's exchanges; a named conversation is a dialogue."""
+    first = _ok(t.exchange_raw("What is the capital of France?"))  # plain text
+    second = _ok(t.ask("Say hello."))  # JSON without 'conversation'
+    third = _ok(t.exchange_raw('{"question": "Name a primary color.", "conversation": null}'))
+    assert [r["conversation"] for r in (first, second, third)] == [None, None, None]
+    assert [r["irp"]["history_used"] for r in (first, second, third)] == [0, 0, 0]
+    named = [_ok(t.ask(q, conversation="dialogue-1"))["irp"]["history_used"]
+             for q in ("My name is Ada.", "What is my name?")]
+    assert named == [0, 1]
+    assert _ok(t.ask("What is my name?", conversation="dialogue-2"))["irp"]["history_used"] == 0
+    assert _ok(t.ask("What is 2+2?"))["irp"]["history_used"] == 0  # the named dialogue does not leak either
+    warned = _ok(t.ask("Start over.", reset=True))
+    assert warned["irp"]["history_used"] == 0 and "'reset' has no effect" in warned["warnings"][0]
+    assert _ok(t.ask("And now?", conversation="dialogue-1"))["irp"]["history_used"] == 2
+    # The same through SageClient.ask(conversation=) and `sage_irp ask --conversation`.
+    assert t.client.ask("Who am I?", timeout=60, conversation="dialogue-2").raw["irp"]["history_used"] == 1
+    assert t.client.ask("Who am I?", timeout=60).raw["irp"]["history_used"] == 0
+    cli = subprocess.run([sys.executable, "-m", "sage_irp_ros.cli", "ask", "One more?", "--conversation",
+                          "dialogue-2", "--json", "--timeout", "60", "--namespace", shared.proc.namespace],
+                         env=shared.env, capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0, cli.stderr
+    result = json.loads(cli.stdout)
+    assert result["conversation"] == "dialogue-2" and result["irp"]["history_used"] == 2
 
 
 # -- lifecycle from another process -----------------------------------------------------------------

@@ -28,7 +28,7 @@ from sage_irp_ros.snarc import SnarcScores
 REPO = Path(__file__).resolve().parents[1]
 
 
-def make_exchange(i: int, conversation: str = "c1", total: float = 0.5, stamp: float | None = None,
+def make_exchange(i: int, conversation: str | None = "c1", total: float = 0.5, stamp: float | None = None,
                   question: str | None = None) -> Exchange:
     scores = SnarcScores(0.1, 0.2, 0.3, 0.4, 0.5, total, total >= 0.15)
     return Exchange(stamp=1000.0 + i if stamp is None else stamp, conversation=conversation,
@@ -193,6 +193,20 @@ def test_export_jsonl_filters(filled, tmp_path):
     assert exported(min_salience=0.5) == ["q1", "q4"]
     assert exported(conversation="a", min_salience=0.5) == ["q4"]
     assert filled.export_jsonl(str(tmp_path / "none.jsonl"), since=1e12) == 0
+
+
+def test_exchange_without_conversation_is_stored_and_exported_as_null(tmp_path):
+    store = MemoryStore(tmp_path / "memory.db")
+    assert store.record(make_exchange(0, conversation=None)) and store.record(make_exchange(1, conversation="a"))
+    assert [(r["question_id"], r["conversation"]) for r in store.query()] == [("q0", None), ("q1", "a")]
+    assert ids(store, conversation="") == ["q0"]  # '' selects the exchanges asked without one
+    assert ids(store, conversation="a") == ["q1"]
+    with sqlite3.connect(store.path) as db:  # the column stays NOT NULL: schema 1 files are unchanged
+        assert db.execute("SELECT conversation FROM exchanges ORDER BY id").fetchall() == [("",), ("a",)]
+    buf = io.StringIO()
+    assert store.export_jsonl(buf) == 2
+    assert [json.loads(line)["conversation"] for line in buf.getvalue().splitlines()] == [None, "a"]
+    store.close()
 
 
 def test_query_on_missing_file_is_empty_and_creates_nothing(tmp_path):

@@ -6,9 +6,22 @@ from sage_irp_ros.errors import INVALID_INPUT, TOO_LONG, SageError
 from sage_irp_ros.questions import parse_id, parse_question
 
 
-def test_plain_text_gets_generated_id():
+def test_plain_text_gets_generated_id_and_no_conversation():
     q = parse_question("  What is 2+2? ", 100)
-    assert q.text == "What is 2+2?" and len(q.id) == 12 and q.conversation == "default"
+    assert q.text == "What is 2+2?" and len(q.id) == 12 and q.conversation is None
+
+
+@pytest.mark.parametrize("raw", ['{"question": "Hi"}', '{"question": "Hi", "conversation": null}'])
+def test_json_without_conversation_has_none(raw):
+    q = parse_question(raw, 100)
+    assert q.conversation is None and q.warnings == []
+
+
+def test_reset_without_conversation_is_a_warning():
+    q = parse_question('{"question": "Hi", "reset": true}', 100)
+    assert q.reset and q.conversation is None
+    assert len(q.warnings) == 1 and "'reset' has no effect without 'conversation'" in q.warnings[0]
+    assert parse_question('{"question": "Hi", "reset": false}', 100).warnings == []
 
 
 def test_json_fields_and_text_alias():
@@ -33,6 +46,8 @@ def test_json_fields_and_text_alias():
     ('{"question": "q", "deadline_s": 0}', INVALID_INPUT, "deadline_s must be in"),
     ('{"question": "q", "deadline_s": 1e9}', INVALID_INPUT, "deadline_s must be in"),
     ('{"question": "q", "reset": 1}', INVALID_INPUT, "'reset' must be true or false"),
+    ('{"question": "q", "conversation": 7}', INVALID_INPUT, "'conversation' must be a string"),
+    ('{"question": "q", "conversation": " "}', INVALID_INPUT, "conversation is empty"),
     ("x" * 101, TOO_LONG, "limit is 100"),
     ("y" * 1_000_000, TOO_LONG, "limit is 100"),
     ("bad \ud800 surrogate", INVALID_INPUT, "lone surrogate"),

@@ -41,3 +41,18 @@ def test_demo_script_answers_the_five_questions(ros_env, tmp_path):
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     assert all(f"[demo {n}/5]" in demo.stdout for n in range(1, 6))
     assert demo.stdout.count("salience ") == 5 and "ERROR" not in demo.stdout
+
+
+def test_demo_asks_its_five_questions_as_one_conversation(ros_env, tiny_model_dir, tmp_path):
+    """`sage_irp run --demo --once` (tiny model): one named conversation, each question sees the earlier ones."""
+    db = tmp_path / "memory.db"
+    demo = subprocess.run([sys.executable, "-m", "sage_irp_ros.cli", "run", "--demo", "--once", "--no-diagnostics",
+                           "--ros-args", "-p", f"model.path:={tiny_model_dir}", "-p", f"memory.db_path:={db}",
+                           "-p", "snarc.salience_threshold:=0.0", "-p", "llm_irp.max_tokens:=8"],
+                          env=ros_env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+    assert "asking in conversation 'demo'" in demo.stdout and "ERROR" not in demo.stdout
+    with MemoryStore(db) as store:  # threshold 0: every exchange is stored
+        rows = store.query()
+    assert [r["conversation"] for r in rows] == ["demo"] * 5
+    assert [r["irp"]["history_used"] for r in rows] == [0, 1, 2, 3, 4]

@@ -73,12 +73,14 @@ def _check_parse(raw: str):
         assert exc.code in (INVALID_INPUT, TOO_LONG) and exc.message
         return None
     assert q.text and q.text == q.text.strip() and len(q.text) <= MAX_CHARS
-    assert not _CONTROL & set(q.text + q.id + q.conversation + q.context)
-    assert 0 < len(q.id) <= MAX_ID_CHARS and 0 < len(q.conversation) <= MAX_ID_CHARS
+    conversation = q.conversation or ""  # None: asked without a conversation (never an empty id)
+    assert q.conversation is None or 0 < len(q.conversation) <= MAX_ID_CHARS
+    assert not _CONTROL & set(q.text + q.id + conversation + q.context)
+    assert 0 < len(q.id) <= MAX_ID_CHARS
     assert q.max_iterations is None or (type(q.max_iterations) is int and 1 <= q.max_iterations <= MAX_ITERATIONS)
     assert q.deadline_s is None or (math.isfinite(q.deadline_s) and 0 < q.deadline_s <= MAX_DEADLINE_S)
     assert isinstance(q.reset, bool)
-    (q.text + q.id + q.conversation + q.context).encode("utf-8")  # never a lone surrogate
+    (q.text + q.id + conversation + q.context).encode("utf-8")  # never a lone surrogate
     return q
 
 
@@ -107,7 +109,8 @@ def test_parser_accepts_or_refuses_any_json_object_precisely(obj, id_first):
             assert pid is None
     if q is not None:
         unknown = {k for k in obj if k not in FIELD_VALUES}
-        assert bool(q.warnings) == bool(unknown)
+        idle_reset = q.reset and q.conversation is None  # warned: nothing to reset without a conversation
+        assert len(q.warnings) == bool(unknown) + idle_reset
 
 
 @settings(max_examples=100, deadline=None)

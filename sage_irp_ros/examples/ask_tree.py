@@ -10,7 +10,10 @@
 
 Run it against a running node (``sage_irp run`` in another terminal)::
 
-    python -m sage_irp_ros.examples.ask_tree --question "Where is the dock?" [--namespace sage] [--timeout 120]
+    python -m sage_irp_ros.examples.ask_tree --question "Where is the dock?" [--conversation C]
+        [--namespace sage] [--timeout 120]
+
+Without ``--conversation`` the question is asked on its own (no history, and it leaves none).
 
 ``main`` ticks the tree at 2 Hz until it succeeds (exit 0, the answer printed) or the timeout passes
 (exit 1, the last feedback printed).
@@ -73,12 +76,15 @@ class FallbackLog(py_trees.behaviour.Behaviour):
 
 
 def create_tree(question: str = "What is 2+2?", namespace: str = "sage", timeout_s: float = 60.0,
-                say: Optional[Callable[[str], None]] = None, **fields: Any) -> py_trees.behaviour.Behaviour:
-    """The example tree's root; ``fields`` go into the question JSON (``conversation``, ``deadline_s``)."""
+                say: Optional[Callable[[str], None]] = None, conversation: Optional[str] = None,
+                **fields: Any) -> py_trees.behaviour.Behaviour:
+    """The example tree's root; ``conversation`` (None: none) and ``fields`` (``deadline_s``, ...) go
+    into the question JSON."""
     ask = py_trees.composites.Sequence("Ask", memory=False, children=[
         SageReady(namespace=namespace),
         NotThrottled(namespace=namespace),
-        AskSage(question=question, timeout_s=timeout_s, namespace=namespace, **fields),
+        AskSage(question=question, timeout_s=timeout_s, namespace=namespace, conversation=conversation,
+                **fields),
         LogAnswer(say=say),
     ])
     return py_trees.composites.Selector("AskWhenReady", memory=False, children=[
@@ -105,6 +111,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     parser = argparse.ArgumentParser(prog="sage_irp_bt_example", description=__doc__.split("\n\n")[0])
     parser.add_argument("--question", default="What is 2+2?")
+    parser.add_argument("--conversation", help="conversation id (default: none, no history)")
     parser.add_argument("--namespace", default="sage")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds until giving up")
     args, ros_args = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
@@ -113,7 +120,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         with spinning(node):
             say = node.get_logger().info
-            tree = py_trees.trees.BehaviourTree(create_tree(args.question, args.namespace, args.timeout, say))
+            tree = py_trees.trees.BehaviourTree(create_tree(args.question, args.namespace, args.timeout, say,
+                                                           conversation=args.conversation))
             tree.setup(node=node)  # non-blocking; the conditions wait for the node at tick time
             status = tick_until(tree, args.timeout)
             answer = py_trees.blackboard.Blackboard.storage.get("/sage/answer")
