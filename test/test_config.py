@@ -87,3 +87,15 @@ def test_every_key_is_documented():
     interface = (ROOT / "docs" / "interface.md").read_text()
     missing = [name for name, _ in describe_keys() if f"`{name}`" not in interface]
     assert not missing, f"docs/interface.md does not document {missing}"
+
+
+def test_interface_md_says_when_each_irp_node_parameter_applies():
+    import re
+
+    from sage_irp_ros.ros_params import IRP_NODE_KEYS, when_applied
+
+    interface = (ROOT / "docs" / "interface.md").read_text()
+    rows = {m.group(1): m.group(2) for m in re.finditer(
+        r"^\| `([a-z_]+\.[a-z_]+)` \| [^|]* \| [^|]* \| (live|configure|read-only) \|", interface, re.M)}
+    assert set(rows) == set(IRP_NODE_KEYS)
+    assert {name: when_applied(name) for name in IRP_NODE_KEYS} == rows
