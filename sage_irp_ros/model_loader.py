@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import torch
 
+from . import hf_compat
 from .config import IRPConfig, ModelConfig
 from .cpu_packing import pack_linear_weights, packed_bytes
 from .embedded_model import EMBEDDED_NAME, converted_gguf, embedded_gguf
@@ -202,7 +203,7 @@ def _from_pretrained(folder: Path, dtype: torch.dtype, device: torch.device):
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(str(folder), **hf_compat.dtype_kwargs(dtype))
         model.to(device)
     except torch.OutOfMemoryError as exc:
         raise ModelLoadError(f"out of memory loading {folder} on {device}: {exc}") from exc
