@@ -23,12 +23,12 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
-# The versions scripts/test_matrix.sh passes on (docs/platforms.md); keep in step with setup.py.
+# The oldest versions scripts/test_matrix.sh passes on (docs/platforms.md), as in setup.py (a test checks).
 MIN_PYTHON = (3, 10)
 TESTED_TORCH = Version("2.13")
-MIN_TORCH = Version("2.2")  # transformers 4.57 turns torch off below this
-MIN_TRANSFORMERS = Version("4.57")
-MIN_PEFT = Version("0.17")
+MIN_TORCH = Version("2.2")  # transformers 4.57 turns torch off below this; 2.3-2.5 (JetPack 6) only warn
+MIN_TRANSFORMERS = Version("4.57.6")
+MIN_PEFT = Version("0.17.1")
 # rclpy's major version names the ROS 2 distro it was released for.
 RCLPY_DISTROS = {3: "humble", 4: "iron", 7: "jazzy", 9: "kilted", 10: "rolling"}
 ROS_MESSAGES = ("std_msgs", "std_srvs", "diagnostic_msgs", "lifecycle_msgs")

@@ -29,10 +29,6 @@ from packaging.version import Version
 log = logging.getLogger(__name__)
 
 TRANSFORMERS_VERSION = Version(transformers.__version__)
-# The oldest versions the test matrix passes on (scripts/test_matrix.sh, docs/platforms.md).
-MIN_TRANSFORMERS = Version("4.57")
-MIN_PEFT = Version("0.17")
-MIN_TORCH = Version("2.3")  # NVIDIA's JetPack 6.0 wheel; not tested here (no CPU build of it on the index)
 
 _warned: set[str] = set()
 _warned_lock = threading.Lock()

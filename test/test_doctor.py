@@ -83,6 +83,7 @@ def test_rclpy_version_names_its_distro(version, distro):
      "does not accept torch 2.4.0"),
     ({"peft": None}, "peft", "warn", "model.adapter_path"),
     ({"peft": "0.13.2"}, "peft", "FAIL", "peft==0.17.1"),
+    ({"transformers": "4.57.1"}, "transformers", "FAIL", "older than tested 4.57.6"),
     ({"rclpy": None, "rclpy_error": "No module named 'rclpy'"}, "rclpy", "FAIL", "source /opt/ros"),
     ({"rclpy": "7.1.6", "ros_distro_env": "humble"}, "rclpy", "warn", "ROS_DISTRO=humble"),
     ({"messages_missing": ["diagnostic_msgs"]}, "ros messages", "FAIL", "diagnostic_msgs"),
@@ -96,3 +97,19 @@ def test_rules(changes, name, status, says):
     assert (got_status, says in detail) == (status, True), detail
     _, code = report(judge(_good(**changes)))
     assert code == (1 if status == "FAIL" else 0)
+
+
+def test_doctor_minimums_are_setup_py_bounds():
+    import ast
+    from pathlib import Path
+
+    from sage_irp_ros import doctor
+
+    tree = ast.parse((Path(__file__).resolve().parent.parent / "setup.py").read_text())
+    call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setup")
+    keywords = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords
+                if kw.arg in ("install_requires", "python_requires")}
+    bounds = dict(r.split(">=") for r in keywords["install_requires"] if ">=" in r)
+    assert bounds == {"torch": str(doctor.TESTED_TORCH), "transformers": str(doctor.MIN_TRANSFORMERS),
+                      "peft": str(doctor.MIN_PEFT)}
+    assert keywords["python_requires"] == ">=" + ".".join(map(str, doctor.MIN_PYTHON))
