@@ -35,6 +35,7 @@ from .config import ConfigError
 from .core import SageCore
 from .errors import ModelLoadError, SageError
 from .questions import parse_id, parse_question
+from .ros_compat import guard_change_state
 from .ros_params import declare_config, validate_update
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -58,6 +59,7 @@ class IrpNode(Node, LifecycleNodeMixin):
         # A reentrant group lets get_state and status answer while configure loads the model.
         self._services_group = ReentrantCallbackGroup()
         LifecycleNodeMixin.__init__(self, callback_group=self._services_group)
+        guard_change_state(self)  # Jazzy: an invalid transition would otherwise stop the node
         self.cfg = declare_config(self)  # raises ConfigError naming every bad parameter
         self.core = SageCore(self.cfg, progress=self.get_logger().info)
         self._queue: queue.Queue = queue.Queue(maxsize=self.cfg.node.queue_size)
