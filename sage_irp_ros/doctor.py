@@ -177,8 +177,8 @@ def _torch(facts: Facts) -> Check:
         fix = ("NVIDIA's torch wheel for your JetPack" if facts.jetson
                else "pip install torch (docs/platforms.md names tested versions)")
         return Check("torch", "FAIL", f"not importable ({facts.torch_error or 'not installed'}): {fix}")
-    cuda = (f"CUDA: {facts.cuda}" if facts.cuda else
-            f"CUDA: not available (CPU only{'; build for CUDA ' + facts.torch_cuda_build if facts.torch_cuda_build else ''})")
+    built_for = f"; a build for CUDA {facts.torch_cuda_build}" if facts.torch_cuda_build else ""
+    cuda = f"CUDA: {facts.cuda}" if facts.cuda else f"CUDA: not available (CPU only{built_for})"
     text = f"{facts.torch}, {cuda}"
     version = _parse(facts.torch)
     if version is not None and version < MIN_TORCH:
