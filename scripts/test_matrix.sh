@@ -31,11 +31,12 @@ declare -A PYTHON_OF=([py311-tf4-jazzy]=3.11 [py310-notorch-jazzy]=3.10 [py312-n
 declare -A TESTS_OF=([py311-tf4-jazzy]=$WITH_TORCH [py310-notorch-jazzy]=$TORCH_FREE [py312-notorch-jazzy]=$TORCH_FREE)
 ALL="py311-tf4-jazzy py310-notorch-jazzy py312-notorch-jazzy"
 
-find_python() {  # find_python 3.10 -> path of an interpreter, or nothing
+find_python() {  # find_python 3.10 -> path of a working interpreter of that version, or nothing
   local v=$1 p
-  p=$(command -v "python$v" 2>/dev/null) && { echo "$p"; return; }
-  for p in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$v".*/bin/python; do
-    [ -x "$p" ] && { echo "$p"; return; }
+  # pyenv's own builds first: its PATH shims exist for every version but run only the selected ones.
+  for p in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$v".*/bin/python "$(command -v "python$v" 2>/dev/null)"; do
+    [ -x "$p" ] && "$p" -c "import sys; assert sys.version_info[:2] == tuple(map(int, '$v'.split('.')))" \
+      2>/dev/null && { echo "$p"; return; }
   done
 }
 
