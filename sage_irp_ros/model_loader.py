@@ -18,7 +18,6 @@ from typing import Any, Callable
 
 import torch
 
-from . import hf_compat
 from .config import IRPConfig, ModelConfig
 from .cpu_packing import pack_linear_weights, packed_bytes
 from .embedded_model import EMBEDDED_NAME, converted_gguf, embedded_gguf
@@ -200,6 +199,8 @@ def _identity(path: Path | None) -> tuple | None:
 
 def _from_pretrained(folder: Path, dtype: torch.dtype, device: torch.device):
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from . import hf_compat
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
