@@ -18,8 +18,12 @@ setup(
     ],
     # rclpy and the ROS message packages are NOT listed: on a robot they come from the distro (rosdep,
     # package.xml); on a plain Python machine requirements/runtime.txt installs the Kilted wheels.
-    install_requires=["setuptools", "pyyaml", "numpy", "psutil", "torch", "transformers>=4.46", "peft",
-                      "safetensors", "gguf"],
+    # Lower bounds = the oldest versions the tests pass on (scripts/test_matrix.sh, docs/platforms.md).
+    # A Jetson keeps NVIDIA's torch 2.3-2.5 (expected to work with transformers 4.57, not tested here): it
+    # installs this package with colcon, which does not enforce these; `sage_irp doctor` checks them.
+    python_requires=">=3.10",
+    install_requires=["setuptools", "packaging", "pyyaml", "numpy", "psutil", "torch>=2.13",
+                      "transformers>=4.57.6", "peft>=0.17.1", "safetensors", "gguf"],
     extras_require={
         "test": ["pytest", "hypothesis"],
         "jetson": ["jetson-stats"],

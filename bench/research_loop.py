@@ -95,7 +95,7 @@ class ResearchIRP:
 
     @torch.inference_mode()
     def step(self, state: dict[str, Any]) -> dict[str, Any]:
-        inputs = self.tokenizer(state["prompt"], return_tensors="pt").to(self.device)
+        inputs = self.tokenizer(state["prompt"], return_tensors="pt", return_token_type_ids=False).to(self.device)
         temperature = state["temperature"]
         extra: dict[str, Any] = {}
         if self.min_new_tokens:

@@ -5,6 +5,7 @@
     sage_irp export-salient [--db FILE] [--since UNIX_TIME] [--conversation C] [--min-salience X] [--out F]
     sage_irp monitor [--namespace sage] [--once] [--timeout S]
     sage_irp plot [--db FILE] [--out session.png] [--since UNIX_TIME] [--conversation C]
+    sage_irp doctor
 
 ``ask`` without ``--conversation`` asks the question on its own (no history, and it leaves none); the
 same ``--conversation`` id on several asks makes them one dialogue.
@@ -80,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     plot.add_argument("--since", type=float, help="unix time")
     plot.add_argument("--conversation", help="only this conversation ('' = questions asked without one)")
     plot.set_defaults(func=_plot)
+    doctor = sub.add_parser("doctor", help="print Python, torch/CUDA, transformers, peft, rclpy/distro, jtop, "
+                                           "model cache; exit 1 when something required is missing or too old")
+    doctor.set_defaults(func=_doctor)
     return parser
 
 
@@ -209,6 +213,12 @@ def _plot(args: argparse.Namespace, ros_args: list[str]) -> int:
         return 1
     print(f"plotted {count} exchanges from {path} to {args.out}", file=sys.stderr)
     return 0
+
+
+def _doctor(args: argparse.Namespace, ros_args: list[str]) -> int:
+    from .doctor import run_doctor
+
+    return run_doctor()
 
 
 if __name__ == "__main__":

@@ -83,15 +83,14 @@ def converted_gguf(gguf: Path, cache_dir: Path | None = None, progress: Progress
 def _convert(gguf: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .hf_compat import drop_gguf_quantizer
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     except Exception as exc:  # transformers raises many types for a bad file
         raise ModelLoadError(f"cannot read GGUF file {gguf}: {type(exc).__name__}: {exc}") from exc
-    # The de-quantised weights are plain tensors; drop the GGUF quantizer so they can be saved.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
+    drop_gguf_quantizer(model)  # the de-quantised weights are plain tensors: save them as such
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
 

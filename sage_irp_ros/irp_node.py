@@ -38,6 +38,7 @@ from .config import ConfigError, SageConfig
 from .core import SageCore
 from .errors import CLIENT_ERRORS, ModelLoadError, SageError
 from .questions import parse_id, parse_question
+from .ros_compat import guard_change_state
 from .ros_logging import route_to_node
 from .ros_params import IRP_NODE_KEYS, declare_config, validate_update
 from .throttle_signal import STALE, ThrottleSignal, ThrottleState
@@ -70,6 +71,7 @@ class IrpNode(Node, LifecycleNodeMixin):
         # A reentrant group lets get_state and status answer while configure loads the model.
         self._services_group = ReentrantCallbackGroup()
         LifecycleNodeMixin.__init__(self, callback_group=self._services_group)
+        guard_change_state(self)  # Jazzy: an invalid transition would otherwise stop the node
         route_to_node(self.get_logger())  # the core's Python logging -> this node's logger, /rosout
         self.cfg = declare_config(self, IRP_NODE_KEYS)  # raises ConfigError naming every bad parameter
         self.core = SageCore(self.cfg, progress=self.get_logger().info)

@@ -200,9 +200,11 @@ def _identity(path: Path | None) -> tuple | None:
 def _from_pretrained(folder: Path, dtype: torch.dtype, device: torch.device):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from . import hf_compat
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(str(folder), **hf_compat.dtype_kwargs(dtype))
         model.to(device)
     except torch.OutOfMemoryError as exc:
         raise ModelLoadError(f"out of memory loading {folder} on {device}: {exc}") from exc

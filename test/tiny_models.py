@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 
 CORPUS = [
     "What is the difference between knowledge and understanding?",
@@ -46,6 +45,7 @@ def build_tokenizer(out: Path, chat_template: bool = True):
 def build_tiny_model(out: Path, *, chat_template: bool = True, seed: int = 0, layers: int = 2,
                      max_positions: int = 512, hidden: int = 64) -> Path:
     """A random Llama (hidden 64) with its tokenizer in ``out``; returns ``out``."""
+    import torch  # here, not at the top: the torch-free tests (Python 3.10/3.12 matrix) share this conftest
     from transformers import LlamaConfig, LlamaForCausalLM
 
     out = Path(out)
@@ -63,6 +63,7 @@ def build_tiny_model(out: Path, *, chat_template: bool = True, seed: int = 0, la
 def build_lora_adapter(base: Path, out: Path, *, rank: int = 4, seed: int = 1,
                        target_modules: tuple[str, ...] = ("q_proj", "v_proj")) -> Path:
     """A LoRA adapter for ``base`` with non-zero weights (so merging changes the logits)."""
+    import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -85,6 +86,8 @@ def load_on_cpu(llm_irp: dict | None = None, **model):
 
 def prompt_logits(lm, text: str = "What is 2+2?") -> torch.Tensor:
     """The model's logits for every position of ``text``."""
+    import torch
+
     ids = lm.tokenizer(text, return_tensors="pt").input_ids
     with torch.inference_mode():
         return lm.model(ids).logits

@@ -1,0 +1,131 @@
+"""Every difference between transformers 4.x and 5.x that this package relies on, in one place.
+
+A Jetson on JetPack 6 (Python 3.10, NVIDIA's torch 2.3-2.5) gets transformers 4.x from pip; a Python 3.11+
+machine gets 5.x. The rest of the package calls these helpers instead of spelling a version's argument
+names, so every feature works on both. What differs:
+
+- the KV-cache argument of ``forward``/``generate``: ``past_key_values`` (4.x, 5.x up to ~5.20) and
+  ``cache`` (later 5.x, where ``past_key_values`` is deprecated). A wrong name is swallowed by
+  ``**kwargs`` and silently ignored, so the name is read from the model's own ``forward`` signature;
+- the dtype argument of ``from_pretrained``: ``dtype`` (4.56+, 5.x) and ``torch_dtype`` (older 4.x);
+- ``DynamicCache(config=...)`` (4.56+) and the older ``DynamicCache()``;
+- ``logits_to_keep`` (4.50+) and ``num_logits_to_keep`` (older);
+- a GGUF-loaded model may carry a GGUF quantizer that must be dropped before ``save_pretrained``.
+
+A feature that cannot work on the installed version is logged ONCE (``warn_once``), never silently lost.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+from typing import Any
+
+import torch
+import transformers
+from packaging.version import Version
+
+log = logging.getLogger(__name__)
+
+TRANSFORMERS_VERSION = Version(transformers.__version__)
+
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def warn_once(key: str, message: str) -> bool:
+    """Log ``message`` as a warning the first time ``key`` is seen in this process; True if logged."""
+    with _warned_lock:
+        if key in _warned:
+            return False
+        _warned.add(key)
+    log.warning(message)
+    return True
+
+
+def _forward_parameters(model: Any) -> frozenset[str]:
+    """Names of ``model.forward``'s parameters (a PEFT wrapper is looked through)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return frozenset(inspect.signature(base.forward).parameters)
+    except (TypeError, ValueError):  # a C-implemented or otherwise opaque forward
+        return frozenset()
+
+
+def cache_argument(model: Any) -> str | None:
+    """The keyword ``model.forward`` and ``generate`` take the KV cache under, or None if neither.
+
+    Read from the signature, not the version: the rename happened inside 5.x, and remote-code models
+    keep whichever name they were written with.
+    """
+    params = _forward_parameters(model)
+    for name in ("cache", "past_key_values"):
+        if name in params:
+            return name
+    return None
+
+
+def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
+    """``{name: cache}`` under the name this model takes; empty for ``cache=None``."""
+    if cache is None:
+        return {}
+    name = cache_argument(model)
+    if name is None:
+        warn_once(f"cache-arg:{type(model).__name__}",
+                  f"{type(model).__name__}.forward takes neither `cache` nor `past_key_values`: "
+                  "the prompt is prefilled once per candidate (slower with a long history)")
+        return {}
+    return {name: cache}
+
+
+def dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """The ``from_pretrained`` dtype argument: ``dtype`` on 4.56+ and 5.x, ``torch_dtype`` before."""
+    return {"dtype": dtype} if TRANSFORMERS_VERSION >= Version("4.56") else {"torch_dtype": dtype}
+
+
+def new_dynamic_cache(config: Any):
+    """An empty ``DynamicCache`` laid out for ``config`` (sliding-window layers where the model has them)."""
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=config)
+    except TypeError:  # transformers < 4.56: no config argument, layers are created lazily
+        return DynamicCache()
+
+
+def cache_length(cache: Any) -> int:
+    """Tokens held in the cache (0 for an empty or unknown cache)."""
+    try:
+        return int(cache.get_seq_length())
+    except (AttributeError, IndexError, TypeError):
+        return 0
+
+
+def repeat_cache_rows(cache: Any, rows: int) -> bool:
+    """Repeat a one-row cache to ``rows`` rows in place; False where the cache cannot do it."""
+    repeat = getattr(cache, "batch_repeat_interleave", None)
+    if repeat is None:
+        warn_once(f"repeat:{type(cache).__name__}",
+                  f"{type(cache).__name__} has no batch_repeat_interleave on transformers "
+                  f"{transformers.__version__}: the prompt is prefilled once per candidate")
+        return False
+    repeat(rows)
+    return True
+
+
+def prefill_kwargs(model: Any) -> dict[str, int]:
+    """Ask the model for the last position's logits only, under the name this version uses."""
+    params = _forward_parameters(model)
+    for name in ("logits_to_keep", "num_logits_to_keep"):
+        if name in params:
+            return {name: 1}
+    return {}
+
+
+def drop_gguf_quantizer(model: Any) -> None:
+    """Forget the GGUF quantizer of a de-quantised model so ``save_pretrained`` writes plain tensors."""
+    model.hf_quantizer = None
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "quantization_config"):
+        del config.quantization_config
