@@ -15,8 +15,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 from ros2_tooling import (ROOT, fast_params_file, installed_env, isolated, require_ros2_cli, ros2_executable,
                           tiny_model)
 

@@ -33,8 +33,8 @@ from std_msgs.msg import String
 
 from ros_harness import START_TIMEOUT, RunningNode, percentiles
 
-from sage_irp_ros.errors import (ALL_CODES, INVALID_INPUT, NOT_ACTIVE, QUEUE_FULL, SHUTTING_DOWN, TOO_LONG,
-                                  SageError)
+from sage_irp_ros.errors import ALL_CODES, INVALID_INPUT, NOT_ACTIVE, QUEUE_FULL, SHUTTING_DOWN, TOO_LONG
+from sage_irp_ros.errors import SageError
 from sage_irp_ros.questions import MAX_DEADLINE_S, MAX_ID_CHARS, MAX_ITERATIONS, parse_id, parse_question
 
 MAX_CHARS = 500
@@ -115,7 +115,7 @@ def test_parser_accepts_or_refuses_any_json_object_precisely(obj, id_first):
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.text("x{}\"id: ", max_size=300), st.integers(MAX_CHARS, 3 * MAX_CHARS))
+@given(st.text('x{}"id: ', max_size=300), st.integers(MAX_CHARS, 3 * MAX_CHARS))
 def test_oversized_messages_are_refused_before_parsing_and_keep_a_leading_id(tail, size):
     raw = '{"id": "big-1", "question": "' + "x" * (2 * MAX_CHARS + 4096) + tail
     with pytest.raises(SageError) as err:
@@ -251,8 +251,8 @@ def test_load_200_questions_at_50_hz_from_3_publishers(rel, t):
         start = time.monotonic()
         for i in range(per_publisher):
             qid = f"load-{p}-{i}"
-            publishers[p].publish(String(data=json.dumps({"id": qid, "question": f"Load question {p}-{i}?",
-                                                           "conversation": f"load-{p}"})))
+            message = {"id": qid, "question": f"Load question {p}-{i}?", "conversation": f"load-{p}"}
+            publishers[p].publish(String(data=json.dumps(message)))
             time.sleep(max(0.0, start + (i + 1) * period - time.monotonic()))  # pacing, not synchronisation
 
     threads = [threading.Thread(target=publish, args=(p,)) for p in range(3)]
@@ -479,8 +479,7 @@ def test_sqlite_disk_full_then_space_freed(tiny_model_dir, tmp_path, ros_env):
     assert rc == 0
 
 
-def test_kill_9_while_exchanges_are_written_loses_no_published_exchange(tiny_model_dir, tmp_path,
-                                                                       ros_env):
+def test_kill_9_while_exchanges_are_written_loses_no_published_exchange(tiny_model_dir, tmp_path, ros_env):
     db = tmp_path / "memory.db"
     node = RunningNode(tmp_path, env=ros_env, params={
         "model.path": str(tiny_model_dir), "memory.db_path": str(db), "snarc.salience_threshold": 0.0,
