@@ -53,6 +53,8 @@ PIP_SETUP_REASON = ("needs scripts/setup.sh's pip environment (network installs,
 
 def pytest_configure(config):
     config.addinivalue_line("markers", f"pip_setup: {PIP_SETUP_REASON}")
+    for name in ("linter", "flake8", "pep257"):  # ament's linter markers (test_flake8.py, test_pep257.py)
+        config.addinivalue_line("markers", f"{name}: an ament linter test")
 
 
 def pytest_collection_modifyitems(config, items):
