@@ -71,6 +71,12 @@ def test_the_documents_show_the_commands_this_test_runs():
     assert len(commands) >= 15, commands
 
 
+def _default_sigint() -> None:
+    """SIGINT as in a terminal's foreground job: a test run started in the background (nohup ... &, CI)
+    hands its children SIGINT ignored, and `ros2 launch` would then never see the Ctrl-C it is sent."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Background:
     """A documented command that runs until interrupted (``ros2 topic echo``/``hz``, ``ros2 launch``)."""
 
@@ -79,7 +85,7 @@ class Background:
         self._log = open(log, "w", encoding="utf-8")
         shell = f"exec {command}" if exec_ else command
         self.proc = subprocess.Popen(["bash", "-c", shell], env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+                                     stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_default_sigint)
 
     def output(self) -> str:
         if not self._log.closed:
