@@ -106,7 +106,6 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-
 def fmt_table(table: dict[str, dict], baseline: dict | None) -> list[str]:
     lines = ["| contender | prec. | thr. | N | tok/cand | reps | s/question (median) | min-max | vs baseline | "
              "decode ms/step | decode ms/token | prefill ms/call | candidates x tokens |",

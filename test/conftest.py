@@ -44,3 +44,23 @@ def ros_env(monkeypatch) -> dict[str, str]:
     monkeypatch.setenv("ROS_DOMAIN_ID", str(domain))
     monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     return dict(os.environ)
+
+
+# -- tests that need the pip setup: scripts/test.sh runs them, `colcon test` on a robot skips them ----------
+PIP_SETUP_REASON = ("needs scripts/setup.sh's pip environment (network installs, or a nested colcon build); "
+                    "scripts/test.sh runs it (SAGE_IRP_PIP_TESTS=1), colcon test skips it")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", f"pip_setup: {PIP_SETUP_REASON}")
+    for name in ("linter", "flake8", "pep257"):  # ament's linter markers (test_flake8.py, test_pep257.py)
+        config.addinivalue_line("markers", f"{name}: an ament linter test")
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("SAGE_IRP_PIP_TESTS") == "1":
+        return
+    skip = pytest.mark.skip(reason=PIP_SETUP_REASON)
+    for item in items:
+        if item.get_closest_marker("pip_setup") is not None:
+            item.add_marker(skip)

@@ -4,13 +4,8 @@
 """
 
 import json
-import os
 import subprocess
 import sys
-import time
-from pathlib import Path
-
-import pytest
 
 from sage_irp_ros.config import SageConfig
 from sage_irp_ros.core import SageCore

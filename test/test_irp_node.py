@@ -323,12 +323,12 @@ def test_lifecycle_transitions_from_another_process(slow_model_dir, tmp_path, ro
         assert t.ask("What is 2+2?", qid="lc-1")["error"]["code"] == "not_active"
 
         assert t.change_state("activate") and t.get_state() == "active"
-        _ok(t.ask("What is 2+2?", qid="lc-2", deadline_s=0.5))
+        _ok(t.ask("What is 2+2?", qid="lc-2", deadline_s=2.0))  # bounds the 1500-token budget, not a speed test
 
         # a tiny deadline with long generation: cut short, never waits for all 1500 tokens
         cut = t.ask("Tell me everything.", qid="lc-deadline", deadline_s=0.3)
-        assert cut["timing"]["total_s"] < 2.0
         assert (cut["ok"] and cut["irp"]["halt_reason"] == "deadline") or cut["error"]["code"] == "deadline"
+        assert not cut["ok"] or cut["timing"]["tokens"] < cut["irp"]["candidates"] * 1500  # cut, not timed
 
         # deactivate with questions pending: the running one finishes, the queued ones get not_active
         ids = [f"lc-pending-{i}" for i in range(4)]
@@ -348,7 +348,7 @@ def test_lifecycle_transitions_from_another_process(slow_model_dir, tmp_path, ro
         assert t.change_state("cleanup") and t.get_state() == "unconfigured"
         t.wait_status(lambda s: s["lifecycle"] == "unconfigured" and s["model"] is None, 10, since=mark)
         assert t.change_state("configure") and t.change_state("activate")
-        _ok(t.ask("What is 2+2?", qid="lc-3", deadline_s=0.5))
+        _ok(t.ask("What is 2+2?", qid="lc-3", deadline_s=2.0))
         assert not t.change_state("configure")  # not a valid transition from active
         assert t.get_state() == "active"
 

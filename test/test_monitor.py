@@ -11,7 +11,6 @@ import io
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -45,7 +44,6 @@ def test_monitor_once_shows_the_running_node(tiny_model_dir, ros_env, tmp_path):
         result = running.tester.ask("What is 2+2?", timeout=90.0)
         assert result["ok"], result
         running.tester.wait_status(lambda s: s.get("served", 0) >= 1, 30.0, "served >= 1")
-        started = time.monotonic()
         out = subprocess.run(
             [sys.executable, "-m", "sage_irp_ros.cli", "monitor", "--once", "--timeout", "60",
              "--namespace", running.proc.namespace],
@@ -59,7 +57,6 @@ def test_monitor_once_shows_the_running_node(tiny_model_dir, ros_env, tmp_path):
         assert "sage_diagnostics: Thermal" in text, (text, (tmp_path / "diag.log").read_text())
         assert "sage_diagnostics: IRP inference" in text
         assert any(word in text for word in ("OK", "WARN", "ERROR", "STALE"))
-        assert time.monotonic() - started < 100
     finally:
         diag.terminate()
         try:
@@ -71,14 +68,12 @@ def test_monitor_once_shows_the_running_node(tiny_model_dir, ros_env, tmp_path):
 
 
 def test_monitor_once_without_a_node_exits_0_after_the_timeout(ros_env):
-    started = time.monotonic()
     out = subprocess.run([sys.executable, "-m", "sage_irp_ros.cli", "monitor", "--once", "--timeout", "1",
                           "--namespace", "/nobody_here"], env=ros_env, capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0
     assert "waiting for /nobody_here/status" in out.stdout
     assert "no status on /nobody_here/status within 1 s" in out.stderr
-    assert time.monotonic() - started < 60
 
 
 def _frame(state: MonitorState) -> Console:

@@ -37,7 +37,7 @@ def test_json_fields_and_text_alias():
     ("   \n\t ", INVALID_INPUT, "question is empty"),
     ("\x00\x01\x02", INVALID_INPUT, "question is empty"),
     ('{"question": ', INVALID_INPUT, "not valid JSON"),
-    ('[1, 2]', INVALID_INPUT, "must be an object"),
+    ("[1, 2]", INVALID_INPUT, "must be an object"),
     ('{"id": "x"}', INVALID_INPUT, "no 'question' field"),
     ('{"question": 5}', INVALID_INPUT, "field 'question' must be a string"),
     ('{"question": "q", "max_iterations": "3"}', INVALID_INPUT, "'max_iterations' must be an integer"),

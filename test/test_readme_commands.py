@@ -6,6 +6,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from sage_irp_ros.memory_store import Exchange, MemoryStore
 from sage_irp_ros.snarc import SnarcScorer
 
@@ -32,6 +34,7 @@ def test_export_salient_writes_filtered_jsonl(tmp_path):
     assert "exported 1 salient exchanges" in run.stderr
 
 
+@pytest.mark.pip_setup  # scripts/demo.sh runs scripts/setup.sh: pip installs from the network
 def test_demo_script_answers_the_five_questions(ros_env, tmp_path):
     """`scripts/demo.sh` as the README gives it (setup is a no-op once .venv is up to date)."""
     env = {**ros_env, "XDG_DATA_HOME": str(tmp_path)}

@@ -33,7 +33,8 @@ from std_msgs.msg import String
 
 from ros_harness import START_TIMEOUT, RunningNode, percentiles
 
-from sage_irp_ros.errors import INVALID_INPUT, TOO_LONG, SageError
+from sage_irp_ros.errors import ALL_CODES, INVALID_INPUT, NOT_ACTIVE, QUEUE_FULL, SHUTTING_DOWN, TOO_LONG
+from sage_irp_ros.errors import SageError
 from sage_irp_ros.questions import MAX_DEADLINE_S, MAX_ID_CHARS, MAX_ITERATIONS, parse_id, parse_question
 
 MAX_CHARS = 500
@@ -84,7 +85,7 @@ def _check_parse(raw: str):
     return q
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])  # a busy CI machine
 @given(st.text(ANY_CHAR, max_size=3 * MAX_CHARS) | st.binary(max_size=200).map(
     lambda b: b.decode("utf-8", errors="replace")))
 def test_parser_accepts_or_refuses_any_string_precisely(raw):
@@ -93,7 +94,7 @@ def test_parser_accepts_or_refuses_any_string_precisely(raw):
     assert pid is None or (isinstance(pid, str) and 0 < len(pid) <= MAX_ID_CHARS)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])  # a busy CI machine
 @given(QUESTION_OBJECTS, st.booleans())
 def test_parser_accepts_or_refuses_any_json_object_precisely(obj, id_first):
     if id_first and "id" in obj:
@@ -113,8 +114,8 @@ def test_parser_accepts_or_refuses_any_json_object_precisely(obj, id_first):
         assert len(q.warnings) == bool(unknown) + idle_reset
 
 
-@settings(max_examples=100, deadline=None)
-@given(st.text("x{}\"id: ", max_size=300), st.integers(MAX_CHARS, 3 * MAX_CHARS))
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text('x{}"id: ', max_size=300), st.integers(MAX_CHARS, 3 * MAX_CHARS))
 def test_oversized_messages_are_refused_before_parsing_and_keep_a_leading_id(tail, size):
     raw = '{"id": "big-1", "question": "' + "x" * (2 * MAX_CHARS + 4096) + tail
     with pytest.raises(SageError) as err:
@@ -157,8 +158,14 @@ def test_live_node_answers_arbitrary_messages_exactly_once(t, message):
         assert result["id"] == qid
     else:
         result = t.exchange_raw(message)
-    assert result["ok"] or result["error"]["code"] in (INVALID_INPUT, TOO_LONG), result["error"]
+    # What the node promises for any message: exactly one result (exchange_raw checks there is no second
+    # one before returning; the fixture checks no id got two), ok with an answer, or a documented code
+    # with a message. Which code depends on the message and on timing (a tiny deadline_s can expire
+    # before the first candidate: `deadline`), so the property does not predict it.
     assert result["ok"] == (result["error"] is None) and (result["snarc"] is not None) == result["ok"]
+    if not result["ok"]:
+        assert result["error"]["code"] in ALL_CODES and result["error"]["message"], result["error"]
+        assert result["error"]["code"] not in (QUEUE_FULL, NOT_ACTIVE, SHUTTING_DOWN), result["error"]
 
 
 def test_live_node_after_the_property_run_still_answers_once(t):
@@ -246,8 +253,8 @@ def test_load_200_questions_at_50_hz_from_3_publishers(rel, t):
         start = time.monotonic()
         for i in range(per_publisher):
             qid = f"load-{p}-{i}"
-            publishers[p].publish(String(data=json.dumps({"id": qid, "question": f"Load question {p}-{i}?",
-                                                           "conversation": f"load-{p}"})))
+            message = {"id": qid, "question": f"Load question {p}-{i}?", "conversation": f"load-{p}"}
+            publishers[p].publish(String(data=json.dumps(message)))
             time.sleep(max(0.0, start + (i + 1) * period - time.monotonic()))  # pacing, not synchronisation
 
     threads = [threading.Thread(target=publish, args=(p,)) for p in range(3)]
@@ -474,8 +481,7 @@ def test_sqlite_disk_full_then_space_freed(tiny_model_dir, tmp_path, ros_env):
     assert rc == 0
 
 
-def test_kill_9_while_exchanges_are_written_loses_no_published_exchange(tiny_model_dir, tmp_path,
-                                                                       ros_env):
+def test_kill_9_while_exchanges_are_written_loses_no_published_exchange(tiny_model_dir, tmp_path, ros_env):
     db = tmp_path / "memory.db"
     node = RunningNode(tmp_path, env=ros_env, params={
         "model.path": str(tiny_model_dir), "memory.db_path": str(db), "snarc.salience_threshold": 0.0,

@@ -121,7 +121,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with spinning(node):
             say = node.get_logger().info
             tree = py_trees.trees.BehaviourTree(create_tree(args.question, args.namespace, args.timeout, say,
-                                                           conversation=args.conversation))
+                                                            conversation=args.conversation))
             tree.setup(node=node)  # non-blocking; the conditions wait for the node at tick time
             status = tick_until(tree, args.timeout)
             answer = py_trees.blackboard.Blackboard.storage.get("/sage/answer")

@@ -136,4 +136,3 @@ def _throttled(state: ThrottleState, reason: str) -> None:
 def _warn(state: ThrottleState, reason: str) -> None:
     state.warn = True
     state.reasons.append(reason)
-
