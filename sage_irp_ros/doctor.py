@@ -211,7 +211,7 @@ def _peft(facts: Facts) -> Check:
         return Check("peft", "warn", "not installed: needed only for model.adapter_path (pip install peft)")
     version = _parse(facts.peft)
     if version is not None and version < MIN_PEFT:
-        return Check("peft", "FAIL", f"{facts.peft}: older than tested {MIN_PEFT}: pip install \"peft==0.17.1\"")
+        return Check("peft", "FAIL", f'{facts.peft}: older than tested {MIN_PEFT}: pip install "peft==0.17.1"')
     return Check("peft", "ok", facts.peft)
 
 

@@ -248,8 +248,9 @@ class IrpNode(Node, LifecycleNodeMixin):
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         cleared = self.core.reset_history()
-        response.success, response.message = True, (f"cleared {cleared} conversation histories and the "
-                                                     "recent exchanges SNARC surprise compares with")
+        response.success = True
+        response.message = (f"cleared {cleared} conversation histories and the recent exchanges SNARC "
+                            "surprise compares with")
         return response
 
     def _on_set_parameters(self, params):

@@ -8,6 +8,10 @@ normal ``from_pretrained(folder)`` path the package uses for users' models.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported inside the functions, so torch-free test venvs can import this
+    import torch
 
 
 CORPUS = [
