@@ -234,7 +234,7 @@ def test_in_process_node_with_namespace_and_parameters(domain):
         result = node.set_parameters([Parameter("diagnostics.rate_hz", value=500.0)])[0]
         assert not result.successful
         threshold = Parameter("llm_irp.thermal_throttle_threshold", value=85.0)
-    assert node.set_parameters([threshold])[0].successful
+        assert node.set_parameters([threshold])[0].successful
         assert obs.spin_until(lambda: obs.throttled[-1:] == [False], timeout=10)
         assert node.set_parameters([Parameter("diagnostics.rate_hz", value=2.0)])[0].successful
     finally:
