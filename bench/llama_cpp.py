@@ -1,0 +1,140 @@
+"""Contender: llama.cpp (llama-cpp-python) on the same GGUF, threads, prompts and token counts.
+
+    .venv/bin/python -m bench.llama_cpp [--threads 1] [--reps 8] [--tokens 32] [--set llm_irp.KEY=VALUE ...]
+
+llama.cpp is what a ROS user would otherwise run (llama_ros and most Jetson LLM nodes use it), so it is the
+peer the engine is measured against. It is never a dependency of the package: install the prebuilt wheel
+(``pip install ../shared/wheels/llama_cpp_python-*.whl``) for benchmarking; without it this section is
+skipped with a message saying so.
+
+Fairness: the embedded SmolLM2-135M-Instruct Q4_1 GGUF that the engine converts, the engine's thread count
+(``n_threads`` = ``n_threads_batch`` = ``torch.get_num_threads()``), the engine's prompt token ids (the seed
+prompt the bench's engine cells use, tokenised once by the model's tokenizer and fed to llama.cpp as ids),
+exactly ``tokens`` new tokens per candidate (end-of-sequence banned through ``logit_bias``), plain sampling
+at the candidate's temperature (``top_k=0, top_p=1, min_p=0``, no repeat penalty). One candidate is one
+completion; five candidates are five sequential completions (llama.cpp reuses the prompt's KV cache
+between them, as a llama.cpp node would). The engine runs single (N = 1) and batched (N = 5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import statistics
+import sys
+from typing import Any, Callable
+
+from bench.cells import MAIN_N, Cell, engine_cell, run_cells
+
+SKIP_MESSAGE = ("llama.cpp contender skipped: llama_cpp is not installed (benchmark only: "
+                "pip install ../shared/wheels/llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl)")
+
+
+def available() -> bool:
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def load_llama(threads: int):
+    """The embedded GGUF in llama.cpp with ``threads`` threads (logits of the last position only)."""
+    from llama_cpp import Llama
+
+    from sage_irp_ros.embedded_model import embedded_gguf
+
+    return Llama(model_path=str(embedded_gguf()), n_ctx=2048, n_threads=threads, n_threads_batch=threads,
+                 n_batch=512, verbose=False, seed=0)
+
+
+def llama_cell(llm, tokenizer, n: int, name: str | None = None) -> Cell:
+    """n sequential llama.cpp completions at the engine's annealed temperatures (0.7 -> 0.54 in n steps)."""
+    from sage_irp_ros.prompts import seed_prompt
+
+    eos = llm.token_eos()
+    prompts: dict[str, list[int]] = {}
+
+    def run(question: str, tokens: int) -> dict:
+        ids = prompts.get(question)
+        if ids is None:  # the engine's prompt, token for token
+            ids = prompts[question] = tokenizer(seed_prompt(question))["input_ids"]
+        temperatures = [round(0.7 - i * 0.16 / n, 6) for i in range(n)]
+        produced = 0
+        for temperature in temperatures:
+            out = llm.create_completion(prompt=ids, max_tokens=tokens, temperature=temperature, top_k=0,
+                                        top_p=1.0, min_p=0.0, repeat_penalty=1.0, logit_bias={eos: -1e9})
+            produced += out["usage"]["completion_tokens"]
+        # llama.cpp reports no phase split here: the whole call counts as decoding
+        return {"prefill_s": 0.0, "decode_s": 0.0, "tokens": produced, "rounds": n, "candidates": n,
+                "temperatures": temperatures, "halt_reason": "iterations"}
+
+    label = name or ("llama.cpp one candidate" if n == 1 else f"llama.cpp {n} sequential candidates")
+    return Cell(label, "llama.cpp single" if n == 1 else "llama.cpp sequential", n, run, "Q4_1")
+
+
+def compare(lm, reps: int, tokens: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """The four cells interleaved in one process; ratios between their medians."""
+    import torch
+
+    threads = torch.get_num_threads()
+    llm = load_llama(threads)
+    cells = [llama_cell(llm, lm.tokenizer, 1), llama_cell(llm, lm.tokenizer, MAIN_N),
+             engine_cell(lm, 1, 1, lm.precision), engine_cell(lm, MAIN_N, MAIN_N, lm.precision)]
+    table = run_cells(cells, reps, tokens, log)
+    rows = list(table.values())
+    median = {row["kind"]: row["median_s"] for row in rows}
+    out = {"threads": threads, "tokens_per_candidate": tokens, "reps": reps, "table": table,
+           "ratios": {
+               "engine single / llama.cpp single (time)": median["single"] / median["llama.cpp single"],
+               "engine batched N=5 / llama.cpp 5 sequential (time)":
+                   median["batched"] / median["llama.cpp sequential"],
+               "engine batched N=5 / engine single (time)": median["batched"] / median["single"]}}
+    del llm
+    return out
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [f"threads {result['threads']}, {result['tokens_per_candidate']} tokens per candidate, "
+             f"medians of {result['reps']} interleaved repetitions", "",
+             "| contender | median s | tok/s |", "|---|---|---|"]
+    for row in result["table"].values():
+        tps = row["n"] * row["tokens_per_candidate"] / row["median_s"]
+        lines.append(f"| {row['name']} | {row['median_s']:.2f} | {tps:.0f} |")
+    lines += [""] + [f"- {k}: {v:.2f}x" for k, v in result["ratios"].items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=1, help="threads for both (edge.yaml's "
+                        "power_mode efficiency is 1 on a 2-core machine)")
+    parser.add_argument("--reps", type=int, default=8)
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--set", action="append", default=[], metavar="llm_irp.KEY=VALUE",
+                        help="engine configuration (e.g. llm_irp.weight_quantization=int8)")
+    args = parser.parse_args(argv)
+    if not available():
+        print(SKIP_MESSAGE)
+        return 0
+    import torch
+    import yaml
+
+    from sage_irp_ros.config import SageConfig
+    from sage_irp_ros.model_loader import load_model
+
+    torch.set_num_threads(args.threads)
+    sections: dict[str, dict] = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        section, _, name = key.partition(".")
+        sections.setdefault(section, {})[name] = yaml.safe_load(value)
+    cfg = SageConfig.from_mapping(sections)
+    lm = load_model(cfg.model, cfg.llm_irp, lambda message: None)
+    print(f"load average {os.getloadavg()}", file=sys.stderr)
+    result = compare(lm, args.reps, args.tokens, lambda m: print(m, file=sys.stderr))
+    print(f"load average {os.getloadavg()}", file=sys.stderr)
+    print(f"engine: {' '.join(args.set) or 'defaults'}")
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
