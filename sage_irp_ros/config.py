@@ -25,6 +25,8 @@ ENERGIES = ("response", "seed")
 POWER_MODES = ("efficiency", "balanced", "performance")
 PROBE_BACKENDS = ("auto", "jtop", "nvml", "sysfs")
 MEMORY_LIMIT_ACTIONS = ("warn", "error")
+DECODERS = ("auto", "hf", "static")
+WEIGHT_QUANTIZATIONS = ("none", "int8")
 
 
 class ConfigError(ValueError):
@@ -73,6 +75,13 @@ class IRPConfig:
     pack_cpu_weights: bool = field(default=True, metadata=_key(
         "On CPU, reorder Linear weights once into oneDNN's blocked layout at load: the same fp32/bf16 "
         "arithmetic, 1.5-2x faster decoding of several candidates (a tied output head gets its own copy)"))
+    decoder: str = field(default="auto", metadata=_key(
+        "Decode loop: static = the package's own loop (static KV cache, shared prefill, greedy rows at "
+        "temperature 0), hf = transformers' generate; auto = static", choices=DECODERS))
+    weight_quantization: str = field(default="none", metadata=_key(
+        "Linear weights (output head and tied embedding included) as int8 per output channel, LoRA merged "
+        "first: a quarter of fp32's memory; fast on CUDA, slower than fp32 on CPU (docs/performance.md)",
+        choices=WEIGHT_QUANTIZATIONS))
     power_mode: str = field(default="balanced", metadata=_key(
         "CPU threads for inference: efficiency = half the cores, balanced = all but one, "
         "performance = all", choices=POWER_MODES))

@@ -98,6 +98,15 @@ def sample_candidates(lm: LoadedModel, prompt_ids: Sequence[int], temperatures: 
     """Generate ``len(temperatures)`` candidates for one prompt in a single batched call."""
     tokenizer = lm.tokenizer
     rows = len(temperatures)
+    if getattr(lm, "decoder", "hf") == "static":  # llm_irp.decoder: the package's own loop (decode.py)
+        from .decode import decode
+
+        eos = tokenizer.eos_token_id
+        out = decode(lm.model, prompt_ids, temperatures, max_new_tokens, min_new_tokens=min_new_tokens,
+                     eos_ids=list(eos) if isinstance(eos, (list, tuple)) else [eos],
+                     pad_id=tokenizer.pad_token_id, deadline=deadline, cancel=cancel)
+        return Batch([_candidate(tokenizer, out.tokens[i].tolist(), out.logprobs[i].tolist(), temperatures[i])
+                      for i in range(rows)], out.prefill_s, out.decode_s, out.stopped_early)
     input_ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=lm.device)
     processor = RowTemperature(temperatures, lm.device)
     stopper = StopWhen(deadline, cancel)
