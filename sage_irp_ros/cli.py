@@ -5,6 +5,7 @@
     sage_irp export-salient [--db FILE] [--since UNIX_TIME] [--conversation C] [--min-salience X] [--out F]
     sage_irp monitor [--namespace sage] [--once] [--timeout S]
     sage_irp plot [--db FILE] [--out session.png] [--since UNIX_TIME] [--conversation C]
+    sage_irp cache list|clear [--dir DIR]
 
 ``run`` is the one-process equivalent of ``ros2 launch sage_irp_ros edge.launch.py``: the same nodes,
 the same default parameters file (config/edge.yaml), standard ``--ros-args`` (params files, remaps).
@@ -74,6 +75,10 @@ def _parser() -> argparse.ArgumentParser:
     plot.add_argument("--since", type=float, help="unix time")
     plot.add_argument("--conversation")
     plot.set_defaults(func=_plot)
+    cache = sub.add_parser("cache", help="list or clear the converted-model cache (GGUF conversions)")
+    cache.add_argument("action", choices=("list", "clear"))
+    cache.add_argument("--dir", default="", help="cache folder (default: $XDG_CACHE_HOME/sage_irp_ros)")
+    cache.set_defaults(func=_cache)
     return parser
 
 
@@ -200,6 +205,24 @@ def _plot(args: argparse.Namespace, ros_args: list[str]) -> int:
         print(f"sage_irp plot: no exchanges in {path} (with these filters): nothing plotted", file=sys.stderr)
         return 1
     print(f"plotted {count} exchanges from {path} to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _cache(args: argparse.Namespace, ros_args: list[str]) -> int:
+    from pathlib import Path
+
+    from .embedded_model import default_cache_dir
+    from .model_cache import clear, entries
+
+    folder = Path(args.dir).expanduser() if args.dir else default_cache_dir()
+    if args.action == "clear":
+        count, freed = clear(folder)
+        print(f"removed {count} cached models ({freed / 2**20:.0f} MB) from {folder}")
+        return 0
+    found = entries(folder)
+    for path, size in found:
+        print(f"{size / 2**20:8.0f} MB  {path}")
+    print(f"{len(found)} cached models, {sum(s for _, s in found) / 2**20:.0f} MB in {folder}")
     return 0
 
 
