@@ -1,6 +1,6 @@
 """Contender: llama.cpp (llama-cpp-python) on the same GGUF, threads, prompts and token counts.
 
-    .venv/bin/python -m bench.llama_cpp [--threads 1] [--reps 8] [--tokens 32] [--set llm_irp.KEY=VALUE ...]
+    .venv/bin/python -m bench.llama_cpp [--threads 1] [--reps 8] [--tokens 32] [--variant NAME:KEY=VALUE,... ...]
 
 llama.cpp is what a ROS user would otherwise run (llama_ros and most Jetson LLM nodes use it), so it is the
 peer the engine is measured against. It is never a dependency of the package: install the prebuilt wheel
@@ -70,25 +70,29 @@ def llama_cell(llm, tokenizer, n: int, name: str | None = None) -> Cell:
     return Cell(label, "llama.cpp single" if n == 1 else "llama.cpp sequential", n, run, "Q4_1")
 
 
-def compare(lm, reps: int, tokens: int, log: Callable[[str], None]) -> dict[str, Any]:
-    """The four cells interleaved in one process; ratios between their medians."""
+def compare(variants: dict[str, Any], reps: int, tokens: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """llama.cpp and each engine variant (name -> loaded model) interleaved in one process; ratios between
+    medians: the engine's single candidate against llama.cpp's, batched N=5 against five sequential."""
     import torch
 
     threads = torch.get_num_threads()
     llm = load_llama(threads)
-    cells = [llama_cell(llm, lm.tokenizer, 1), llama_cell(llm, lm.tokenizer, MAIN_N),
-             engine_cell(lm, 1, 1, lm.precision), engine_cell(lm, MAIN_N, MAIN_N, lm.precision)]
+    tokenizer = next(iter(variants.values())).tokenizer
+    cells = [llama_cell(llm, tokenizer, 1), llama_cell(llm, tokenizer, MAIN_N)]
+    for name, lm in variants.items():
+        cells += [engine_cell(lm, 1, 1, name, f"engine {name}, one candidate", kind=f"{name} single"),
+                  engine_cell(lm, MAIN_N, MAIN_N, name, f"engine {name}, batched N={MAIN_N}",
+                              kind=f"{name} batched")]
     table = run_cells(cells, reps, tokens, log)
-    rows = list(table.values())
-    median = {row["kind"]: row["median_s"] for row in rows}
-    out = {"threads": threads, "tokens_per_candidate": tokens, "reps": reps, "table": table,
-           "ratios": {
-               "engine single / llama.cpp single (time)": median["single"] / median["llama.cpp single"],
-               "engine batched N=5 / llama.cpp 5 sequential (time)":
-                   median["batched"] / median["llama.cpp sequential"],
-               "engine batched N=5 / engine single (time)": median["batched"] / median["single"]}}
+    median = {row["kind"]: row["median_s"] for row in table.values()}
+    ratios = {}
+    for name in variants:
+        ratios[f"{name}: single / llama.cpp single (time)"] = median[f"{name} single"] / median["llama.cpp single"]
+        ratios[f"{name}: batched N=5 / llama.cpp 5 sequential (time)"] = \
+            median[f"{name} batched"] / median["llama.cpp sequential"]
+        ratios[f"{name}: batched N=5 / single (time)"] = median[f"{name} batched"] / median[f"{name} single"]
     del llm
-    return out
+    return {"threads": threads, "tokens_per_candidate": tokens, "reps": reps, "table": table, "ratios": ratios}
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -108,8 +112,9 @@ def main(argv: list[str] | None = None) -> int:
                         "power_mode efficiency is 1 on a 2-core machine)")
     parser.add_argument("--reps", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=32)
-    parser.add_argument("--set", action="append", default=[], metavar="llm_irp.KEY=VALUE",
-                        help="engine configuration (e.g. llm_irp.weight_quantization=int8)")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
+                        help="an engine configuration, e.g. int8:weight_quantization=int8,decoder=static "
+                             "(llm_irp keys; repeatable; default: one variant with the defaults)")
     args = parser.parse_args(argv)
     if not available():
         print(SKIP_MESSAGE)
@@ -121,17 +126,15 @@ def main(argv: list[str] | None = None) -> int:
     from sage_irp_ros.model_loader import load_model
 
     torch.set_num_threads(args.threads)
-    sections: dict[str, dict] = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        section, _, name = key.partition(".")
-        sections.setdefault(section, {})[name] = yaml.safe_load(value)
-    cfg = SageConfig.from_mapping(sections)
-    lm = load_model(cfg.model, cfg.llm_irp, lambda message: None)
-    print(f"load average {os.getloadavg()}", file=sys.stderr)
-    result = compare(lm, args.reps, args.tokens, lambda m: print(m, file=sys.stderr))
-    print(f"load average {os.getloadavg()}", file=sys.stderr)
-    print(f"engine: {' '.join(args.set) or 'defaults'}")
+    variants = {}
+    for spec in args.variant or ["defaults:"]:
+        name, _, pairs = spec.partition(":")
+        irp = {k: yaml.safe_load(v) for k, _, v in (p.partition("=") for p in pairs.split(",") if p)}
+        cfg = SageConfig.from_mapping({"llm_irp": irp})
+        variants[name] = load_model(cfg.model, cfg.llm_irp, lambda message: None)
+    print(f"load average before {os.getloadavg()}", file=sys.stderr)
+    result = compare(variants, args.reps, args.tokens, lambda m: print(m, file=sys.stderr))
+    print(f"load average after {os.getloadavg()}")
     print(markdown(result))
     return 0
 
