@@ -21,7 +21,7 @@ import yaml
 
 DEVICES = ("auto", "cuda", "cpu")
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
-ENERGIES = ("response", "seed")
+ENERGIES = ("consensus", "response", "seed")
 POWER_MODES = ("efficiency", "balanced", "performance")
 PROBE_BACKENDS = ("auto", "jtop", "nvml", "sysfs")
 MEMORY_LIMIT_ACTIONS = ("warn", "error")
@@ -88,9 +88,13 @@ class IRPConfig:
     candidates_per_round: int = field(default=0, metadata=_key(
         "Candidates sampled together in one generate call; 0 = all at once, 1 = the sequential "
         "research loop", lo=0, hi=64))
-    energy: str = field(default="response", metadata=_key(
-        "Energy that ranks candidates: response (model confidence, finish, length, repetition) or "
-        "seed (the research formula, dominated by temperature)", choices=ENERGIES))
+    energy: str = field(default="consensus", metadata=_key(
+        "Energy that ranks candidates: consensus (agreement with the other candidates, model "
+        "confidence, repetition), response (model confidence, finish, length, repetition) or seed "
+        "(the research formula, dominated by temperature)", choices=ENERGIES))
+    greedy_candidate: bool = field(default=True, metadata=_key(
+        "Add the greedy (temperature 0) continuation as one more row of the first batched call, so "
+        "the pick can never miss the plain greedy answer; off reproduces the research loop's sampling"))
     deadline_s: float = field(default=0.0, metadata=_key(
         "Per-question time budget; on expiry the best answer so far is returned. 0 = none",
         lo=0.0, hi=3600.0))
