@@ -23,6 +23,7 @@ import importlib.util
 import os
 import statistics
 import sys
+import time
 from typing import Any, Callable
 
 from bench.cells import MAIN_N, Cell, engine_cell, run_cells
@@ -70,6 +71,20 @@ def llama_cell(llm, tokenizer, n: int, name: str | None = None) -> Cell:
     return Cell(label, "llama.cpp single" if n == 1 else "llama.cpp sequential", n, run, "Q4_1")
 
 
+def with_cpu_time(cell: Cell) -> Cell:
+    """Record the process CPU seconds of each run too: on a loaded machine wall time also counts waiting
+    for a core, CPU time (all threads of this process, one thread per contender here) does not."""
+    run = cell.run
+
+    def timed(question: str, tokens: int) -> dict:
+        start = time.process_time()
+        info = run(question, tokens)
+        return {**info, "cpu_s": time.process_time() - start}
+
+    cell.run = timed
+    return cell
+
+
 def compare(variants: dict[str, Any], reps: int, tokens: int, log: Callable[[str], None]) -> dict[str, Any]:
     """llama.cpp and each engine variant (name -> loaded model) interleaved in one process; ratios between
     medians: the engine's single candidate against llama.cpp's, batched N=5 against five sequential."""
@@ -83,14 +98,20 @@ def compare(variants: dict[str, Any], reps: int, tokens: int, log: Callable[[str
         cells += [engine_cell(lm, 1, 1, name, f"engine {name}, one candidate", kind=f"{name} single"),
                   engine_cell(lm, MAIN_N, MAIN_N, name, f"engine {name}, batched N={MAIN_N}",
                               kind=f"{name} batched")]
-    table = run_cells(cells, reps, tokens, log)
+    table = run_cells([with_cpu_time(c) for c in cells], reps, tokens, log)
+    for row in table.values():
+        row["median_cpu_s"] = statistics.median(r["cpu_s"] for r in row["runs"])
     median = {row["kind"]: row["median_s"] for row in table.values()}
+    cpu = {row["kind"]: row["median_cpu_s"] for row in table.values()}
     ratios = {}
     for name in variants:
         ratios[f"{name}: single / llama.cpp single (time)"] = median[f"{name} single"] / median["llama.cpp single"]
         ratios[f"{name}: batched N=5 / llama.cpp 5 sequential (time)"] = \
             median[f"{name} batched"] / median["llama.cpp sequential"]
         ratios[f"{name}: batched N=5 / single (time)"] = median[f"{name} batched"] / median[f"{name} single"]
+        ratios[f"{name}: single / llama.cpp single (CPU time)"] = cpu[f"{name} single"] / cpu["llama.cpp single"]
+        ratios[f"{name}: batched N=5 / llama.cpp 5 sequential (CPU time)"] = \
+            cpu[f"{name} batched"] / cpu["llama.cpp sequential"]
     del llm
     return {"threads": threads, "tokens_per_candidate": tokens, "reps": reps, "table": table, "ratios": ratios}
 
@@ -98,10 +119,11 @@ def compare(variants: dict[str, Any], reps: int, tokens: int, log: Callable[[str
 def markdown(result: dict[str, Any]) -> str:
     lines = [f"threads {result['threads']}, {result['tokens_per_candidate']} tokens per candidate, "
              f"medians of {result['reps']} interleaved repetitions", "",
-             "| contender | median s | tok/s |", "|---|---|---|"]
+             "| contender | median s (wall) | tok/s (wall) | median CPU s | tok/s (CPU) |", "|---|---|---|---|---|"]
     for row in result["table"].values():
         tps = row["n"] * row["tokens_per_candidate"] / row["median_s"]
-        lines.append(f"| {row['name']} | {row['median_s']:.2f} | {tps:.0f} |")
+        cps = row["n"] * row["tokens_per_candidate"] / row["median_cpu_s"]
+        lines.append(f"| {row['name']} | {row['median_s']:.2f} | {tps:.0f} | {row['median_cpu_s']:.2f} | {cps:.0f} |")
     lines += [""] + [f"- {k}: {v:.2f}x" for k, v in result["ratios"].items()]
     return "\n".join(lines)
 

@@ -123,6 +123,7 @@ def load_model(model_cfg: ModelConfig, irp_cfg: IRPConfig,
                 say(f"packed {packed} Linear layers for oneDNN" if packed else
                     f"llm_irp.pack_cpu_weights: weights left unpacked ({why_not})")
             _make_resident(model)
+            _return_freed_memory()
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         loaded = LoadedModel(
@@ -153,6 +154,23 @@ def _make_resident(model: torch.nn.Module) -> None:
     with torch.no_grad():
         for param in model.parameters():
             param.data = param.data.clone()
+
+
+def _return_freed_memory() -> None:
+    """Hand the heap that loading freed (fp32 copies replaced by bf16/int8/packed ones) back to the OS.
+
+    glibc keeps freed blocks for reuse, so without this the process kept ~200 MB it no longer used
+    after a bf16 or int8 load (measured: bench.load_memory). A no-op where glibc is not the C library.
+    """
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # musl, macOS, Windows: nothing to trim
+        pass
 
 
 def footprint_mb(model: torch.nn.Module) -> float:
