@@ -77,7 +77,7 @@ def generate(setting: str, questions: list[dict], seeds: int, cfg: SageConfig, l
              checkpoint=None) -> dict:
     """One batched call per (question, seed): the sampled rows plus the greedy row; returns the dump.
 
-    Seed 0 runs over all questions before seed 1, and ``checkpoint(dump)`` is called every 20
+    Seed 0 runs over all questions before seed 1, and ``checkpoint(dump)`` is called every 5
     questions, so a run cut short still leaves a usable dump.
     """
     temps, max_tokens = setting_plan(setting)
@@ -105,7 +105,7 @@ def generate(setting: str, questions: list[dict], seeds: int, cfg: SageConfig, l
                               "correct": is_correct(text, item["a"])})
             trials.append({"q": item["q"], "kind": item["kind"], "half": item["half"], "seed": seed,
                            "gen_s": round(batch.prefill_s + batch.decode_s, 4), "candidates": cands})
-            if (n + 1) % 20 == 0:
+            if (n + 1) % 5 == 0:
                 log(f"[{setting}] seed {seed}: {n + 1}/{len(questions)} questions, "
                     f"{time.monotonic() - start:.0f} s")
                 if checkpoint is not None:
@@ -136,8 +136,11 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="configuration override, e.g. llm_irp.precision=int8 (repeatable)")
     parser.add_argument("--from-dump", action="store_true", help="evaluate the dumps in --out, no generation")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (1: several spinning threads crawl on a shared, busy CPU)")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = ["short", "edge"] if args.setting == "both" else [args.setting]

@@ -91,8 +91,13 @@ class IRPEngine:
     def init_state(self, question: str, context: str = "", history: Sequence[tuple[str, str]] = (), *,
                    max_iterations: int | None = None, max_tokens: int | None = None,
                    candidates_per_round: int | None = None, deadline: float | None = None,
-                   cancel: threading.Event | None = None, min_new_tokens: int = 0) -> IRPState:
-        """Build the prompt (dropping the oldest history if it would not fit) and the schedule."""
+                   cancel: threading.Event | None = None, min_new_tokens: int = 0,
+                   greedy_candidate: bool | None = None) -> IRPState:
+        """Build the prompt (dropping the oldest history if it would not fit) and the schedule.
+
+        ``greedy_candidate`` overrides ``llm_irp.greedy_candidate`` for this question (the core turns
+        the greedy row off while throttled and when retrying after running out of memory).
+        """
         max_tokens = max_tokens or self.cfg.max_tokens
         history = list(history)
         while True:
@@ -111,7 +116,8 @@ class IRPEngine:
                         max_tokens=max_tokens, round_size=per_round or len(schedule),
                         deadline=deadline, cancel=cancel, min_new_tokens=min_new_tokens,
                         temperature=self.cfg.initial_temperature, history_used=len(history),
-                        greedy_pending=self.cfg.greedy_candidate)
+                        greedy_pending=self.cfg.greedy_candidate if greedy_candidate is None
+                        else greedy_candidate)
 
     def step(self, state: IRPState) -> list[Candidate]:
         """Sample one round of candidates at the next temperatures, score them all, keep the best.

@@ -31,8 +31,9 @@ def test_answer_has_the_documented_shape(core):
     result = core.answer(Question(text="What is 2+2?", id="q1"))
     assert set(result) == RESULT_KEYS and result["ok"] and result["id"] == "q1"
     assert set(result["snarc"]) == {"surprise", "novelty", "arousal", "reward", "conflict", "total", "salient"}
-    assert result["irp"]["candidates"] == 3 and len(result["irp"]["energies"]) == 3
-    assert result["irp"]["temperatures"] == pytest.approx([0.7, 0.647, 0.594])
+    assert result["irp"]["candidates"] == 4 and len(result["irp"]["energies"]) == 4  # + the greedy row
+    assert result["irp"]["temperatures"] == pytest.approx([0.7, 0.647, 0.594, 0.0])
+    assert result["irp"]["iterations"] == 3
     assert result["timing"]["tokens"] > 0 and result["timing"]["total_s"] >= result["timing"]["inference_s"]
 
 
@@ -59,7 +60,7 @@ def test_throttled_uses_fewer_candidates_and_tokens(core):
     assert result["irp"]["candidates"] == 1 and result["irp"]["throttled"]
     core.reconfigure(SageConfig.from_mapping({**_mapping(core), "llm_irp": {
         **_mapping(core)["llm_irp"], "enable_thermal_monitoring": False}}))
-    assert core.answer(Question(text="Hi"), throttled=True)["irp"]["candidates"] == 3
+    assert core.answer(Question(text="Hi"), throttled=True)["irp"]["candidates"] == 4
 
 
 def test_memory_floor_refuses_with_out_of_memory(core):
@@ -96,7 +97,7 @@ def test_out_of_memory_retries_once_with_fewer_candidates(core, monkeypatch):
 
     monkeypatch.setattr(core.engine.lm.model, "generate", oom_once)
     result = core.answer(Question(text="Hi"))
-    assert result["ok"] and calls[0] == 3 and set(calls[1:]) == {1} and result["irp"]["candidates"] == 1
+    assert result["ok"] and calls[0] == 4 and set(calls[1:]) == {1} and result["irp"]["candidates"] == 1
 
 
 def test_keep_alive_false_releases_the_model_after_each_answer(core):
