@@ -89,7 +89,7 @@ def decode(model, prompt_ids: Sequence[int], temperatures: Sequence[float], max_
     rows = len(temperatures)
     step_fn = step_fn or step
     temps = torch.tensor(list(temperatures), dtype=torch.float32, device=device)
-    greedy = temps == 0.0
+    greedy = temps <= 0.0  # temperature 0.0: argmax (the greedy row)
     temps = torch.where(greedy, torch.ones_like(temps), temps)[:, None]
     eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=device)
     prompt = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
