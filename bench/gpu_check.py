@@ -14,7 +14,15 @@ in three modes:
 - ``eager``:   dynamic KV cache, no compilation (what the package does today);
 - ``static``:  ``cache_implementation="static"`` with ``disable_compile=True``;
 - ``compile``: ``cache_implementation="static"``; transformers then compiles the forward pass
-  (torch.compile, mode "reduce-overhead" = CUDA graphs) on CUDA.
+  (torch.compile, mode "reduce-overhead" = CUDA graphs) on CUDA;
+- ``own``:     the package's own decode loop (sage_irp_ros/decode.py: static KV cache, prompt prefilled
+  once for all rows, per-row temperatures, untempered log-probs), eager;
+- ``own-compile``: the same loop with its decode step compiled (torch.compile, mode "reduce-overhead"
+  on CUDA, the inductor C++ backend on CPU).
+
+``--quant int8`` stores the Linear weights (head and tied embedding included) as int8 per output channel
+(sage_irp_ros/quantize.py, ``llm_irp.weight_quantization: int8``) before measuring; the floor then counts
+int8 bytes. ``--modes own,own-compile --quant int8 --dtype bf16`` is the quantised + compiled path.
 
 Reported per cell: prefill ms, decode ms per step (one step = one new token for each of the N rows),
 decode ms per generated token, tokens/s, peak GPU memory, and the ratio of the step time to the
@@ -108,6 +116,34 @@ def measure_copy_bandwidth(torch, device) -> float | None:
     return 2 * 2**30 / seconds / 1e9
 
 
+_COMPILED: dict[str, Any] = {}
+# A dry run on CPU traces the step with dynamo but skips inductor's C++ compile (measured: 427 s for the
+# tiny model on a loaded 2-core machine), so it checks the wiring in seconds.
+COMPILE_BACKEND = {"backend": None}
+
+
+def own_cell(torch, model, mode: str, prompt, temps, tokens: int, sync):
+    """``once(max_new)`` for the package's decode loop (eager or with a compiled step)."""
+    from sage_irp_ros.decode import decode, step
+
+    if mode == "own-compile" and "step" not in _COMPILED:
+        backend = COMPILE_BACKEND["backend"]
+        _COMPILED["step"] = torch.compile(step, backend=backend) if backend else torch.compile(
+            step, mode="reduce-overhead" if prompt.is_cuda else None)
+    step_fn = _COMPILED.get("step") if mode == "own-compile" else None
+
+    def once(max_new: int) -> dict:
+        sync()
+        start = time.perf_counter()
+        out = decode(model, prompt[0].tolist(), temps, max_new, min_new_tokens=max_new, eos_ids=[],
+                     pad_id=0, step_fn=step_fn)
+        sync()
+        return {"total_s": time.perf_counter() - start, "prefill_s": out.prefill_s, "decode_s": out.decode_s,
+                "new_tokens": out.tokens.shape[1]}
+
+    return once
+
+
 def run_cell(torch, model, mode: str, n: int, prompt_len: int, tokens: int, reps: int, device, sync) -> dict:
     vocab = model.config.vocab_size
     prompt = torch.randint(100, min(vocab, 30000), (1, prompt_len), device=device)
@@ -134,13 +170,15 @@ def run_cell(torch, model, mode: str, n: int, prompt_len: int, tokens: int, reps
         new = out.shape[1] - prompt_len
         return {"total_s": end - start, "prefill_s": first - start, "decode_s": end - first, "new_tokens": new}
 
-    warm = [once(tokens) for _ in range(2 if mode == "compile" else 1)]  # compile happens here
+    if mode.startswith("own"):
+        once = own_cell(torch, model, mode, prompt, temps, tokens, sync)
+    warm = [once(tokens) for _ in range(2 if "compile" in mode else 1)]  # compile happens here
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     runs = [once(tokens) for _ in range(reps)]
     steps = [r["decode_s"] / max(1, r["new_tokens"] - 1) for r in runs]
     step = statistics.median(steps)
-    compiled = getattr(model, "_compiled_call", None) is not None
+    compiled = getattr(model, "_compiled_call", None) is not None or mode == "own-compile"
     return {"mode": mode, "n": n, "tokens": tokens, "prompt_tokens": prompt_len, "reps": reps,
             "warmup_s": [round(w["total_s"], 3) for w in warm], "compiled": compiled,
             "prefill_ms": 1e3 * statistics.median(r["prefill_s"] for r in runs),
@@ -155,7 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", default="qwen05b-shape", choices=("qwen05b-shape", "smollm2-shape", "tiny"))
     parser.add_argument("--dtype", default="fp16", choices=("fp16", "bf16", "fp32"))
     parser.add_argument("--ns", default="1,3,5,8")
-    parser.add_argument("--modes", default="eager,static,compile")
+    parser.add_argument("--modes", default="eager,static,compile,own,own-compile")
+    parser.add_argument("--quant", default="none", choices=("none", "int8"),
+                        help="int8: Linear weights int8 per channel (llm_irp.weight_quantization)")
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--reps", type=int, default=3)
@@ -171,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         args.shape, args.tokens, args.prompt_tokens, args.reps, args.ns = "tiny", 6, 8, 1, "1,3"
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.dry_run and device.type == "cpu":
+        COMPILE_BACKEND["backend"] = "eager"
     if device.type != "cuda" and not args.dry_run:
         print("no CUDA device: use --dry-run to check the script on CPU", file=sys.stderr)
         return 2
@@ -187,6 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.bandwidth_gbs:
         bw_name, bw = "given", args.bandwidth_gbs
     model, build_s = random_model(args.shape, dtype=dtype, device=str(device))
+    if args.quant != "none":
+        from sage_irp_ros.quantize import quantize_model
+
+        quantize_model(model, args.quant, device)
+        if args.modes == parser.get_default("modes"):  # generate's static/compile paths are not the point here
+            args.modes = "eager,own,own-compile"
     wbytes = weight_bytes(model)
     cfg = model.config
     head_dim = cfg.hidden_size // cfg.num_attention_heads
@@ -195,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "host": platform.node(),
         "gpu": gpu_name, "torch": torch.__version__, "device": str(device), "dtype": str(dtype),
-        "shape": args.shape, "parameters": sum(p.numel() for p in model.parameters()),
+        "shape": args.shape, "quant": args.quant, "parameters": sum(p.numel() for p in model.parameters()),
         "weight_bytes": wbytes, "build_s": build_s, "bandwidth_assumed": {"name": bw_name, "gbs": bw},
         "copy_bandwidth_gbs": measure_copy_bandwidth(torch, device),
         "floor_ms_per_step_weights_only": {name: 1e3 * wbytes / (gbs * 1e9) for name, gbs in BANDWIDTH_GBS.items()},

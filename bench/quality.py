@@ -1,100 +1,168 @@
-"""Selection accuracy: does the energy pick right answers? Measured, not assumed.
+"""Answer quality: does IRP's pick beat greedy decoding? Measured on questions it was not tuned on.
 
-For each question of ``bench/quality_questions.json`` (short questions with checkable answers) the
-embedded SmolLM2-135M samples 5 candidates at 0.70..0.54 in one batched call; then each selector picks
-one and we check it. Selectors: one random sample (the mean over candidates), greedy decoding, lowest
-mean NLL, the research ``seed`` energy, the package's ``response`` energy, and the oracle "any of the 5".
+Generation (the expensive part) runs once and dumps every candidate with its features: token ids,
+untempered log-probs, finished, text, temperature, correct. Every selection rule is then evaluated
+offline on the dump (``bench/quality_eval.py``), on the tuning and the held-out half of
+``bench/quality_questions.json`` (split and scoring rules: ``bench/question_set.py``).
 
-    .venv/bin/python -m bench.quality [--tokens 32] [--seeds 3] [--out bench/results]
+Settings (each question on its own, no history, the chat prompt the node uses):
+  short  5 sampled candidates at 0.70 -> 0.54, 32 new tokens, plus the greedy (T = 0) row
+  edge   config/edge.yaml: its schedule (0.7, 0.647, 0.594), 150 new tokens, plus the greedy row
+
+    python -m bench.quality                                   # both settings, then the report
+    python -m bench.quality --setting short --seeds 2         # one setting's generation + report
+    python -m bench.quality --from-dump                       # re-evaluate the dumps in --out only
+    python -m bench.quality --half heldout --seeds 1 --setting short --out /tmp/q \\
+        --set llm_irp.precision=int8                          # a quick accuracy check of a config
+
+Outputs in ``--out`` (default bench/results): quality_dump_<setting>.json.gz, quality.json, quality.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import time
 from pathlib import Path
 
 import torch
+import yaml
 
+from bench.question_set import is_correct, load_questions
 from sage_irp_ros.config import SageConfig
-from sage_irp_ros.energy import ResponseEnergy, repetition, seed_energy
 from sage_irp_ros.generation import sample_candidates
+from sage_irp_ros.irp import temperature_schedule
 from sage_irp_ros.model_loader import load_model
-from sage_irp_ros.prompts import build_prompt_ids
+from sage_irp_ros.prompts import build_prompt_ids, clean_answer
 
 HERE = Path(__file__).resolve().parent
-TEMPERATURES = [0.70, 0.66, 0.62, 0.58, 0.54]
+EDGE_YAML = HERE.parent / "config" / "edge.yaml"
+SHORT_TEMPERATURES = [0.70, 0.66, 0.62, 0.58, 0.54]
 
 
-def correct(text: str, answers: list[str]) -> bool:
-    low = f" {text.lower()} "
-    return any(a in low for a in answers)
+def setting_plan(setting: str) -> tuple[list[float], int]:
+    """(sampled temperatures, max new tokens) of a setting; the greedy row is added on top."""
+    if setting == "short":
+        return list(SHORT_TEMPERATURES), 32
+    if setting == "edge":
+        irp = SageConfig.from_yaml(EDGE_YAML).llm_irp
+        return temperature_schedule(irp, irp.irp_iterations), irp.max_tokens
+    raise ValueError(f"unknown setting {setting!r}")
 
 
-def mean_nll(c) -> float:
-    return -sum(c.token_logprobs) / max(1, len(c.token_logprobs))
+def parse_overrides(pairs: list[str]) -> dict:
+    """``["llm_irp.precision=int8", ...]`` -> nested mapping for SageConfig.from_mapping (YAML-typed values)."""
+    nested: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot:
+            raise SystemExit(f"--set wants section.key=value, got {pair!r}")
+        nested.setdefault(section, {})[name] = yaml.safe_load(value)
+    return nested
 
 
-def run(tokens: int, seeds: int) -> dict:
-    cfg = SageConfig.from_mapping({"llm_irp": {"device": "cpu"}})
+def interleave(questions: list[dict]) -> list[dict]:
+    """Alternate the halves, so that a run stopped early still covers both evenly."""
+    tune = [q for q in questions if q["half"] == "tune"]
+    held = [q for q in questions if q["half"] == "heldout"]
+    out = []
+    for i in range(max(len(tune), len(held))):
+        out += tune[i:i + 1] + held[i:i + 1]
+    return out
+
+
+def generate(setting: str, questions: list[dict], seeds: int, cfg: SageConfig, log=print,
+             checkpoint=None) -> dict:
+    """One batched call per (question, seed): the sampled rows plus the greedy row; returns the dump.
+
+    Seed 0 runs over all questions before seed 1, and ``checkpoint(dump)`` is called every 5
+    questions, so a run cut short still leaves a usable dump.
+    """
+    temps, max_tokens = setting_plan(setting)
+    rows = [*temps, 0.0]
     lm = load_model(cfg.model, cfg.llm_irp)
-    questions = json.loads((HERE / "quality_questions.json").read_text())
-    response = ResponseEnergy()
-    selectors = {
-        "random sample (mean)": None,
-        "greedy": None,
-        "lowest mean NLL": lambda c: mean_nll(c),
-        "seed energy": lambda c: seed_energy(c, TEMPERATURES[0]),
-        "response energy (default)": lambda c: response(c, TEMPERATURES[0]),
-        "oracle: any of 5": None,
-    }
-    hits = {name: 0.0 for name in selectors}
-    dump: list[list[dict]] = []
-    trials = 0
+    trials: list[dict] = []
     start = time.monotonic()
-    for item in questions:
-        prompt = build_prompt_ids(lm.tokenizer, item["q"])
-        with torch.inference_mode():
-            ids = torch.tensor([prompt])
-            greedy_ids = lm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                           max_new_tokens=tokens, pad_token_id=lm.tokenizer.pad_token_id)
-        greedy = lm.tokenizer.decode(greedy_ids[0, len(prompt):], skip_special_tokens=True)
-        for seed in range(seeds):
+
+    def dump() -> dict:
+        return {"setting": setting, "temperatures": rows, "max_tokens": max_tokens, "seeds": seeds,
+                "model": cfg.model.path or "SmolLM2-135M-Instruct (embedded)",
+                "precision": cfg.llm_irp.precision, "seconds": round(time.monotonic() - start, 1),
+                "trials": trials}
+
+    for seed in range(seeds):
+        for n, item in enumerate(interleave(questions)):
+            prompt = build_prompt_ids(lm.tokenizer, item["q"])
             torch.manual_seed(seed)
-            cands = sample_candidates(lm, prompt, TEMPERATURES, tokens).candidates
-            ok = [correct(c.text, item["a"]) for c in cands]
-            dump.append([{"nll": mean_nll(c), "finished": c.finished, "repetition": repetition(c.token_ids),
-                          "words": len(c.text.split()), "correct": k, "text": c.text[:200]}
-                         for c, k in zip(cands, ok)])
-            trials += 1
-            hits["random sample (mean)"] += sum(ok) / len(ok)
-            hits["greedy"] += correct(greedy, item["a"])
-            hits["oracle: any of 5"] += any(ok)
-            for name, key in selectors.items():
-                if key is not None:
-                    hits[name] += ok[min(range(len(cands)), key=lambda i: key(cands[i]))]
-    return {"questions": len(questions), "seeds": seeds, "tokens": tokens, "trials": trials,
-            "accuracy": {k: round(v / trials, 3) for k, v in hits.items()},
-            "seconds": round(time.monotonic() - start, 1), "candidates": dump}
+            batch = sample_candidates(lm, prompt, rows, max_tokens)
+            cands = []
+            for c in batch.candidates:
+                text = clean_answer(c.text)
+                cands.append({"t": c.temperature, "text": text, "ids": c.token_ids,
+                              "lp": [round(x, 4) for x in c.token_logprobs], "finished": c.finished,
+                              "correct": is_correct(text, item["a"])})
+            trials.append({"q": item["q"], "kind": item["kind"], "half": item["half"], "seed": seed,
+                           "gen_s": round(batch.prefill_s + batch.decode_s, 4), "candidates": cands})
+            if (n + 1) % 5 == 0:
+                log(f"[{setting}] seed {seed}: {n + 1}/{len(questions)} questions, "
+                    f"{time.monotonic() - start:.0f} s")
+                if checkpoint is not None:
+                    checkpoint(dump())
+    return dump()
+
+
+def dump_path(out: Path, setting: str) -> Path:
+    return out / f"quality_dump_{setting}.json.gz"
+
+
+def write_dump(dump: dict, path: Path) -> None:
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        json.dump(dump, f, separators=(",", ":"))
+
+
+def read_dump(path: Path) -> dict:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return json.load(f)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tokens", type=int, default=32)
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--setting", choices=("short", "edge", "both"), default="both")
+    parser.add_argument("--half", choices=("tune", "heldout", "both"), default="both")
+    parser.add_argument("--questions", type=int, default=0, help="first N questions of the half (0 = all)")
+    parser.add_argument("--seeds", type=int, default=0, help="seeds per question (default: short 2, edge 1)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="configuration override, e.g. llm_irp.precision=int8 (repeatable)")
+    parser.add_argument("--from-dump", action="store_true", help="evaluate the dumps in --out, no generation")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (1: several spinning threads crawl on a shared, busy CPU)")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
-    report = run(args.tokens, args.seeds)
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "quality.json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = [f"Selection accuracy, SmolLM2-135M-Instruct, {report['questions']} questions x {report['seeds']} "
-             f"seeds, 5 candidates at 0.70..0.54, {report['tokens']} new tokens:", "",
-             "| selector | accuracy |", "|---|---|"]
-    lines += [f"| {k} | {v:.1%} |" for k, v in report["accuracy"].items()]
-    (out / "quality.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    settings = ["short", "edge"] if args.setting == "both" else [args.setting]
+    if not args.from_dump:
+        cfg = SageConfig.from_mapping({"llm_irp": {"device": "cpu"}, **parse_overrides(args.set)})
+        questions = load_questions(args.half)
+        if args.questions:
+            questions = questions[:args.questions]
+        for setting in settings:
+            seeds = args.seeds or (2 if setting == "short" else 1)
+            path = dump_path(out, setting)
+            dump = generate(setting, questions, seeds, cfg, log=lambda m: print(m, flush=True),
+                            checkpoint=lambda d: write_dump({**d, "overrides": args.set}, path))
+            write_dump({**dump, "overrides": args.set}, path)
+            print(f"[{setting}] wrote {dump_path(out, setting)} ({dump['seconds']} s)")
+    from bench.quality_eval import report
+
+    dumps = {s: read_dump(dump_path(out, s)) for s in ("short", "edge") if dump_path(out, s).exists()}
+    summary, markdown = report(dumps)
+    (out / "quality.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out / "quality.md").write_text(markdown)
+    print(markdown)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
     sage_irp monitor [--namespace sage] [--once] [--timeout S]
     sage_irp plot [--db FILE] [--out session.png] [--since UNIX_TIME] [--conversation C]
     sage_irp doctor
+    sage_irp cache list|clear [--dir DIR]
 
 ``ask`` without ``--conversation`` asks the question on its own (no history, and it leaves none); the
 same ``--conversation`` id on several asks makes them one dialogue.
@@ -84,6 +85,10 @@ def _parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="print Python, torch/CUDA, transformers, peft, rclpy/distro, jtop, "
                                            "model cache; exit 1 when something required is missing or too old")
     doctor.set_defaults(func=_doctor)
+    cache = sub.add_parser("cache", help="list or clear the converted-model cache (GGUF conversions)")
+    cache.add_argument("action", choices=("list", "clear"))
+    cache.add_argument("--dir", default="", help="cache folder (default: $XDG_CACHE_HOME/sage_irp_ros)")
+    cache.set_defaults(func=_cache)
     return parser
 
 
@@ -219,6 +224,24 @@ def _doctor(args: argparse.Namespace, ros_args: list[str]) -> int:
     from .doctor import run_doctor
 
     return run_doctor()
+
+
+def _cache(args: argparse.Namespace, ros_args: list[str]) -> int:
+    from pathlib import Path
+
+    from .embedded_model import default_cache_dir
+    from .model_cache import clear, entries
+
+    folder = Path(args.dir).expanduser() if args.dir else default_cache_dir()
+    if args.action == "clear":
+        count, freed = clear(folder)
+        print(f"removed {count} cached models ({freed / 2**20:.0f} MB) from {folder}")
+        return 0
+    found = entries(folder)
+    for path, size in found:
+        print(f"{size / 2**20:8.0f} MB  {path}")
+    print(f"{len(found)} cached models, {sum(s for _, s in found) / 2**20:.0f} MB in {folder}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -21,10 +21,12 @@ import yaml
 
 DEVICES = ("auto", "cuda", "cpu")
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
-ENERGIES = ("response", "seed")
+ENERGIES = ("consensus", "response", "seed")
 POWER_MODES = ("efficiency", "balanced", "performance")
 PROBE_BACKENDS = ("auto", "jtop", "nvml", "sysfs")
 MEMORY_LIMIT_ACTIONS = ("warn", "error")
+DECODERS = ("auto", "hf", "static")
+WEIGHT_QUANTIZATIONS = ("none", "int8")
 
 
 class ConfigError(ValueError):
@@ -73,15 +75,26 @@ class IRPConfig:
     pack_cpu_weights: bool = field(default=True, metadata=_key(
         "On CPU, reorder Linear weights once into oneDNN's blocked layout at load: the same fp32/bf16 "
         "arithmetic, 1.5-2x faster decoding of several candidates (a tied output head gets its own copy)"))
+    decoder: str = field(default="auto", metadata=_key(
+        "Decode loop: static = the package's own loop (static KV cache, shared prefill, greedy rows at "
+        "temperature 0), hf = transformers' generate; auto = static", choices=DECODERS))
+    weight_quantization: str = field(default="none", metadata=_key(
+        "Linear weights (output head and tied embedding included) as int8 per output channel, LoRA merged "
+        "first: a quarter of fp32's memory; fast on CUDA, slower than fp32 on CPU (docs/performance.md)",
+        choices=WEIGHT_QUANTIZATIONS))
     power_mode: str = field(default="balanced", metadata=_key(
         "CPU threads for inference: efficiency = half the cores, balanced = all but one, "
         "performance = all", choices=POWER_MODES))
     candidates_per_round: int = field(default=0, metadata=_key(
         "Candidates sampled together in one generate call; 0 = all at once, 1 = the sequential "
         "research loop", lo=0, hi=64))
-    energy: str = field(default="response", metadata=_key(
-        "Energy that ranks candidates: response (model confidence, finish, length, repetition) or "
-        "seed (the research formula, dominated by temperature)", choices=ENERGIES))
+    energy: str = field(default="consensus", metadata=_key(
+        "Energy that ranks candidates: consensus (agreement with the other candidates, model "
+        "confidence, repetition), response (model confidence, finish, length, repetition) or seed "
+        "(the research formula, dominated by temperature)", choices=ENERGIES))
+    greedy_candidate: bool = field(default=True, metadata=_key(
+        "Add the greedy (temperature 0) continuation as one more row of the first batched call, so "
+        "the pick can never miss the plain greedy answer; off reproduces the research loop's sampling"))
     deadline_s: float = field(default=0.0, metadata=_key(
         "Per-question time budget; on expiry the best answer so far is returned. 0 = none",
         lo=0.0, hi=3600.0))

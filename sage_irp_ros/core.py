@@ -150,7 +150,8 @@ class SageCore:
         adapt = throttled and irp_cfg.enable_thermal_monitoring
         options = {"max_iterations": irp_cfg.throttled_candidates if adapt else q.max_iterations,
                    "max_tokens": min(irp_cfg.throttled_max_tokens, irp_cfg.max_tokens) if adapt else None,
-                   "deadline": deadline, "cancel": cancel}
+                   "deadline": deadline, "cancel": cancel,
+                   "greedy_candidate": False if adapt else None}  # throttled: only the sampled candidates
         # Prompt history: only the question's own named conversation (none without one). Surprise's
         # window: the same history in a conversation, else what the node heard last (docs/interface.md).
         history = self.history.get(q.conversation)
@@ -192,7 +193,7 @@ class SageCore:
                         fewer)
             try:
                 return engine.refine(q.text, q.context, history, **{
-                    **options, "max_iterations": fewer, "candidates_per_round": 1})
+                    **options, "max_iterations": fewer, "candidates_per_round": 1, "greedy_candidate": False})
             except Exception as again:
                 if _is_oom(again):
                     _free_memory()

@@ -7,7 +7,6 @@ start loads that folder in well under a second. The same conversion serves any G
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import os
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import ModelLoadError
+from .model_cache import content_key
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +53,14 @@ def embedded_gguf() -> Path:
 def converted_gguf(gguf: Path, cache_dir: Path | None = None, progress: Progress | None = None) -> Path:
     """Return a safetensors folder converted from ``gguf``, converting on first use.
 
-    The cache key is the GGUF's absolute path, size and mtime, so a replaced file is converted again.
-    The conversion writes into a temporary folder and renames it, so a crash never leaves a half copy.
+    The cache key is the GGUF's content (size + SHA-256, see ``model_cache``), so every venv or clone with
+    the same file shares one conversion and a replaced file is converted again. The conversion writes into
+    a temporary folder and renames it, so a crash never leaves a half copy.
     """
     gguf = gguf.resolve()
     stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    target = (cache_dir or default_cache_dir()) / f"{gguf.stem}-{key}"
+    cache_dir = cache_dir or default_cache_dir()
+    target = cache_dir / f"{gguf.stem}-{content_key(gguf, cache_dir)}"
     if (target / "config.json").is_file():
         return target
     say = progress or log.info

@@ -51,10 +51,17 @@ class Batch:
 
 
 class RowTemperature(LogitsProcessor):
-    """Divide row i's logits by temperature i; record untempered log-probs of the sampled tokens."""
+    """Divide row i's logits by temperature i; record untempered log-probs of the sampled tokens.
+
+    A row whose temperature is 0.0 is decoded greedily: only its argmax token keeps a finite score,
+    so the sampler cannot draw anything else (the log-prob recorded is still the untempered one).
+    """
 
     def __init__(self, temperatures: Sequence[float], device: torch.device):
-        self.temperatures = torch.tensor(list(temperatures), dtype=torch.float32, device=device)[:, None]
+        temps = torch.tensor(list(temperatures), dtype=torch.float32, device=device)[:, None]
+        self.greedy = temps <= 0.0  # (rows, 1)
+        self.temperatures = torch.where(self.greedy, torch.ones_like(temps), temps)
+        self.any_greedy = bool(self.greedy.any())
         self.steps: list[torch.Tensor] = []
         self.first_call: float | None = None
         self._last: torch.Tensor | None = None
@@ -64,7 +71,11 @@ class RowTemperature(LogitsProcessor):
             self.first_call = time.monotonic()  # prefill has finished
         self._collect(input_ids[:, -1])
         self._last = torch.log_softmax(scores.float(), dim=-1)
-        return scores / self.temperatures.to(scores.dtype)
+        tempered = scores / self.temperatures.to(scores.dtype)
+        if self.any_greedy:
+            argmax = torch.full_like(tempered, float("-inf")).scatter_(1, scores.argmax(dim=-1, keepdim=True), 0.0)
+            tempered = torch.where(self.greedy, argmax, tempered)
+        return tempered
 
     def finish(self, last_tokens: torch.Tensor) -> torch.Tensor:
         """Log-probs of all sampled tokens, shape (rows, steps)."""
@@ -96,9 +107,21 @@ class StopWhen(StoppingCriteria):
 def sample_candidates(lm: LoadedModel, prompt_ids: Sequence[int], temperatures: Sequence[float],
                       max_new_tokens: int, *, min_new_tokens: int = 0, deadline: float | None = None,
                       cancel: threading.Event | None = None) -> Batch:
-    """Generate ``len(temperatures)`` candidates for one prompt in a single batched call."""
+    """Generate ``len(temperatures)`` candidates for one prompt in a single batched call.
+
+    A temperature of 0.0 makes that row the greedy (argmax) continuation.
+    """
     tokenizer = lm.tokenizer
     rows = len(temperatures)
+    if getattr(lm, "decoder", "hf") == "static":  # llm_irp.decoder: the package's own loop (decode.py)
+        from .decode import decode
+
+        eos = tokenizer.eos_token_id
+        out = decode(lm.model, prompt_ids, temperatures, max_new_tokens, min_new_tokens=min_new_tokens,
+                     eos_ids=list(eos) if isinstance(eos, (list, tuple)) else [eos],
+                     pad_id=tokenizer.pad_token_id, deadline=deadline, cancel=cancel)
+        return Batch([_candidate(tokenizer, out.tokens[i].tolist(), out.logprobs[i].tolist(), temperatures[i])
+                      for i in range(rows)], out.prefill_s, out.decode_s, out.stopped_early)
     input_ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=lm.device)
     processor = RowTemperature(temperatures, lm.device)
     stopper = StopWhen(deadline, cancel)

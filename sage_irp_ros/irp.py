@@ -20,11 +20,12 @@ from typing import Any, Sequence
 import torch
 
 from .config import IRPConfig
-from .energy import EnergyFn, energy_function
+from .energy import EnergyFn
 from .errors import TOO_LONG, SageError
 from .generation import Candidate, sample_candidates, score_text
 from .model_loader import LoadedModel
 from .prompts import build_prompt_ids, clean_answer
+from .selection import PerCandidate, SelectionRule, best_index, selection_rule
 
 CONVERGED, TEMPERATURE_FLOOR, PLATEAU = "converged", "temperature_floor", "plateau"
 MAX_ITERATIONS, DEADLINE, CANCELLED = "max_iterations", "deadline", "cancelled"
@@ -60,6 +61,8 @@ class IRPState:
     best_response: str = ""
     best_energy: float = float("inf")
     best_finished: bool = False
+    greedy_pending: bool = False  # the greedy (T = 0) row is still to be added to the next round
+    candidates: list[Candidate] = field(default_factory=list)
     responses: list[str] = field(default_factory=list)
     energies: list[float] = field(default_factory=list)
     temperatures: list[float] = field(default_factory=list)
@@ -74,18 +77,27 @@ class IRPState:
 class IRPEngine:
     """Iterative refinement over one resident model."""
 
-    def __init__(self, lm: LoadedModel, cfg: IRPConfig, energy: EnergyFn | None = None,
+    def __init__(self, lm: LoadedModel, cfg: IRPConfig, energy: EnergyFn | SelectionRule | None = None,
                  use_chat_template: bool = True):
+        """``energy``: a per-candidate energy or a selection rule; default: ``cfg.energy``'s rule."""
         self.lm, self.cfg = lm, cfg
-        self.energy_fn = energy or energy_function(cfg.energy)
+        if energy is None:
+            self.rule: SelectionRule = selection_rule(cfg.energy)
+        else:
+            self.rule = energy if hasattr(energy, "energies") else PerCandidate(energy)
         self.use_chat_template = use_chat_template
 
     # -- protocol ---------------------------------------------------------------------------------
     def init_state(self, question: str, context: str = "", history: Sequence[tuple[str, str]] = (), *,
                    max_iterations: int | None = None, max_tokens: int | None = None,
                    candidates_per_round: int | None = None, deadline: float | None = None,
-                   cancel: threading.Event | None = None, min_new_tokens: int = 0) -> IRPState:
-        """Build the prompt (dropping the oldest history if it would not fit) and the schedule."""
+                   cancel: threading.Event | None = None, min_new_tokens: int = 0,
+                   greedy_candidate: bool | None = None) -> IRPState:
+        """Build the prompt (dropping the oldest history if it would not fit) and the schedule.
+
+        ``greedy_candidate`` overrides ``llm_irp.greedy_candidate`` for this question (the core turns
+        the greedy row off while throttled and when retrying after running out of memory).
+        """
         max_tokens = max_tokens or self.cfg.max_tokens
         history = list(history)
         while True:
@@ -103,14 +115,22 @@ class IRPEngine:
         return IRPState(question=question, context=context, prompt_ids=prompt_ids, schedule=schedule,
                         max_tokens=max_tokens, round_size=per_round or len(schedule),
                         deadline=deadline, cancel=cancel, min_new_tokens=min_new_tokens,
-                        temperature=self.cfg.initial_temperature, history_used=len(history))
+                        temperature=self.cfg.initial_temperature, history_used=len(history),
+                        greedy_pending=self.cfg.greedy_candidate if greedy_candidate is None
+                        else greedy_candidate)
 
     def step(self, state: IRPState) -> list[Candidate]:
-        """Sample one round of candidates at the next temperatures, score them, keep the best."""
+        """Sample one round of candidates at the next temperatures, score them all, keep the best.
+
+        With ``greedy_candidate`` the first round carries one more row at temperature 0: the greedy
+        continuation, decoded in the same batched call (it is not one of the schedule's iterations).
+        """
         temps = state.schedule[state.iteration:state.iteration + state.round_size]
         if not temps:
             return []
-        batch = sample_candidates(self.lm, state.prompt_ids, temps, state.max_tokens,
+        rows = [*temps, 0.0] if state.greedy_pending else temps
+        state.greedy_pending = False
+        batch = sample_candidates(self.lm, state.prompt_ids, rows, state.max_tokens,
                                   min_new_tokens=state.min_new_tokens, deadline=state.deadline,
                                   cancel=state.cancel)
         state.timings["prefill_s"] += batch.prefill_s
@@ -118,13 +138,13 @@ class IRPEngine:
         start = time.monotonic()
         for candidate in batch.candidates:
             candidate.text = clean_answer(candidate.text)
-            value = float(self.energy_fn(candidate, self.cfg.initial_temperature))
+            state.candidates.append(candidate)
             state.responses.append(candidate.text)
-            state.energies.append(value)
             state.temperatures.append(candidate.temperature)
-            if value < state.best_energy:
-                state.best_response, state.best_energy = candidate.text, value
-                state.best_finished = candidate.finished
+        state.energies = self.rule.energies(state.candidates, state.energies, self.cfg.initial_temperature)
+        best = best_index(state.energies)
+        state.best_response, state.best_energy = state.candidates[best].text, state.energies[best]
+        state.best_finished = state.candidates[best].finished
         state.timings["scoring_s"] += time.monotonic() - start
         state.tokens += batch.tokens
         state.iteration += len(temps)
@@ -138,7 +158,8 @@ class IRPEngine:
         """Energy of an arbitrary response to this state's prompt (scores it with one forward pass)."""
         candidate = score_text(self.lm, state.prompt_ids, response)
         candidate.temperature = state.temperature
-        return float(self.energy_fn(candidate, self.cfg.initial_temperature))
+        return float(self.rule.energies([*state.candidates, candidate], state.energies,
+                                        self.cfg.initial_temperature)[-1])
 
     def halt(self, state: IRPState) -> bool:
         """True when refinement should stop; records why in ``state.halt_reason``."""

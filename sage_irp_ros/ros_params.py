@@ -28,6 +28,7 @@ LIVE, CONFIGURE, READ_ONLY = "live", "configure", "read-only"
 # Keys the IRP node reads only when it loads the model (configure), and the start-up-only ones.
 AT_CONFIGURE = frozenset({
     "llm_irp.device", "llm_irp.precision", "llm_irp.pack_cpu_weights", "llm_irp.power_mode",
+    "llm_irp.decoder", "llm_irp.weight_quantization",
     "llm_irp.max_memory_mb", "llm_irp.memory_limit_action", "llm_irp.model_keep_alive",
     "memory.db_path"}) | {name for name, _ in describe_keys() if name.startswith("model.")}
 AT_START = frozenset({"node.autostart"})

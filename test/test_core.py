@@ -31,8 +31,9 @@ def test_answer_has_the_documented_shape(core):
     result = core.answer(Question(text="What is 2+2?", id="q1"))
     assert set(result) == RESULT_KEYS and result["ok"] and result["id"] == "q1"
     assert set(result["snarc"]) == {"surprise", "novelty", "arousal", "reward", "conflict", "total", "salient"}
-    assert result["irp"]["candidates"] == 3 and len(result["irp"]["energies"]) == 3
-    assert result["irp"]["temperatures"] == pytest.approx([0.7, 0.647, 0.594])
+    assert result["irp"]["candidates"] == 4 and len(result["irp"]["energies"]) == 4  # + the greedy row
+    assert result["irp"]["temperatures"] == pytest.approx([0.7, 0.647, 0.594, 0.0])
+    assert result["irp"]["iterations"] == 3
     assert result["timing"]["tokens"] > 0 and result["timing"]["total_s"] >= result["timing"]["inference_s"]
 
 
@@ -112,7 +113,7 @@ def test_throttled_uses_fewer_candidates_and_tokens(core):
     assert result["irp"]["candidates"] == 1 and result["irp"]["throttled"]
     core.reconfigure(SageConfig.from_mapping({**_mapping(core), "llm_irp": {
         **_mapping(core)["llm_irp"], "enable_thermal_monitoring": False}}))
-    assert core.answer(Question(text="Hi"), throttled=True)["irp"]["candidates"] == 3
+    assert core.answer(Question(text="Hi"), throttled=True)["irp"]["candidates"] == 4
 
 
 def test_memory_floor_refuses_with_out_of_memory(core):
@@ -124,32 +125,37 @@ def test_memory_floor_refuses_with_out_of_memory(core):
 
 
 def test_generation_failure_is_a_result_and_serving_continues(core, monkeypatch):
-    real = core.engine.lm.model.generate
+    # the default decoder (llm_irp.decoder: auto = the package's loop, sage_irp_ros/decode.py)
+    import sage_irp_ros.decode as decode_loop
+
+    real = decode_loop.decode
 
     def broken(*args, **kwargs):
         raise ValueError("kernel exploded")
 
-    monkeypatch.setattr(core.engine.lm.model, "generate", broken)
+    monkeypatch.setattr(decode_loop, "decode", broken)
     failed = core.answer(Question(text="Hi"))
     assert failed["error"] == {"code": errors.INFERENCE_FAILED, "message": "ValueError: kernel exploded"}
-    monkeypatch.setattr(core.engine.lm.model, "generate", real)
+    monkeypatch.setattr(decode_loop, "decode", real)
     assert core.answer(Question(text="Hi"))["ok"]
     assert core.stats.snapshot()["errors"] == 1
 
 
 def test_out_of_memory_retries_once_with_fewer_candidates(core, monkeypatch):
-    real = core.engine.lm.model.generate
+    import sage_irp_ros.decode as decode_loop
+
+    real = decode_loop.decode
     calls = []
 
-    def oom_once(*args, **kwargs):
-        calls.append(kwargs["input_ids"].shape[0])
+    def oom_once(model, prompt_ids, temperatures, *args, **kwargs):
+        calls.append(len(temperatures))  # rows of this batched call
         if len(calls) == 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(*args, **kwargs)
+        return real(model, prompt_ids, temperatures, *args, **kwargs)
 
-    monkeypatch.setattr(core.engine.lm.model, "generate", oom_once)
+    monkeypatch.setattr(decode_loop, "decode", oom_once)
     result = core.answer(Question(text="Hi"))
-    assert result["ok"] and calls[0] == 3 and set(calls[1:]) == {1} and result["irp"]["candidates"] == 1
+    assert result["ok"] and calls[0] == 4 and set(calls[1:]) == {1} and result["irp"]["candidates"] == 1
 
 
 def test_keep_alive_false_releases_the_model_after_each_answer(core):

@@ -1,0 +1,165 @@
+"""Contender: llama.cpp (llama-cpp-python) on the same GGUF, threads, prompts and token counts.
+
+    .venv/bin/python -m bench.llama_cpp [--threads 1] [--reps 8] [--tokens 32] [--variant NAME:KEY=VALUE,... ...]
+
+llama.cpp is what a ROS user would otherwise run (llama_ros and most Jetson LLM nodes use it), so it is the
+peer the engine is measured against. It is never a dependency of the package: install the prebuilt wheel
+(``pip install ../shared/wheels/llama_cpp_python-*.whl``) for benchmarking; without it this section is
+skipped with a message saying so.
+
+Fairness: the embedded SmolLM2-135M-Instruct Q4_1 GGUF that the engine converts, the engine's thread count
+(``n_threads`` = ``n_threads_batch`` = ``torch.get_num_threads()``), the engine's prompt token ids (the seed
+prompt the bench's engine cells use, tokenised once by the model's tokenizer and fed to llama.cpp as ids),
+exactly ``tokens`` new tokens per candidate (end-of-sequence banned through ``logit_bias``), plain sampling
+at the candidate's temperature (``top_k=0, top_p=1, min_p=0``, no repeat penalty). One candidate is one
+completion; five candidates are five sequential completions (llama.cpp reuses the prompt's KV cache
+between them, as a llama.cpp node would). The engine runs single (N = 1) and batched (N = 5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+from bench.cells import MAIN_N, Cell, engine_cell, run_cells
+
+SKIP_MESSAGE = ("llama.cpp contender skipped: llama_cpp is not installed (benchmark only: "
+                "pip install ../shared/wheels/llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl)")
+
+
+def available() -> bool:
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def load_llama(threads: int):
+    """The embedded GGUF in llama.cpp with ``threads`` threads (logits of the last position only)."""
+    from llama_cpp import Llama
+
+    from sage_irp_ros.embedded_model import embedded_gguf
+
+    return Llama(model_path=str(embedded_gguf()), n_ctx=2048, n_threads=threads, n_threads_batch=threads,
+                 n_batch=512, verbose=False, seed=0)
+
+
+def llama_cell(llm, tokenizer, n: int, name: str | None = None) -> Cell:
+    """n sequential llama.cpp completions at the engine's annealed temperatures (0.7 -> 0.54 in n steps)."""
+    from sage_irp_ros.prompts import seed_prompt
+
+    eos = llm.token_eos()
+    prompts: dict[str, list[int]] = {}
+
+    def run(question: str, tokens: int) -> dict:
+        ids = prompts.get(question)
+        if ids is None:  # the engine's prompt, token for token
+            ids = prompts[question] = tokenizer(seed_prompt(question))["input_ids"]
+        temperatures = [round(0.7 - i * 0.16 / n, 6) for i in range(n)]
+        produced = 0
+        for temperature in temperatures:
+            out = llm.create_completion(prompt=ids, max_tokens=tokens, temperature=temperature, top_k=0,
+                                        top_p=1.0, min_p=0.0, repeat_penalty=1.0, logit_bias={eos: -1e9})
+            produced += out["usage"]["completion_tokens"]
+        # llama.cpp reports no phase split here: the whole call counts as decoding
+        return {"prefill_s": 0.0, "decode_s": 0.0, "tokens": produced, "rounds": n, "candidates": n,
+                "temperatures": temperatures, "halt_reason": "iterations"}
+
+    label = name or ("llama.cpp one candidate" if n == 1 else f"llama.cpp {n} sequential candidates")
+    return Cell(label, "llama.cpp single" if n == 1 else "llama.cpp sequential", n, run, "Q4_1")
+
+
+def with_cpu_time(cell: Cell) -> Cell:
+    """Record the process CPU seconds of each run too: on a loaded machine wall time also counts waiting
+    for a core, CPU time (all threads of this process, one thread per contender here) does not."""
+    run = cell.run
+
+    def timed(question: str, tokens: int) -> dict:
+        start = time.process_time()
+        info = run(question, tokens)
+        return {**info, "cpu_s": time.process_time() - start}
+
+    cell.run = timed
+    return cell
+
+
+def compare(variants: dict[str, Any], reps: int, tokens: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """llama.cpp and each engine variant (name -> loaded model) interleaved in one process; ratios between
+    medians: the engine's single candidate against llama.cpp's, batched N=5 against five sequential."""
+    import torch
+
+    threads = torch.get_num_threads()
+    llm = load_llama(threads)
+    tokenizer = next(iter(variants.values())).tokenizer
+    cells = [llama_cell(llm, tokenizer, 1), llama_cell(llm, tokenizer, MAIN_N)]
+    for name, lm in variants.items():
+        cells += [engine_cell(lm, 1, 1, name, f"engine {name}, one candidate", kind=f"{name} single"),
+                  engine_cell(lm, MAIN_N, MAIN_N, name, f"engine {name}, batched N={MAIN_N}",
+                              kind=f"{name} batched")]
+    table = run_cells([with_cpu_time(c) for c in cells], reps, tokens, log)
+    for row in table.values():
+        row["median_cpu_s"] = statistics.median(r["cpu_s"] for r in row["runs"])
+    median = {row["kind"]: row["median_s"] for row in table.values()}
+    cpu = {row["kind"]: row["median_cpu_s"] for row in table.values()}
+    ratios = {}
+    for name in variants:
+        ratios[f"{name}: single / llama.cpp single (time)"] = median[f"{name} single"] / median["llama.cpp single"]
+        ratios[f"{name}: batched N=5 / llama.cpp 5 sequential (time)"] = \
+            median[f"{name} batched"] / median["llama.cpp sequential"]
+        ratios[f"{name}: batched N=5 / single (time)"] = median[f"{name} batched"] / median[f"{name} single"]
+        ratios[f"{name}: single / llama.cpp single (CPU time)"] = cpu[f"{name} single"] / cpu["llama.cpp single"]
+        ratios[f"{name}: batched N=5 / llama.cpp 5 sequential (CPU time)"] = \
+            cpu[f"{name} batched"] / cpu["llama.cpp sequential"]
+    del llm
+    return {"threads": threads, "tokens_per_candidate": tokens, "reps": reps, "table": table, "ratios": ratios}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [f"threads {result['threads']}, {result['tokens_per_candidate']} tokens per candidate, "
+             f"medians of {result['reps']} interleaved repetitions", "",
+             "| contender | median s (wall) | tok/s (wall) | median CPU s | tok/s (CPU) |", "|---|---|---|---|---|"]
+    for row in result["table"].values():
+        tps = row["n"] * row["tokens_per_candidate"] / row["median_s"]
+        cps = row["n"] * row["tokens_per_candidate"] / row["median_cpu_s"]
+        lines.append(f"| {row['name']} | {row['median_s']:.2f} | {tps:.0f} | {row['median_cpu_s']:.2f} | {cps:.0f} |")
+    lines += [""] + [f"- {k}: {v:.2f}x" for k, v in result["ratios"].items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=1, help="threads for both (edge.yaml's "
+                        "power_mode efficiency is 1 on a 2-core machine)")
+    parser.add_argument("--reps", type=int, default=8)
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
+                        help="an engine configuration, e.g. int8:weight_quantization=int8,decoder=static "
+                             "(llm_irp keys; repeatable; default: one variant with the defaults)")
+    args = parser.parse_args(argv)
+    if not available():
+        print(SKIP_MESSAGE)
+        return 0
+    import torch
+    import yaml
+
+    from sage_irp_ros.config import SageConfig
+    from sage_irp_ros.model_loader import load_model
+
+    torch.set_num_threads(args.threads)
+    variants = {}
+    for spec in args.variant or ["defaults:"]:
+        name, _, pairs = spec.partition(":")
+        irp = {k: yaml.safe_load(v) for k, _, v in (p.partition("=") for p in pairs.split(",") if p)}
+        cfg = SageConfig.from_mapping({"llm_irp": irp})
+        variants[name] = load_model(cfg.model, cfg.llm_irp, lambda message: None)
+    print(f"load average before {os.getloadavg()}", file=sys.stderr)
+    result = compare(variants, args.reps, args.tokens, lambda m: print(m, file=sys.stderr))
+    print(f"load average after {os.getloadavg()}")
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Memory the embedded model adds to a process: RSS after ``load_model`` minus RSS before, per configuration.
+
+    .venv/bin/python -m bench.load_memory [--variant NAME:KEY=VALUE,... ...]
+
+Each variant loads in a fresh child process (a process's RSS never shrinks back, so variants cannot share
+one); torch, transformers and the package are imported before the first reading, so the difference is
+the model: weights, packed copies, the tokenizer and the warm-up generation's buffers. The target of
+issue 12 is <= 250 MB for the embedded SmolLM2-135M.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+DEFAULT_VARIANTS = ("fp32 packed (default):", "fp32 not packed:pack_cpu_weights=false",
+                    "bf16 packed:precision=bf16", "int8:weight_quantization=int8")
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def child(spec: str) -> dict:
+    import torch
+    import yaml
+
+    from sage_irp_ros.config import SageConfig
+    from sage_irp_ros.irp import IRPEngine
+    from sage_irp_ros.model_loader import load_model
+
+    name, _, pairs = spec.partition(":")
+    irp = {k: yaml.safe_load(v) for k, _, v in (p.partition("=") for p in pairs.split(",") if p)}
+    cfg = SageConfig.from_mapping({"llm_irp": irp})
+    torch.set_num_threads(1)
+    before = _rss_mb()
+    lm = load_model(cfg.model, cfg.llm_irp, lambda message: None)
+    loaded = _rss_mb()
+    IRPEngine(lm, cfg.llm_irp, use_chat_template=False).refine("What is 2+2?", max_tokens=8)
+    answered = _rss_mb()
+    return {"variant": name, "rss_before_mb": before, "added_by_load_mb": loaded - before,
+            "added_after_one_answer_mb": answered - before, "footprint_mb": lm.footprint_mb}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variant", action="append", default=[])
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child is not None:
+        print("LOAD-MEMORY " + json.dumps(child(args.child)))
+        return 0
+    print("| configuration | RSS added by load, MB | after one answer, MB | weights (footprint), MB |")
+    print("|---|---|---|---|")
+    for spec in args.variant or DEFAULT_VARIANTS:
+        out = subprocess.run([sys.executable, "-m", "bench.load_memory", "--child", spec], capture_output=True,
+                             text=True, check=True).stdout
+        row = json.loads(next(line for line in out.splitlines() if line.startswith("LOAD-MEMORY "))[12:])
+        print(f"| {row['variant']} | {row['added_by_load_mb']:.0f} | {row['added_after_one_answer_mb']:.0f} | "
+              f"{row['footprint_mb']:.0f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""The answer-quality question set: its fixed split and its written scoring rules (no model)."""
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root holds bench/
+
+from bench.question_set import KINDS, half_of, is_correct, load_questions  # noqa: E402
+from bench.quality_eval import bootstrap_diff  # noqa: E402
+
+
+def test_set_is_large_and_well_formed():
+    items = load_questions()
+    assert len(items) >= 300
+    assert len({q["q"] for q in items}) == len(items)
+    for q in items:
+        assert q["kind"] in KINDS and q["a"] and all(isinstance(k, str) and k for k in q["a"]), q
+    halves = Counter((q["half"], q["kind"]) for q in items)
+    assert all(halves[(h, k)] >= 10 for h in ("tune", "heldout") for k in KINDS)
+
+
+def test_split_is_a_fixed_hash_of_the_text():
+    assert half_of("What is the capital of France?") == half_of("  What is the capital of France?\n")
+    tune, held = load_questions("tune"), load_questions("heldout")
+    assert {q["half"] for q in tune} == {"tune"} and {q["half"] for q in held} == {"heldout"}
+    assert len(tune) + len(held) == len(load_questions())
+    assert not {q["q"] for q in tune} & {q["q"] for q in held}
+    with pytest.raises(ValueError):
+        load_questions("all")
+
+
+@pytest.mark.parametrize("text,keywords,expected", [
+    ("The answer is 4.", ["4"], True),
+    ("It is 14.", ["4"], False),             # whole numbers only
+    ("About 4.5 m.", ["4"], False),          # a decimal part is another number
+    ("That is 1,000 meters.", ["1000"], True),
+    ("Water is H₂O.", ["h2o"], True),
+    ("PARIS, of course", ["paris"], True),
+    ("Reduce speed", ["red"], False),        # whole words only
+    ("Go to the charging dock", ["charg*"], True),
+    ("It is 2.5 meters", ["2.5"], True),
+    ("Mexico City", ["mexico city"], True),
+    ("", ["4"], False),
+])
+def test_scoring_rules(text, keywords, expected):
+    assert is_correct(text, keywords) is expected
+
+
+def test_paired_bootstrap_interval_contains_the_mean():
+    a = {f"q{i}": float(i % 2) for i in range(40)}
+    b = {f"q{i}": 0.0 for i in range(40)}
+    mean, lo, hi = bootstrap_diff(a, b)
+    assert mean == 0.5 and lo <= mean <= hi and hi - lo < 0.5
+    assert bootstrap_diff(b, b) == (0.0, 0.0, 0.0)
