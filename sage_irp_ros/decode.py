@@ -26,6 +26,8 @@ from typing import Callable, Sequence
 import torch
 from transformers import DynamicCache, StaticCache
 
+from . import hf_compat
+
 
 @dataclass
 class Decoded:
@@ -46,7 +48,8 @@ def make_cache(model, max_len: int, static: bool = True):
 
 def prefill(model, prompt: torch.Tensor, cache, rows: int) -> torch.Tensor:
     """Run the (1, P) prompt once, repeat its cache to ``rows`` rows; returns (rows, vocab) logits."""
-    logits = model(input_ids=prompt, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+    logits = model(input_ids=prompt, use_cache=True, **hf_compat.cache_kwargs(model, cache),
+                   **hf_compat.prefill_kwargs(model)).logits[:, -1]
     if rows > 1:
         repeat_rows(cache, rows)
     return logits.expand(rows, -1)
@@ -65,7 +68,8 @@ def repeat_rows(cache, rows: int) -> None:
 
 def step(model, tokens: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
     """One decoding step: (rows,) new tokens at (rows, 1) positions -> (rows, vocab) logits."""
-    return model(input_ids=tokens[:, None], position_ids=positions, cache=cache, use_cache=True).logits[:, -1]
+    return model(input_ids=tokens[:, None], position_ids=positions, use_cache=True,
+                 **hf_compat.cache_kwargs(model, cache)).logits[:, -1]
 
 
 def choose(logits: torch.Tensor, temperatures: torch.Tensor, greedy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -50,17 +50,30 @@ def embedded_gguf() -> Path:
     return path
 
 
+def transformers_major() -> str:
+    """transformers' major version ("4", "5"), read from the installed distribution without importing it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("transformers").split(".")[0]
+    except PackageNotFoundError:
+        return "0"
+
+
 def converted_gguf(gguf: Path, cache_dir: Path | None = None, progress: Progress | None = None) -> Path:
     """Return a safetensors folder converted from ``gguf``, converting on first use.
 
-    The cache key is the GGUF's content (size + SHA-256, see ``model_cache``), so every venv or clone with
-    the same file shares one conversion and a replaced file is converted again. The conversion writes into
+    The cache key is the GGUF's content (size + SHA-256, see ``model_cache``) and transformers' major
+    version, so every venv or clone with the same file and transformers generation shares one conversion
+    and a replaced file is converted again. The conversion writes into
     a temporary folder and renames it, so a crash never leaves a half copy.
     """
     gguf = gguf.resolve()
     stat = gguf.stat()
     cache_dir = cache_dir or default_cache_dir()
-    target = cache_dir / f"{gguf.stem}-{content_key(gguf, cache_dir)}"
+    # transformers 5.x saves tokenizers that 4.x cannot read: one conversion per major version
+    major = transformers_major()
+    target = cache_dir / f"{gguf.stem}-{content_key(gguf, cache_dir)}-tf{major}"
     if (target / "config.json").is_file():
         return target
     say = progress or log.info

@@ -7,7 +7,7 @@ import os
 import shutil
 
 from sage_irp_ros.cli import main
-from sage_irp_ros.embedded_model import converted_gguf
+from sage_irp_ros.embedded_model import converted_gguf, transformers_major
 from sage_irp_ros.model_cache import INDEX, clear, content_key, entries
 
 
@@ -25,7 +25,8 @@ def test_copies_at_two_paths_share_one_conversion(tmp_path):
     shutil.copy(first, second)
     key = content_key(first, cache)
     assert key == content_key(second, cache) and key.startswith("5004-")
-    done = cache / f"m-{key}"  # a finished conversion (what _convert leaves) for the first path
+    # a finished conversion (what _convert leaves) for the first path, by this transformers generation
+    done = cache / f"m-{key}-tf{transformers_major()}"
     done.mkdir()
     (done / "config.json").write_text("{}")
     assert converted_gguf(second, cache) == done  # found by content: no second conversion
