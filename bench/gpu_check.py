@@ -132,7 +132,7 @@ def own_cell(torch, model, mode: str, prompt, temps, tokens: int, sync):
             step, mode="reduce-overhead" if prompt.is_cuda else None)
     step_fn = _COMPILED.get("step") if mode == "own-compile" else None
 
-    def once(max_new: int) -> dict:
+    def generate_once(max_new: int) -> dict:
         sync()
         start = time.perf_counter()
         out = decode(model, prompt[0].tolist(), temps, max_new, min_new_tokens=max_new, eos_ids=[],
@@ -170,8 +170,7 @@ def run_cell(torch, model, mode: str, n: int, prompt_len: int, tokens: int, reps
         new = out.shape[1] - prompt_len
         return {"total_s": end - start, "prefill_s": first - start, "decode_s": end - first, "new_tokens": new}
 
-    if mode.startswith("own"):
-        once = own_cell(torch, model, mode, prompt, temps, tokens, sync)
+    once = own_cell(torch, model, mode, prompt, temps, tokens, sync) if mode.startswith("own") else generate_once
     warm = [once(tokens) for _ in range(2 if "compile" in mode else 1)]  # compile happens here
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
