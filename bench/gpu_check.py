@@ -132,7 +132,7 @@ def own_cell(torch, model, mode: str, prompt, temps, tokens: int, sync):
             step, mode="reduce-overhead" if prompt.is_cuda else None)
     step_fn = _COMPILED.get("step") if mode == "own-compile" else None
 
-    def generate_once(max_new: int) -> dict:
+    def once(max_new: int) -> dict:
         sync()
         start = time.perf_counter()
         out = decode(model, prompt[0].tolist(), temps, max_new, min_new_tokens=max_new, eos_ids=[],
@@ -156,7 +156,7 @@ def run_cell(torch, model, mode: str, n: int, prompt_len: int, tokens: int, reps
     if mode == "static":
         kwargs["disable_compile"] = True
 
-    def once(max_new: int) -> dict:
+    def generate_once(max_new: int) -> dict:
         proc = RowTemperature(temps, device, sync)
         sync()
         start = time.perf_counter()
