@@ -23,8 +23,6 @@ from sage_irp_ros.energy import ResponseEnergy, repetition, seed_energy
 from sage_irp_ros.generation import Candidate
 from sage_irp_ros.selection import Consensus, agreement, best_index, mean_nll, overlap_f1
 
-
-
 Rule = Callable[[Sequence[Candidate], float], list[float]]  # energies, lower is better
 BOOTSTRAP = 2000
 
