@@ -97,11 +97,13 @@ class Consensus:
     and confirmed on the held-out half (docs/performance.md, "Answer quality").
     """
 
-    agreement_weight: float = 0.6
-    confidence_weight: float = 0.3
+    # Searched on the tuning half (bench/quality_eval.py, grid steps of 0.2): repetition separates
+    # degenerate loops from answers, agreement and confidence then rank the answers.
+    agreement_weight: float = 0.2
+    confidence_weight: float = 0.2
     finish_weight: float = 0.0
-    repetition_weight: float = 0.1
-    nll_scale: float = 2.0
+    repetition_weight: float = 0.6
+    nll_scale: float = 1.0
 
     def energies(self, candidates: Sequence[Candidate], previous: Sequence[float],
                  initial_temperature: float) -> list[float]:
