@@ -2,8 +2,9 @@
 
 A per-candidate energy (``seed``, ``response``, or any ``EnergyFn``) scores each answer alone. The
 ``consensus`` rule also asks how much an answer agrees with the others (self-consistency / minimum
-Bayes risk): a small model's wrong answers tend to be wrong in different ways, its right answers
-alike, so the candidate most similar to the rest is most often right. Agreement is the mean unigram F1
+Bayes risk): wrong answers are often wrong in different ways, right answers alike. On its own it
+did not beat the model's confidence on this package's questions (a 135M model's wrong answers often
+agree too), so the default weights combine it with confidence and repetition. Agreement is the mean unigram F1
 (ROUGE-1) between an answer's words and each other candidate's words, leaving out the words all
 candidates share: a few microseconds per pair, far under 2 % of an answer's time
 (docs/performance.md, "Answer quality").
