@@ -243,6 +243,7 @@ def report(dumps: dict[str, dict]) -> tuple[dict, str]:
                f"{searched['weights']}, NLL scale {searched['nll_scale']}: tune accuracy "
                f"{_pct(searched['tune_accuracy'])} %.", ""]
     for setting, dump in dumps.items():
+        dump = {**dump, "seeds": len({t["seed"] for t in dump["trials"]})}  # a run cut short: seeds done
         scores = all_scores(dump, searched)
         summ = summarise(scores)
         cost = agreement_cost(dump)

@@ -3,7 +3,8 @@
 ``seed``: the research formula. 40 % of it is the sampling temperature, so the coldest sample
 nearly always wins and selection carries little information; kept for compatibility.
 
-``response`` (default): measures the answer itself and never looks at the temperature:
+``response``: measures the answer itself and never looks at the temperature (the default until the
+``consensus`` rule of selection.py, which also compares candidates with each other):
   - confidence: mean negative log-likelihood of the answer's tokens under the untempered model,
   - finish: whether the model ended the answer (an answer cut off by max_tokens is penalised),
   - repetition: share of repeated token trigrams (degenerate loops),
@@ -37,7 +38,7 @@ def seed_energy(candidate: Candidate, initial_temperature: float) -> float:
 
 @dataclass(frozen=True)
 class ResponseEnergy:
-    """Weights and scales of the default energy; the weights sum to 1."""
+    """Weights and scales of the ``response`` energy; the weights sum to 1."""
 
     # Chosen on bench/quality.py's checkable questions (docs/performance.md, "Answer quality"): with the
     # NLL scale at 2 nats the confidence term spans the range real answers have (0.3-2 nats/token); a

@@ -2,8 +2,9 @@
 
 A per-candidate energy (``seed``, ``response``, or any ``EnergyFn``) scores each answer alone. The
 ``consensus`` rule also asks how much an answer agrees with the others (self-consistency / minimum
-Bayes risk): a small model's wrong answers tend to be wrong in different ways, its right answers
-alike, so the candidate most similar to the rest is most often right. Agreement is the mean unigram F1
+Bayes risk): wrong answers are often wrong in different ways, right answers alike. On its own it
+did not beat the model's confidence on this package's questions (a 135M model's wrong answers often
+agree too), so the default weights combine it with confidence and repetition. Agreement is the mean unigram F1
 (ROUGE-1) between an answer's words and each other candidate's words, leaving out the words all
 candidates share: a few microseconds per pair, far under 2 % of an answer's time
 (docs/performance.md, "Answer quality").
@@ -97,11 +98,13 @@ class Consensus:
     and confirmed on the held-out half (docs/performance.md, "Answer quality").
     """
 
-    agreement_weight: float = 0.6
-    confidence_weight: float = 0.3
+    # Searched on the tuning half (bench/quality_eval.py, grid steps of 0.2): repetition separates
+    # degenerate loops from answers, agreement and confidence then rank the answers.
+    agreement_weight: float = 0.2
+    confidence_weight: float = 0.2
     finish_weight: float = 0.0
-    repetition_weight: float = 0.1
-    nll_scale: float = 2.0
+    repetition_weight: float = 0.6
+    nll_scale: float = 1.0
 
     def energies(self, candidates: Sequence[Candidate], previous: Sequence[float],
                  initial_temperature: float) -> list[float]:
