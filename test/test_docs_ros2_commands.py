@@ -28,6 +28,8 @@ NOT_RUN = {  # command: why this test does not run it
         "diagnostic_aggregator has no wheel here (the test checks the params file path it uses)",
     "ros2 topic echo /diagnostics_agg --field status": "needs diagnostic_aggregator",
     "ros2 run rqt_robot_monitor rqt_robot_monitor": "GUI",
+    "ros2 run sage_irp_ros sage_irp doctor":
+        "its verdicts depend on the machine (jtop, CUDA); test_doctor.py runs the same entry point",
 }
 GUI = re.compile(r"^ros2 run rqt_plot rqt_plot ")
 

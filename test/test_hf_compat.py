@@ -16,8 +16,9 @@ from sage_irp_ros.generation import sample_candidates, shared_prefill
 from sage_irp_ros.model_loader import load_model
 
 
-def _loaded(model_dir):
-    cfg = SageConfig.from_mapping({"model": {"path": str(model_dir)}, "llm_irp": {"device": "cpu"}})
+def _loaded(model_dir, decoder: str = "auto"):
+    cfg = SageConfig.from_mapping({"model": {"path": str(model_dir)},
+                                   "llm_irp": {"device": "cpu", "decoder": decoder}})
     return load_model(cfg.model, cfg.llm_irp)
 
 
@@ -46,8 +47,9 @@ def test_cache_argument_is_the_one_forward_takes(tiny_model_dir):
         assert name == "past_key_values"
 
 
-def test_prefill_runs_once_for_all_rows(tiny_model_dir):
-    lm = _loaded(tiny_model_dir)
+@pytest.mark.parametrize("decoder", ["hf", "static"])
+def test_prefill_runs_once_for_all_rows(tiny_model_dir, decoder):
+    lm = _loaded(tiny_model_dir, decoder)
     prompt = lm.tokenizer("What is the difference between knowledge and understanding?")["input_ids"]
     rows = 4
     forwards = ForwardLog(lm.model)
@@ -58,8 +60,10 @@ def test_prefill_runs_once_for_all_rows(tiny_model_dir):
         forwards.close()
     assert len(batch.candidates) == rows
     prompt_passes = [shape for shape in forwards.shapes if shape[1] > 1]
-    # One forward over the prompt (less its last token) for one row; everything after decodes one token.
-    assert prompt_passes == [(1, len(prompt) - 1)], f"transformers {transformers.__version__}: {forwards.shapes}"
+    # One forward over the prompt for one row (generate: less its last token, which it feeds itself; the
+    # package's own loop: all of it); everything after decodes one token per row.
+    prefilled = len(prompt) - 1 if decoder == "hf" else len(prompt)
+    assert prompt_passes == [(1, prefilled)], f"transformers {transformers.__version__}: {forwards.shapes}"
     assert all(shape == (rows, 1) for shape in forwards.shapes[1:])
 
 

@@ -34,7 +34,7 @@ def test_tripped_alert_reduces_candidates_until_it_clears(tiny_model_dir, tmp_pa
         (root / ALERT).write_text("0\n")
         irp.tester.wait_status(lambda s: not s["throttled"], timeout=60, since=mark)
         normal = irp.tester.ask("What is 2+2?")
-        assert normal["ok"] and not normal["irp"]["throttled"] and normal["irp"]["candidates"] == 3
+        assert normal["ok"] and not normal["irp"]["throttled"] and normal["irp"]["iterations"] == 3
     finally:
         diagnostics.terminate()
         diagnostics.wait(timeout=30)
