@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import sys
 from pathlib import Path
 
@@ -29,6 +30,19 @@ def tiny_plain_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_adapter_dir(tiny_model_dir, tmp_path_factory) -> Path:
     return build_lora_adapter(tiny_model_dir, tmp_path_factory.mktemp("lora") / "adapter")
+
+
+@pytest.fixture(scope="session")
+def boom_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model with a token id past its embedding table: loading works, forward on it raises."""
+    from transformers import PreTrainedTokenizerFast
+
+    out = tmp_path_factory.mktemp("boom") / "model"
+    shutil.copytree(tiny_model_dir, out)
+    tok = PreTrainedTokenizerFast.from_pretrained(str(out))
+    tok.add_tokens(["<boom>"])
+    tok.save_pretrained(str(out))
+    return out
 
 
 @pytest.fixture(autouse=True)

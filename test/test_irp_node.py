@@ -10,7 +10,6 @@ code path — while every other question is answered normally.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -25,19 +24,6 @@ from sage_irp_ros.errors import ALL_CODES
 SNARC_LABEL = "surprise,novelty,arousal,reward,conflict,total"
 MAX_CHARS = 200
 QUEUE_SIZE = 2
-
-
-@pytest.fixture(scope="module")
-def boom_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
-    """The tiny model with a token id past its embedding table: loading works, forward on it raises."""
-    from transformers import PreTrainedTokenizerFast
-
-    out = tmp_path_factory.mktemp("boom") / "model"
-    shutil.copytree(tiny_model_dir, out)
-    tok = PreTrainedTokenizerFast.from_pretrained(str(out))
-    tok.add_tokens(["<boom>"])
-    tok.save_pretrained(str(out))
-    return out
 
 
 @pytest.fixture(scope="module")

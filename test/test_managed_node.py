@@ -8,7 +8,6 @@ storage retention with the DB size in the status.
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -41,19 +40,6 @@ def slow_model_dir(tmp_path_factory) -> Path:
     from tiny_models import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("slow") / "model", max_positions=8192)
-
-
-@pytest.fixture(scope="module")
-def boom_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
-    """The tiny model plus a token past its embedding table: a question with it makes forward raise."""
-    from transformers import PreTrainedTokenizerFast
-
-    out = tmp_path_factory.mktemp("boom") / "model"
-    shutil.copytree(tiny_model_dir, out)
-    tok = PreTrainedTokenizerFast.from_pretrained(str(out))
-    tok.add_tokens(["<boom>"])
-    tok.save_pretrained(str(out))
-    return out
 
 
 class Rosout:
