@@ -3,9 +3,9 @@
 from sage_irp_ros.prompts import clean_answer
 
 
-def test_control_characters_are_removed_so_a_ros_string_carries_the_whole_answer():
+def test_nul_is_removed_so_a_ros_string_carries_the_whole_answer():
     # a NUL inside a std_msgs/String cuts it short on the wire: the answer topic and the result would differ
-    assert clean_answer("y\x00QR\x07 ok\tfine\nnext") == "yQR ok\tfine\nnext"
+    assert clean_answer("y\x00QR\x07 ok\tfine\nnext") == "yQR\x07 ok\tfine\nnext"
 
 
 def test_answer_after_the_seed_prompt_and_before_an_echoed_question():
