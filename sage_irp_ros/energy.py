@@ -68,8 +68,3 @@ def repetition(tokens: list[int], n: int = 3) -> float:
     """Share of n-grams that repeat an earlier one: 0 for fresh text, near 1 for a loop."""
     grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
     return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
-
-
-def energy_function(name: str) -> EnergyFn:
-    """The energy selected by ``llm_irp.energy``."""
-    return seed_energy if name == "seed" else ResponseEnergy()
