@@ -17,6 +17,7 @@ A feature that cannot work on the installed version is logged ONCE (``warn_once`
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import threading
@@ -45,11 +46,19 @@ def warn_once(key: str, message: str) -> bool:
 
 
 def _forward_parameters(model: Any) -> frozenset[str]:
-    """Names of ``model.forward``'s parameters (a PEFT wrapper is looked through)."""
+    """Names of ``model.forward``'s parameters (a PEFT wrapper is looked through).
+
+    Asked at every decoding step, so read once per model class.
+    """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _class_forward_parameters(type(base))
+
+
+@functools.lru_cache(maxsize=64)
+def _class_forward_parameters(cls: type) -> frozenset[str]:
     try:
-        return frozenset(inspect.signature(base.forward).parameters)
-    except (TypeError, ValueError):  # a C-implemented or otherwise opaque forward
+        return frozenset(inspect.signature(cls.forward).parameters) - {"self"}
+    except (TypeError, ValueError, AttributeError):  # a C-implemented or otherwise opaque forward
         return frozenset()
 
 
