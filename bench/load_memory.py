@@ -15,8 +15,9 @@ import json
 import subprocess
 import sys
 
-DEFAULT_VARIANTS = ("fp32 packed (default):", "fp32 not packed:pack_cpu_weights=false",
-                    "bf16 packed:precision=bf16", "int8:weight_quantization=int8")
+DEFAULT_VARIANTS = ("defaults (precision auto):", "fp32 packed:precision=fp32",
+                    "fp32 not packed:precision=fp32,pack_cpu_weights=false", "bf16 packed:precision=bf16",
+                    "int8:weight_quantization=int8")
 
 
 def _rss_mb() -> float:

@@ -12,8 +12,11 @@ Settings (each question on its own, no history, the chat prompt the node uses):
     python -m bench.quality                                   # both settings, then the report
     python -m bench.quality --setting short --seeds 2         # one setting's generation + report
     python -m bench.quality --from-dump                       # re-evaluate the dumps in --out only
+    python -m bench.quality --setting short --half heldout --out /tmp/bf16 --set llm_irp.precision=bf16 \\
+        --compare bench/results                               # paired against the fp32 dumps
+    python -m bench.quality --merge /tmp/a /tmp/b             # union of dumps from parallel runs, then report
     python -m bench.quality --half heldout --seeds 1 --setting short --out /tmp/q \\
-        --set llm_irp.precision=int8                          # a quick accuracy check of a config
+        --set llm_irp.weight_quantization=int8        # a quick accuracy check of a config
 
 Outputs in ``--out`` (default bench/results): quality_dump_<setting>.json.gz, quality.json, quality.md.
 """
@@ -53,7 +56,7 @@ def setting_plan(setting: str) -> tuple[list[float], int]:
 
 
 def parse_overrides(pairs: list[str]) -> dict:
-    """``["llm_irp.precision=int8", ...]`` -> nested mapping for SageConfig.from_mapping (YAML-typed values)."""
+    """``["llm_irp.precision=bf16", ...]`` -> nested mapping for SageConfig.from_mapping (YAML-typed values)."""
     nested: dict = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -81,26 +84,31 @@ def interleave(questions: list[dict]) -> list[dict]:
 
 
 def generate(setting: str, questions: list[dict], seeds: int, cfg: SageConfig, log=print,
-             checkpoint=None) -> dict:
+             checkpoint=None, done: list[dict] | None = None) -> dict:
     """One batched call per (question, seed): the sampled rows plus the greedy row; returns the dump.
 
     Seed 0 runs over all questions before seed 1, and ``checkpoint(dump)`` is called every 5
-    questions, so a run cut short still leaves a usable dump.
+    questions, so a run cut short still leaves a usable dump. Trials in ``done`` (a previous dump of
+    the same setting) are kept and not generated again: each (question, seed) is seeded on its own,
+    so a resumed run gives the same candidates as one run from the start.
     """
     temps, max_tokens = setting_plan(setting)
     rows = [*temps, 0.0]
     lm = load_model(cfg.model, cfg.llm_irp)
-    trials: list[dict] = []
+    trials: list[dict] = list(done or [])
+    have = {(t["q"], t["seed"]) for t in trials}
     start = time.monotonic()
 
     def dump() -> dict:
         return {"setting": setting, "temperatures": rows, "max_tokens": max_tokens, "seeds": seeds,
                 "model": cfg.model.path or "SmolLM2-135M-Instruct (embedded)",
-                "precision": cfg.llm_irp.precision, "seconds": round(time.monotonic() - start, 1),
+                "precision": lm.precision, "seconds": round(time.monotonic() - start, 1),
                 "trials": trials}
 
     for seed in range(seeds):
         for n, item in enumerate(interleave(questions)):
+            if (item["q"], seed) in have:
+                continue
             prompt = build_prompt_ids(lm.tokenizer, item["q"])
             torch.manual_seed(seed)
             batch = sample_candidates(lm, prompt, rows, max_tokens)
@@ -134,6 +142,30 @@ def read_dump(path: Path) -> dict:
         return json.load(f)
 
 
+def resumable(path: Path, setting: str, overrides: list[str]) -> list[dict]:
+    """The trials of an existing dump that a run of ``setting`` with ``overrides`` may keep, else []."""
+    if not path.exists():
+        return []
+    dump = read_dump(path)
+    temps, max_tokens = setting_plan(setting)
+    same = (dump["temperatures"] == [*temps, 0.0] and dump["max_tokens"] == max_tokens
+            and dump.get("overrides", []) == overrides)
+    return dump["trials"] if same else []
+
+
+def merge_dumps(paths: list[Path]) -> dict:
+    """One dump from several runs of the same setting (e.g. halves run in parallel processes)."""
+    dumps = [read_dump(p) for p in paths]
+    first = dumps[0]
+    for d in dumps[1:]:
+        if (d["temperatures"], d["max_tokens"], d.get("overrides", [])) != (
+                first["temperatures"], first["max_tokens"], first.get("overrides", [])):
+            raise SystemExit(f"cannot merge dumps of different settings: {paths}")
+    trials = {(t["q"], t["seed"]): t for d in dumps for t in d["trials"]}
+    return {**first, "seeds": max(d["seeds"] for d in dumps), "trials": list(trials.values()),
+            "seconds": round(sum(d["seconds"] for d in dumps), 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--setting", choices=("short", "edge", "both"), default="both")
@@ -141,8 +173,14 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=0, help="first N questions of the half (0 = all)")
     parser.add_argument("--seeds", type=int, default=0, help="seeds per question (default: short 2, edge 1)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="configuration override, e.g. llm_irp.precision=int8 (repeatable)")
+                        help="configuration override, e.g. llm_irp.precision=bf16 (repeatable)")
     parser.add_argument("--from-dump", action="store_true", help="evaluate the dumps in --out, no generation")
+    parser.add_argument("--fresh", action="store_true",
+                        help="generate every trial again (default: keep the trials of a matching dump in --out)")
+    parser.add_argument("--merge", nargs="+", default=[], metavar="DIR",
+                        help="merge the dumps in these output folders into --out, then report (no generation)")
+    parser.add_argument("--compare", default="", metavar="DIR",
+                        help="also compare this run's dumps with the reference dumps in DIR (e.g. bf16 vs fp32)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1: several spinning threads crawl on a shared, busy CPU)")
     parser.add_argument("--out", default=str(HERE / "results"))
@@ -151,7 +189,12 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = ["short", "edge"] if args.setting == "both" else [args.setting]
-    if not args.from_dump:
+    if args.merge:
+        for setting in settings:
+            paths = [p for p in (dump_path(Path(d), setting) for d in args.merge) if p.exists()]
+            if paths:
+                write_dump(merge_dumps(paths), dump_path(out, setting))
+    elif not args.from_dump:
         cfg = SageConfig.from_mapping({"llm_irp": {"device": "cpu"}, **parse_overrides(args.set)})
         questions = load_questions(args.half)
         if args.questions:
@@ -159,8 +202,9 @@ def main() -> None:
         for setting in settings:
             seeds = args.seeds or (2 if setting == "short" else 1)
             path = dump_path(out, setting)
+            done = [] if args.fresh else resumable(path, setting, args.set)
             dump = generate(setting, questions, seeds, cfg, log=lambda m: print(m, flush=True),
-                            checkpoint=lambda d: write_dump({**d, "overrides": args.set}, path))
+                            checkpoint=lambda d: write_dump({**d, "overrides": args.set}, path), done=done)
             write_dump({**dump, "overrides": args.set}, path)
             print(f"[{setting}] wrote {dump_path(out, setting)} ({dump['seconds']} s)")
     from bench.quality_eval import report
@@ -168,6 +212,14 @@ def main() -> None:
     dumps = {s: read_dump(dump_path(out, s)) for s in ("short", "edge") if dump_path(out, s).exists()}
     summary, markdown = report(dumps)
     (out / "quality.json").write_text(json.dumps(summary, indent=1) + "\n")
+    if args.compare:
+        from bench.quality_eval import compare
+
+        label = ", ".join(args.set) or "this run"
+        for setting, dump in dumps.items():
+            ref = dump_path(Path(args.compare), setting)
+            if ref.exists():
+                markdown += f"\n## {setting}: " + compare(read_dump(ref), dump, label)
     (out / "quality.md").write_text(markdown)
     print(markdown)
 

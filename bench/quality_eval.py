@@ -29,8 +29,24 @@ BOOTSTRAP = 2000
 
 def candidates_of(trial: dict, pool: str) -> tuple[list[Candidate], list[bool]]:
     rows = [c for c in trial["candidates"] if pool == "+greedy" or c["t"] > 0]
-    return ([Candidate(c["text"], c["t"], c["ids"], c["lp"], c["finished"]) for c in rows],
-            [c["correct"] for c in rows])
+    cands = [Candidate(c["text"], c["t"], c["ids"], c["lp"], c["finished"]) for c in rows]
+    for cand, row in zip(cands, rows):
+        if "ulp" in row:  # log-probs after a neutral prompt (bench/quality_pmi.py)
+            cand.neutral_logprobs = row["ulp"]
+    return cands, [c["correct"] for c in rows]
+
+
+def _pmi_energy(weight: float) -> Rule:
+    """Mean NLL given the question minus ``weight`` x mean NLL given a neutral prompt (lower is better)."""
+    def rule(cs: Sequence[Candidate], t0: float) -> list[float]:
+        out = []
+        for c in cs:
+            ulp = getattr(c, "neutral_logprobs", None)
+            if ulp is None:
+                raise KeyError("no neutral log-probs in this dump: run bench.quality_pmi first")
+            out.append(_nll(c) - weight * (-sum(ulp) / len(ulp)) if ulp and c.text.split() else 99.0)
+        return out
+    return rule
 
 
 def token_agreement(cands: Sequence[Candidate]) -> list[float]:
@@ -67,17 +83,26 @@ RULES: dict[str, Rule] = {
 
 
 # -- features for the weight search (one pass over the dump, then plain arithmetic) -------------------
-def features(cands: Sequence[Candidate]) -> list[tuple[float, float, float, float, bool]]:
-    """(1 - agreement, mean NLL, unfinished, repetition, empty) per candidate."""
+def features(cands: Sequence[Candidate]) -> list[tuple[float, float, float, float, bool, bool]]:
+    """(1 - agreement, mean NLL, unfinished, repetition, empty, greedy row) per candidate."""
     agree = agreement(cands)
     return [(1 - a, mean_nll(c), 0.0 if c.finished else 1.0, repetition(c.token_ids),
-             not c.text.split() or not c.token_logprobs) for a, c in zip(agree, cands)]
+             not c.text.split() or not c.token_logprobs, c.temperature == 0.0) for a, c in zip(agree, cands)]
 
 
-def combined_energy(feats, weights: tuple[float, float, float, float], scale: float) -> list[float]:
+def combined_energy(feats, weights: tuple[float, float, float, float], scale: float,
+                    greedy_margin: float = 0.0) -> list[float]:
+    """What :class:`Consensus` computes, from precomputed features (the search evaluates it ~10^5 times)."""
     wa, wc, wf, wr = weights
-    return [1.0 if empty else wa * dis + wc * (min(1.0, nll / scale) if math.isfinite(nll) else 1.0)
-            + wf * unf + wr * rep for dis, nll, unf, rep, empty in feats]
+    out = []
+    for dis, nll, unf, rep, empty, greedy in feats:
+        if empty:
+            out.append(1.0)
+            continue
+        value = (wa * dis + wc * (min(1.0, nll / scale) if math.isfinite(nll) else 1.0) + wf * unf + wr * rep
+                 - (greedy_margin if greedy else 0.0))
+        out.append(min(1.0, max(0.0, value)))
+    return out
 
 
 def weight_grid(step: float = 0.2):
@@ -88,14 +113,15 @@ def weight_grid(step: float = 0.2):
             yield (a / n, c / n, f / n, r / n)
 
 
-PRIOR = ((0.6, 0.3, 0.0, 0.1), 2.0)  # the weights the search starts from (ties go to the closest)
+PRIOR = ((0.6, 0.3, 0.0, 0.1), 2.0, 0.0)  # the weights the search starts from (ties go to the closest)
+GREEDY_MARGINS = (0.0, 0.05, 0.1, 0.2)
 
 
 def search_weights(dumps: dict[str, dict], pool: str = "+greedy") -> dict:
-    """Best (weights, nll scale) by mean tune accuracy over the settings.
+    """Best (weights, nll scale, greedy margin) by mean tune accuracy over the settings.
 
-    A coarse grid (steps of 0.2) against overfitting a small tuning half; among equally good weights
-    the one closest to ``PRIOR`` wins.
+    A coarse grid (steps of 0.2, four margins) against overfitting a small tuning half; among equally
+    good settings the one closest to ``PRIOR`` wins.
     """
     per_setting = {}
     for name, dump in dumps.items():
@@ -106,17 +132,18 @@ def search_weights(dumps: dict[str, dict], pool: str = "+greedy") -> dict:
                 rows.append((features(cands), ok))
         per_setting[name] = rows
     best = None
-    for scale in (1.0, 2.0, 4.0):
-        for weights in weight_grid():
-            accs = []
-            for rows in per_setting.values():
-                hits = sum(ok[best_index(combined_energy(f, weights, scale))] for f, ok in rows)
-                accs.append(hits / max(1, len(rows)))
-            score = sum(accs) / len(accs)
-            distance = sum(abs(x - y) for x, y in zip(weights, PRIOR[0])) + abs(scale - PRIOR[1]) / 4
-            key = (round(score, 9), -distance)
-            if best is None or key > best["_key"]:
-                best = {"weights": weights, "nll_scale": scale, "tune_accuracy": score, "_key": key}
+    for scale, margin, weights in itertools.product((1.0, 2.0, 4.0), GREEDY_MARGINS, weight_grid()):
+        accs = []
+        for rows in per_setting.values():
+            hits = sum(ok[best_index(combined_energy(f, weights, scale, margin))] for f, ok in rows)
+            accs.append(hits / max(1, len(rows)))
+        score = sum(accs) / len(accs)
+        distance = (sum(abs(x - y) for x, y in zip(weights, PRIOR[0])) + abs(scale - PRIOR[1]) / 4
+                    + abs(margin - PRIOR[2]))
+        key = (round(score, 9), -distance)
+        if best is None or key > best["_key"]:
+            best = {"weights": weights, "nll_scale": scale, "greedy_margin": margin, "tune_accuracy": score,
+                    "_key": key}
     best.pop("_key")
     return best
 
@@ -186,6 +213,9 @@ SAMPLED_POOL_RULES = ("lowest mean NLL", "seed energy (research)", "response ene
                       "consensus (package default)")
 
 
+PMI_WEIGHTS = (0.25, 0.5, 1.0)
+
+
 def all_scores(dump: dict, searched: dict | None) -> dict[str, list[tuple[dict, float]]]:
     t0 = dump["temperatures"][0]
     scores = dict(baseline_scores(dump))
@@ -193,11 +223,16 @@ def all_scores(dump: dict, searched: dict | None) -> dict[str, list[tuple[dict, 
         scores[f"{name} [sampled only]"] = picks(dump, RULES[name], "sampled", t0)
     for name, rule in RULES.items():
         scores[f"{name} [+greedy]"] = picks(dump, rule, "+greedy", t0)
+    scored = [t for t in dump["trials"] if all("ulp" in c for c in t["candidates"])]
+    if scored:  # PMI rules on the trials that bench.quality_pmi scored (possibly one half only)
+        for w in PMI_WEIGHTS:
+            scores[f"mean NLL - {w} x neutral-prompt NLL (PMI) [+greedy]"] = picks(
+                {**dump, "trials": scored}, _pmi_energy(w), "+greedy", t0)
     if searched:
-        w, scale = tuple(searched["weights"]), searched["nll_scale"]
+        w, scale, margin = tuple(searched["weights"]), searched["nll_scale"], searched.get("greedy_margin", 0.0)
 
-        def tuned(cs, t0_, w=w, scale=scale):
-            return combined_energy(features(cs), w, scale)
+        def tuned(cs, t0_, w=w, scale=scale, margin=margin):
+            return combined_energy(features(cs), w, scale, margin)
         scores["combined, weights searched on tune [+greedy]"] = picks(dump, tuned, "+greedy", t0)
     return scores
 
@@ -240,7 +275,8 @@ def report(dumps: dict[str, dict]) -> tuple[dict, str]:
           ""]
     if searched:
         md += [f"Weight search (tune half only, both settings): agreement, confidence, finish, repetition = "
-               f"{searched['weights']}, NLL scale {searched['nll_scale']}: tune accuracy "
+               f"{searched['weights']}, NLL scale {searched['nll_scale']}, greedy margin "
+               f"{searched['greedy_margin']}: tune accuracy "
                f"{_pct(searched['tune_accuracy'])} %.", ""]
     for setting, dump in dumps.items():
         dump = {**dump, "seeds": len({t["seed"] for t in dump["trials"]})}  # a run cut short: seeds done
@@ -276,3 +312,30 @@ def report(dumps: dict[str, dict]) -> tuple[dict, str]:
                 f"{_pct(row['tune']['kinds'][k])} / {_pct(row['heldout']['kinds'][k])}" for k in KINDS) + " |")
         md.append("")
     return summary, "\n".join(md) + "\n"
+
+
+# -- a configuration against the reference (e.g. bf16 or int8 against fp32), paired by question ------
+def compare(reference: dict, other: dict, label: str) -> str:
+    """Markdown: held-out accuracy of greedy, one sample and the default pick, ``other`` minus ``reference``.
+
+    Only the (question, seed) trials present in both dumps count, so a run cut short compares fairly.
+    """
+    common = {(t["q"], t["seed"]) for t in reference["trials"]} & {(t["q"], t["seed"]) for t in other["trials"]}
+
+    def kept(dump: dict) -> dict:
+        return {**dump, "trials": [t for t in dump["trials"] if (t["q"], t["seed"]) in common]}
+
+    ref, oth = kept(reference), kept(other)
+    t0 = ref["temperatures"][0]
+    rows = ["| selection (held-out) | reference | " + label + " | Δ [95 % CI] |", "|---|---|---|---|"]
+    for name in (GREEDY, ONE, "consensus (package default) [+greedy]"):
+        if name == "consensus (package default) [+greedy]":
+            a, b = picks(ref, RULES["consensus (package default)"], "+greedy", t0), \
+                picks(oth, RULES["consensus (package default)"], "+greedy", t0)
+        else:
+            a, b = baseline_scores(ref)[name], baseline_scores(oth)[name]
+        pa, pb = per_question(a, "heldout"), per_question(b, "heldout")
+        rows.append(f"| {name} | {_pct(mean(pa))} | {_pct(mean(pb))} | {_ci(list(bootstrap_diff(pb, pa)))} |")
+    n_q = len({q for q, _ in common if any(t["q"] == q and t["half"] == "heldout" for t in ref["trials"])})
+    return (f"{label} against the reference: {len(common)} common trials, {n_q} held-out questions\n\n"
+            + "\n".join(rows) + "\n")

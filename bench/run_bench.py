@@ -73,8 +73,8 @@ def bench_smollm2(cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, 
 
     # -- in-process timing tables. The engine runs on the model as the package loads it (weights
     # packed for oneDNN on CPU); the research loop on plain weights, as the research code loaded them.
-    def load(**irp):
-        settings_ = SageConfig.from_mapping({"llm_irp": irp})
+    def load(**irp):  # fp32 unless asked: the tables name their precision (auto is bf16 on some CPUs)
+        settings_ = SageConfig.from_mapping({"llm_irp": {"precision": "fp32", **irp}})
         return load_model(settings_.model, settings_.llm_irp, lambda message: None)
 
     lm, plain = load(), load(pack_cpu_weights=False)
@@ -115,7 +115,7 @@ def bench_smollm2(cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, 
         loras = {}
         for merge in (True, False):
             lcfg = SageConfig.from_mapping({"model": {"path": str(folder), "adapter_path": str(adapter_dir),
-                                                      "merge_adapter": merge}})
+                                                      "merge_adapter": merge}, "llm_irp": {"precision": "fp32"}})
             loras[merge] = load_model(lcfg.model, lcfg.llm_irp, lambda message: None)
         out["tables"]["lora"] = run_cells([
             engine_cell(lm, MAIN_N, MAIN_N, "fp32", "plain base model, batched 5 x 1"),

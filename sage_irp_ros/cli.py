@@ -98,7 +98,8 @@ def _run(args: argparse.Namespace, ros_args: list[str]) -> int:
 
     from .client import SageClient
     from .config import ConfigError
-    from .irp_node import IrpNode, init_ros, spin_nodes
+    from .irp_node import IrpNode
+    from .ros_spin import init_ros, spin_nodes
     from .resources import config_file
 
     if "--params-file" not in ros_args:  # first, so the user's own -p overrides win

@@ -67,7 +67,8 @@ class IRPConfig:
         "What exceeding max_memory_mb does", choices=MEMORY_LIMIT_ACTIONS))
     device: str = field(default="auto", metadata=_key("Inference device", choices=DEVICES))
     precision: str = field(default="auto", metadata=_key(
-        "Weight precision; auto = fp16 on CUDA, fp32 on CPU", choices=PRECISIONS))
+        "Weight precision; auto = fp16 on CUDA, bf16 on a CPU with native bf16 (AVX512-BF16/AMX), else fp32",
+        choices=PRECISIONS))
     enable_thermal_monitoring: bool = field(default=True, metadata=_key(
         "Follow the 'throttled' topic and use the throttled_* limits while it is true"))
     thermal_throttle_threshold: float = field(default=85.0, metadata=_key(

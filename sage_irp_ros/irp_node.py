@@ -11,9 +11,7 @@ docs/interface.md.
 from __future__ import annotations
 
 import json
-import os
 import queue
-import signal
 import sys
 import threading
 import time
@@ -25,10 +23,8 @@ import rclpy
 import rclpy.logging
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.duration import Duration
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNodeMixin, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
-from rclpy.signals import SignalHandlerOptions
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Bool, Float32, Float32MultiArray, MultiArrayDimension, String
 from std_srvs.srv import Trigger
@@ -41,6 +37,7 @@ from .questions import parse_id, parse_question
 from .ros_compat import guard_change_state
 from .ros_logging import route_to_node
 from .ros_params import IRP_NODE_KEYS, declare_config, validate_update
+from .ros_spin import init_ros, spin_nodes
 from .throttle_signal import STALE, ThrottleSignal, ThrottleState
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -393,43 +390,6 @@ def main(args: list[str] | None = None) -> int:
         rclpy.try_shutdown()
         return 2
     return spin_nodes([node])
-
-
-def init_ros(args: list[str]) -> None:
-    """rclpy.init without rclpy's signal handlers: ``spin_nodes`` handles SIGINT/SIGTERM itself so
-    pending questions still get their error results published before the context goes down."""
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-
-
-def spin_nodes(nodes: list[Node], stop: threading.Event | None = None) -> int:
-    """Spin nodes on a multi-threaded executor until SIGINT/SIGTERM (or ``stop``); then stop cleanly."""
-    stop = stop or threading.Event()
-    executor = MultiThreadedExecutor(num_threads=max(4, (os.cpu_count() or 2)))
-    for node in nodes:
-        executor.add_node(node)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-
-    def spin() -> None:
-        try:
-            executor.spin()
-        except ExternalShutdownException:
-            pass
-        finally:
-            stop.set()
-
-    spinner = threading.Thread(target=spin, name="executor", daemon=True)
-    spinner.start()
-    stop.wait()
-    for node in nodes:
-        if isinstance(node, IrpNode):
-            node.stop()
-    executor.shutdown(timeout_sec=2.0)
-    spinner.join(timeout=1.0)
-    for node in nodes:
-        node.destroy_node()
-    rclpy.try_shutdown()
-    return 0
 
 
 if __name__ == "__main__":

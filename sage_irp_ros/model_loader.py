@@ -67,10 +67,29 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (x86 AVX512-BF16, which every AMX-BF16 CPU also has).
+
+    There oneDNN's bf16 kernels read half the bytes of fp32 and run about 2x faster; without it bf16 is
+    emulated and slower than fp32 (docs/performance.md, "Fast decode").
+    """
+    probe = getattr(getattr(torch, "cpu", None), "_is_avx512_bf16_supported", None)
+    try:
+        return bool(probe()) if probe is not None else False
+    except Exception:  # a private torch helper: absent or failing means "not known to be native"
+        return False
+
+
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """``auto`` is fp16 on CUDA and fp32 on CPU (half precision on CPU is slow and only on request)."""
+    """``auto`` is fp16 on CUDA; on CPU bf16 where the CPU has native bf16, else fp32.
+
+    bf16 on such a CPU answered as well as fp32 on the held-out questions (docs/performance.md,
+    "Answer quality"); elsewhere half precision on CPU is slow and only used on request.
+    """
     if precision == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
+        if device.type == "cuda":
+            return torch.float16
+        return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     return _DTYPES[precision]
 
 

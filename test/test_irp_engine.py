@@ -17,8 +17,8 @@ from tiny_models import build_tiny_model
 
 
 def _engine(model_dir, energy=None, **irp):
-    """An engine on a tiny model; the greedy row is off unless asked for (scripted energy streams)."""
-    irp = {"greedy_candidate": False, **irp}
+    """An engine on a tiny fp32 model; the greedy row is off unless asked for (scripted energy streams)."""
+    irp = {"greedy_candidate": False, "precision": "fp32", **irp}
     cfg = SageConfig.from_mapping({"model": {"path": str(model_dir)},
                                    "llm_irp": {"max_tokens": 6, "device": "cpu", **irp}})
     return IRPEngine(load_model(cfg.model, cfg.llm_irp), cfg.llm_irp, energy=energy)

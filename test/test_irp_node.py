@@ -20,6 +20,7 @@ import pytest
 from ros_harness import START_TIMEOUT, RunningNode
 
 from sage_irp_ros.errors import ALL_CODES
+from sage_irp_ros.model_loader import cpu_has_native_bf16
 
 SNARC_LABEL = "surprise,novelty,arousal,reward,conflict,total"
 MAX_CHARS = 200
@@ -185,7 +186,8 @@ def test_inference_failed_and_the_node_keeps_serving(t):
 
 def test_status_reports_the_cpu_weights_packed_for_onednn(t):
     status = t.wait_status(lambda s: s["model"] is not None, 10)
-    assert status["device"] == "cpu" and status["precision"] == "fp32"
+    native_bf16 = cpu_has_native_bf16()  # precision auto: bf16 where the CPU multiplies bf16 natively
+    assert status["device"] == "cpu" and status["precision"] == ("bf16" if native_bf16 else "fp32")
     assert status["packed_layers"] > 0  # llm_irp.pack_cpu_weights defaults to true
 
 

@@ -84,3 +84,26 @@ def test_cuda_requested_without_cuda_is_a_clear_error(tiny_model_dir):
     cfg = SageConfig.from_mapping({"model": {"path": str(tiny_model_dir)}, "llm_irp": {"device": "cuda"}})
     with pytest.raises(ModelLoadError, match="no CUDA device is available"):
         load_model(cfg.model, cfg.llm_irp)
+
+
+def test_auto_precision_is_bf16_only_on_a_cpu_with_native_bf16(monkeypatch):
+    from sage_irp_ros import model_loader
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(model_loader, "cpu_has_native_bf16", lambda: True)
+    assert model_loader.resolve_dtype("auto", cpu) == torch.bfloat16
+    assert model_loader.resolve_dtype("auto", cuda) == torch.float16
+    assert model_loader.resolve_dtype("fp32", cpu) == torch.float32  # asked for: kept
+    monkeypatch.setattr(model_loader, "cpu_has_native_bf16", lambda: False)
+    assert model_loader.resolve_dtype("auto", cpu) == torch.float32
+
+
+def test_native_bf16_probe_agrees_with_the_cpu_flags():
+    from pathlib import Path
+
+    from sage_irp_ros.model_loader import cpu_has_native_bf16
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists() or "flags" not in cpuinfo.read_text():
+        pytest.skip("no x86 /proc/cpuinfo flags here")
+    assert cpu_has_native_bf16() == ("avx512_bf16" in cpuinfo.read_text().split())

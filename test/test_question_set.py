@@ -55,3 +55,38 @@ def test_paired_bootstrap_interval_contains_the_mean():
     mean, lo, hi = bootstrap_diff(a, b)
     assert mean == 0.5 and lo <= mean <= hi and hi - lo < 0.5
     assert bootstrap_diff(b, b) == (0.0, 0.0, 0.0)
+
+
+def _dump(trials, max_tokens=32):
+    return {"setting": "short", "temperatures": [0.7, 0.0], "max_tokens": max_tokens, "seeds": 1,
+            "seconds": 1.0, "overrides": [], "trials": trials}
+
+
+def _trial(q, seed, greedy_ok, sample_ok):
+    cand = {"ids": [1, 2], "lp": [-0.5, -0.5, -0.1], "finished": True}
+    return {"q": q, "kind": "fact", "half": "heldout", "seed": seed, "gen_s": 1.0, "candidates": [
+        {**cand, "t": 0.7, "text": "a b", "correct": sample_ok},
+        {**cand, "t": 0.0, "text": "a b", "correct": greedy_ok}]}
+
+
+def test_dumps_of_parallel_runs_merge_by_question_and_seed(tmp_path):
+    from bench.quality import merge_dumps, write_dump
+
+    a, b = tmp_path / "a.json.gz", tmp_path / "b.json.gz"
+    write_dump(_dump([_trial("q1", 0, True, False), _trial("q2", 0, False, False)]), a)
+    write_dump(_dump([_trial("q2", 0, False, False), _trial("q1", 1, True, True)]), b)
+    merged = merge_dumps([a, b])
+    assert sorted((t["q"], t["seed"]) for t in merged["trials"]) == [("q1", 0), ("q1", 1), ("q2", 0)]
+    write_dump(_dump([], max_tokens=150), b)
+    with pytest.raises(SystemExit):
+        merge_dumps([a, b])
+
+
+def test_compare_pairs_only_the_trials_both_runs_have():
+    from bench.quality_eval import compare
+
+    ref = _dump([_trial("q1", 0, True, True), _trial("q2", 0, False, False), _trial("q3", 0, True, True)])
+    other = _dump([_trial("q1", 0, False, False), _trial("q2", 0, False, False)])
+    text = compare(ref, other, "bf16")
+    assert "2 common trials, 2 held-out questions" in text
+    assert "| greedy decoding (T = 0 row) | 50.0 | 0.0 | -50.0" in text

@@ -71,6 +71,20 @@ def test_finish_weight_penalises_cut_answers():
     assert energies[0] - energies[1] == pytest.approx(0.5)
 
 
+def test_greedy_margin_keeps_the_greedy_row_unless_a_sample_is_clearly_better():
+    greedy = _c("The capital is Paris.", lp=-0.6, t=0.0)
+    sample = _c("The capital is Paris.", lp=-0.5)
+    plain = Consensus(agreement_weight=0.0, confidence_weight=1.0, finish_weight=0.0, repetition_weight=0.0,
+                      nll_scale=1.0)
+    assert best_index(plain.energies([sample, greedy], [], 0.7)) == 0  # more confident sample wins
+    kept = Consensus(agreement_weight=0.0, confidence_weight=1.0, finish_weight=0.0, repetition_weight=0.0,
+                     nll_scale=1.0, greedy_margin=0.2)
+    e = kept.energies([sample, greedy], [], 0.7)
+    assert e[1] == pytest.approx(0.4) and best_index(e) == 1  # 0.1 better is not enough
+    much_better = _c("The capital is Paris.", lp=-0.2)
+    assert best_index(kept.energies([much_better, greedy], [], 0.7)) == 0
+
+
 def test_per_candidate_rules_score_only_new_candidates():
     calls = []
     rule = PerCandidate(lambda c, t0: calls.append(c.text) or 0.3)

@@ -80,11 +80,16 @@ def build_lora_adapter(base: Path, out: Path, *, rank: int = 4, seed: int = 1,
 
 
 def load_on_cpu(llm_irp: dict | None = None, **model):
-    """``load_model`` as a test uses it: the given ``model:`` keys on the CPU, plus any ``llm_irp:`` keys."""
+    """``load_model`` as a test uses it: the given ``model:`` keys on the CPU, plus any ``llm_irp:`` keys.
+
+    fp32 unless the test asks otherwise: ``precision: auto`` means bf16 on CPUs with native bf16, and a
+    test's arithmetic must not depend on the machine it runs on.
+    """
     from sage_irp_ros.config import SageConfig
     from sage_irp_ros.model_loader import load_model
 
-    cfg = SageConfig.from_mapping({"model": model, "llm_irp": {"device": "cpu", **(llm_irp or {})}})
+    irp = {"device": "cpu", "precision": "fp32", **(llm_irp or {})}
+    cfg = SageConfig.from_mapping({"model": model, "llm_irp": irp})
     return load_model(cfg.model, cfg.llm_irp)
 
 

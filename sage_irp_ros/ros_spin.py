@@ -1,0 +1,55 @@
+"""Running nodes in a process: rclpy.init without rclpy's signal handlers, and a clean stop.
+
+``irp_node`` and ``sage_irp run`` spin their nodes here: on SIGINT/SIGTERM each node that has a
+``stop()`` (the IRP node: every pending question gets its error result) is stopped before the
+executor and the context go down, so nothing waiting on a result is left in silence.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
+
+
+def init_ros(args: list[str]) -> None:
+    """rclpy.init without rclpy's signal handlers: ``spin_nodes`` handles SIGINT/SIGTERM itself so
+    pending questions still get their error results published before the context goes down."""
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+
+
+def spin_nodes(nodes: list[Node], stop: threading.Event | None = None) -> int:
+    """Spin nodes on a multi-threaded executor until SIGINT/SIGTERM (or ``stop``); then stop cleanly."""
+    stop = stop or threading.Event()
+    executor = MultiThreadedExecutor(num_threads=max(4, (os.cpu_count() or 2)))
+    for node in nodes:
+        executor.add_node(node)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+    def spin() -> None:
+        try:
+            executor.spin()
+        except ExternalShutdownException:
+            pass
+        finally:
+            stop.set()
+
+    spinner = threading.Thread(target=spin, name="executor", daemon=True)
+    spinner.start()
+    stop.wait()
+    for node in nodes:
+        stop_node = getattr(node, "stop", None)  # IrpNode: fail pending questions, join the worker
+        if callable(stop_node):
+            stop_node()
+    executor.shutdown(timeout_sec=2.0)
+    spinner.join(timeout=1.0)
+    for node in nodes:
+        node.destroy_node()
+    rclpy.try_shutdown()
+    return 0
