@@ -336,6 +336,6 @@ def compare(reference: dict, other: dict, label: str) -> str:
             a, b = baseline_scores(ref)[name], baseline_scores(oth)[name]
         pa, pb = per_question(a, "heldout"), per_question(b, "heldout")
         rows.append(f"| {name} | {_pct(mean(pa))} | {_pct(mean(pb))} | {_ci(list(bootstrap_diff(pb, pa)))} |")
-    n_q = len({q for q, _ in common if any(t["q"] == q and t["half"] == "heldout" for t in ref["trials"])})
+    n_q = len({t["q"] for t in ref["trials"] if t["half"] == "heldout"})
     return (f"{label} against the reference: {len(common)} common trials, {n_q} held-out questions\n\n"
             + "\n".join(rows) + "\n")
