@@ -14,6 +14,7 @@ import importlib.util
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -152,3 +153,15 @@ def tiny_model(**kwargs: Any) -> Path:
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
         _CACHE[key] = build_tiny_model(folder / "model", **kwargs)
     return _CACHE[key]
+
+
+def interrupt(proc: subprocess.Popen, timeout: float) -> int | None:
+    """SIGINT, as Ctrl-C sends it, then SIGKILL if the process has not exited in ``timeout`` s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    return proc.returncode

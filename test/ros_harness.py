@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import threading
@@ -33,6 +32,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from std_msgs.msg import Float32, Float32MultiArray, String
 from std_srvs.srv import Trigger
 
+from ros2_tooling import interrupt
 from sage_irp_ros.client import SageClient
 
 # The collector keeps everything: a deep reader history so a burst is never overwritten before the
@@ -137,15 +137,9 @@ class NodeProcess:
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGINT, then SIGKILL if it does not exit in time; returns the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        code = interrupt(self.proc, timeout)
         self._log.close()
-        return self.proc.returncode
+        return code
 
 
 class RosTester:

@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from ros2_tooling import (ROOT, fast_params_file, installed_env, isolated, require_ros2_cli, ros2_executable,
+from ros2_tooling import (ROOT, fast_params_file, installed_env, interrupt, isolated, require_ros2_cli, ros2_executable,
                           tiny_model)
 
 DOCS = ("README.md", "docs/rqt.md")
@@ -105,15 +105,9 @@ class Background:
 
     def interrupt(self, timeout: float = 60.0) -> int:
         """SIGINT, as Ctrl-C sends it; returns the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        code = interrupt(self.proc, timeout)
         self._log.close()
-        return self.proc.returncode
+        return code
 
 
 WAIT_ACTIVE = "(wait for status active)"
