@@ -82,8 +82,24 @@ def test_text_alias_and_missing_id(t):
     assert result["question"] == "Are you aware of this conversation?" and len(result["id"]) == 12
 
 
+def _settled_counts(t) -> tuple[int, int, int]:
+    """Lengths of the answer, salience and snarc lists once every earlier question's messages are in.
+
+    The side topics are separate subscriptions, so a previous test's snarc may still be on its way when its
+    result has arrived. A marker question settles that: each topic is delivered in order, so once the
+    marker's own answer, salience and snarc are the last received, nothing earlier is still coming.
+    """
+    marker = _ok(t.ask("Marker: what is 1+1?"))
+    snarc = [marker["snarc"][k] for k in SNARC_LABEL.split(",")]
+    t.wait_for(lambda: bool(t.answers and t.saliences and t.snarcs) and t.answers[-1] == marker["answer"]
+               and t.saliences[-1] == pytest.approx(marker["snarc"]["total"], rel=1e-6)
+               and list(t.snarcs[-1].data) == pytest.approx(snarc, rel=1e-6),
+               10, "the marker's answer, salience and snarc")
+    return len(t.answers), len(t.saliences), len(t.snarcs)
+
+
 def test_ok_result_is_also_published_on_answer_salience_and_snarc(t):
-    before = (len(t.answers), len(t.saliences), len(t.snarcs))
+    before = _settled_counts(t)
     result = _ok(t.ask("What is the difference between knowledge and understanding?"))
     t.wait_for(lambda: len(t.answers) > before[0] and len(t.saliences) > before[1] and len(t.snarcs) > before[2],
                10, "answer, salience and snarc messages")
@@ -97,7 +113,7 @@ def test_ok_result_is_also_published_on_answer_salience_and_snarc(t):
 
 
 def test_error_results_publish_nothing_on_answer_topics(t):
-    before = (len(t.answers), len(t.saliences), len(t.snarcs))
+    before = _settled_counts(t)
     result = t.exchange_raw('{"id": "no-answer", "question": ""}')
     assert result["error"]["code"] == "invalid_input"
     # An ok question afterwards is the marker: its answer is the first thing after ours on each topic.
