@@ -233,6 +233,10 @@ def main(args: Optional[list[str]] = None) -> int:
     except (ConfigError, ParameterException) as exc:  # to the ROS logger, not a bare print
         rclpy.logging.get_logger(NODE_NAME).error(str(exc))
         code = 2
+    except Exception:
+        if rclpy.ok():
+            raise
+        # SIGINT's handler shut the context while spin built its wait set (RCLError): a clean stop.
     finally:
         if node is not None:
             node.destroy_node()
