@@ -1,32 +1,35 @@
-"""The engine's own decode loop: N rows at N temperatures, one shared prefill, a static KV cache.
+"""The one decode loop: N rows at N temperatures, one shared prefill, a static KV cache.
 
-``transformers``' ``generate`` runs a dozen logits processors, stopping criteria and bookkeeping in
-Python at every step; for a 135M model on a small CPU that was a visible share of each token. This loop
-does only what the IRP engine needs, in the style of pytorch-labs/gpt-fast:
+Every path that generates (the IRP engine, the benchmarks, the GPU check) runs this loop, in the style of
+pytorch-labs/gpt-fast: only what best-of-N needs, no logits-processor machinery.
 
-1. prefill the prompt ONCE (batch 1, only the last position's logits) into a static KV cache sized for
-   prompt + ``max_new_tokens``, then repeat the cache to N rows;
-2. per step: untempered log-softmax of the logits (recorded for the sampled token: the model's own
-   confidence, comparable across temperatures), per-row temperature, sampling (a row whose temperature
-   is 0.0 is decoded greedily, its untempered log-probs still recorded), end-of-sequence handling
-   (``min_new_tokens`` bans it; a finished row emits padding), then the deadline/cancel check;
-3. one forward pass of the N new tokens.
+1. :func:`prefill` runs the prompt ONCE (batch 1, only the last position's logits) into a KV cache sized
+   for prompt + ``max_new_tokens``; the cache is then repeated to N rows (``hf_compat``);
+2. per step, :func:`sample` draws one token per row at that row's temperature (argmax for a
+   temperature-0 row) and returns the token's log-probability under the *untempered* model (the model's
+   own confidence, comparable across temperatures); end-of-sequence is banned before
+   ``min_new_tokens``; optional per-row :class:`~sage_irp_ros.candidates.TokenConstraint` masks restrict
+   what a row may draw (the untempered log-prob is still the model's own); a finished row emits padding;
+   then the deadline and cancel are checked;
+3. :func:`step` runs one forward pass of the N new tokens.
 
 The static cache keeps every tensor's address and shape fixed across steps, which is what a compiled
-step (CUDA graphs) needs; ``step`` is the one function to hand to ``torch.compile``.
+step (CUDA graphs) needs; ``step`` is the one function to hand to ``torch.compile``. A model whose
+``forward`` takes no KV cache is still driven by this loop: each step then runs the whole sequence.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
-from transformers import DynamicCache, StaticCache
 
 from . import hf_compat
+from .candidates import GenerationRequest, TokenConstraint
+
+StepFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, object], torch.Tensor]
 
 
 @dataclass
@@ -40,30 +43,10 @@ class Decoded:
     stopped_early: bool  # the deadline or a cancel request cut decoding short
 
 
-def make_cache(model, max_len: int, static: bool = True):
-    """A static KV cache of ``max_len`` positions (or a dynamic one when ``static`` is false)."""
-    config = model.config
-    return StaticCache(config=config, max_cache_len=max_len) if static else DynamicCache(config=config)
-
-
-def prefill(model, prompt: torch.Tensor, cache, rows: int) -> torch.Tensor:
-    """Run the (1, P) prompt once, repeat its cache to ``rows`` rows; returns (rows, vocab) logits."""
-    logits = model(input_ids=prompt, use_cache=True, **hf_compat.cache_kwargs(model, cache),
-                   **hf_compat.prefill_kwargs(model)).logits[:, -1]
-    if rows > 1:
-        repeat_rows(cache, rows)
-    return logits.expand(rows, -1)
-
-
-def repeat_rows(cache, rows: int) -> None:
-    """Give every row its own copy of the batch-1 prompt cache (static or dynamic layers)."""
-    if isinstance(cache, DynamicCache):
-        cache.batch_repeat_interleave(rows)
-        return
-    for layer in cache.layers:
-        layer.keys = layer.keys.repeat(rows, 1, 1, 1)
-        layer.values = layer.values.repeat(rows, 1, 1, 1)
-        layer.batch_size = rows
+def prefill(model, prompt: torch.Tensor, cache) -> torch.Tensor:
+    """Run the (1, P) prompt once into ``cache`` (None: no cache); the last position's (1, vocab) logits."""
+    return model(input_ids=prompt, use_cache=cache is not None, **hf_compat.cache_kwargs(model, cache),
+                 **hf_compat.prefill_kwargs(model)).logits[:, -1]
 
 
 def step(model, tokens: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
@@ -72,52 +55,94 @@ def step(model, tokens: torch.Tensor, positions: torch.Tensor, cache) -> torch.T
                  **hf_compat.cache_kwargs(model, cache)).logits[:, -1]
 
 
-def choose(logits: torch.Tensor, temperatures: torch.Tensor, greedy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample one token per row at its temperature (argmax where ``greedy``); (tokens, untempered logp)."""
+def sample(logits: torch.Tensor, temperatures: torch.Tensor, greedy: torch.Tensor,
+           allowed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token per row at its temperature (argmax where ``greedy``) -> (tokens, untempered log-probs).
+
+    ``allowed``: the logits with forbidden tokens at -inf (constraints); tokens are drawn from it, while
+    the log-prob recorded is the unconstrained model's.
+    """
     logits = logits.float()
     logp = torch.log_softmax(logits, dim=-1)
+    draw = logits if allowed is None else allowed.float()
     # softmax(logits / T) then multinomial: generate's arithmetic, so a seed draws the same tokens
-    sampled = torch.multinomial(torch.softmax(logits / temperatures, dim=-1), 1).squeeze(1)
-    tokens = torch.where(greedy, logp.argmax(dim=-1), sampled)
+    sampled = torch.multinomial(torch.softmax(draw / temperatures, dim=-1), 1).squeeze(1)
+    tokens = torch.where(greedy, draw.argmax(dim=-1), sampled)
     return tokens, logp.gather(1, tokens[:, None]).squeeze(1)
 
 
+def constrain(logits: torch.Tensor, constraints: Sequence[TokenConstraint | None], generated: list[list[int]],
+              finished: torch.Tensor, end_id: int) -> torch.Tensor:
+    """Apply each unfinished row's constraint; a row left with no allowed token is given ``end_id``."""
+    allowed = logits.clone()
+    done = finished.tolist()
+    for row, constraint in enumerate(constraints):
+        if constraint is None or done[row]:
+            continue
+        allowed[row] = constraint.mask(generated[row], allowed[row])
+        if not bool(torch.isfinite(allowed[row]).any()):  # a dead end: the row ends, the call goes on
+            allowed[row] = torch.full_like(allowed[row], float("-inf"))
+            allowed[row, end_id] = 0.0
+    return allowed
+
+
 @torch.inference_mode()
-def decode(model, prompt_ids: Sequence[int], temperatures: Sequence[float], max_new_tokens: int, *,
-           eos_ids: Sequence[int], pad_id: int, min_new_tokens: int = 0, deadline: float | None = None,
-           cancel: threading.Event | None = None, static_cache: bool = True,
-           step_fn: Callable | None = None) -> Decoded:
-    """Decode ``len(temperatures)`` rows for one prompt; stops when every row ended, at
-    ``max_new_tokens``, or (after the current token) when the deadline passes or ``cancel`` is set."""
+def decode(model, request: GenerationRequest, *, eos_ids: Sequence[int], pad_id: int,
+           static_cache: bool = True, step_fn: StepFn | None = None) -> Decoded:
+    """Decode every row of ``request``; stops when every row ended, at ``max_new_tokens``, or (after the
+    current token) when the deadline passes or ``cancel`` is set."""
     device = next(model.parameters()).device
-    rows = len(temperatures)
-    step_fn = step_fn or step
-    temps = torch.tensor(list(temperatures), dtype=torch.float32, device=device)
+    rows, max_new = request.rows, request.max_new_tokens
+    temps = torch.tensor(list(request.temperatures), dtype=torch.float32, device=device)
     greedy = temps <= 0.0  # temperature 0.0: argmax (the greedy row)
     temps = torch.where(greedy, torch.ones_like(temps), temps)[:, None]
     eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=device)
-    prompt = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
+    end_id = int(eos[0]) if eos.numel() else pad_id
+    constraints = request.constraints if request.constraints and any(request.constraints) else None
+    prompt = torch.tensor([list(request.prompt_ids)], dtype=torch.long, device=device)
     start = time.monotonic()
-    cache = make_cache(model, prompt.shape[1] + max_new_tokens, static_cache)
-    logits = prefill(model, prompt, cache, rows)
+    cache = hf_compat.new_cache(model, prompt.shape[1] + max_new, static_cache)
+    logits = prefill(model, prompt, cache)
+    if cache is not None and hf_compat.cache_length(cache) != prompt.shape[1]:
+        hf_compat.warn_once(f"prefill-ignored:{type(model).__name__}",
+                            f"{type(model).__name__} did not fill the KV cache it was given: every decoding "
+                            "step runs the whole sequence (slow)")
+        cache = None
+    if cache is not None and rows > 1:
+        hf_compat.repeat_cache_rows(cache, rows)
+    logits = logits.expand(rows, -1)
+    step_fn = step_fn or step
+    sequence = prompt.expand(rows, -1)  # only grown (and used) without a cache
     first = time.monotonic()
     finished = torch.zeros(rows, dtype=torch.bool, device=device)
     position = torch.full((rows, 1), prompt.shape[1], dtype=torch.long, device=device)
+    generated: list[list[int]] = [[] for _ in range(rows)]
     out_tokens, out_logp, stopped = [], [], False
-    for index in range(max_new_tokens):
-        if index < min_new_tokens and eos.numel():
+    for index in range(max_new):
+        if index < request.min_new_tokens and eos.numel():
             logits = logits.index_fill(1, eos, float("-inf"))
-        tokens, logp = choose(logits, temps, greedy)
+        allowed = constrain(logits, constraints, generated, finished, end_id) if constraints else None
+        tokens, logp = sample(logits, temps, greedy, allowed)
         tokens = torch.where(finished, torch.full_like(tokens, pad_id), tokens)
         out_tokens.append(tokens)
         out_logp.append(logp)
         finished |= torch.isin(tokens, eos)
-        if index + 1 == max_new_tokens or bool(finished.all()):
+        if allowed is not None:  # a row a constraint ended took end_id (padding for a model without EOS)
+            finished |= tokens == end_id
+        if constraints:
+            for row, token in enumerate(tokens.tolist()):
+                generated[row].append(token)
+        if index + 1 == max_new or bool(finished.all()):
             break
+        cancel, deadline = request.cancel, request.deadline
         if (cancel is not None and cancel.is_set()) or (deadline is not None and time.monotonic() >= deadline):
             stopped = True
             break
-        logits = step_fn(model, tokens, position, cache)
+        if cache is None:  # a model without a KV cache: run the whole sequence again
+            sequence = torch.cat([sequence, tokens[:, None]], dim=1)
+            logits = model(input_ids=sequence).logits[:, -1]
+        else:
+            logits = step_fn(model, tokens, position, cache)
         position += 1
     end = time.monotonic()
     tokens = torch.stack(out_tokens, 1).cpu() if out_tokens else torch.empty((rows, 0), dtype=torch.long)

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from .generation import Candidate
+from .candidates import Candidate
 
 EnergyFn = Callable[[Candidate, float], float]  # (candidate, initial_temperature) -> energy
 

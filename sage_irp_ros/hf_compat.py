@@ -8,7 +8,7 @@ names, so every feature works on both. What differs:
   ``cache`` (later 5.x, where ``past_key_values`` is deprecated). A wrong name is swallowed by
   ``**kwargs`` and silently ignored, so the name is read from the model's own ``forward`` signature;
 - the dtype argument of ``from_pretrained``: ``dtype`` (4.56+, 5.x) and ``torch_dtype`` (older 4.x);
-- ``DynamicCache(config=...)`` (4.56+) and the older ``DynamicCache()``;
+- ``DynamicCache(config=...)`` (4.56+) and the older ``DynamicCache()``; repeating a static cache's rows;
 - ``logits_to_keep`` (4.50+) and ``num_logits_to_keep`` (older);
 - a GGUF-loaded model may carry a GGUF quantizer that must be dropped before ``save_pretrained``.
 
@@ -76,16 +76,9 @@ def cache_argument(model: Any) -> str | None:
 
 
 def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
-    """``{name: cache}`` under the name this model takes; empty for ``cache=None``."""
-    if cache is None:
-        return {}
-    name = cache_argument(model)
-    if name is None:
-        warn_once(f"cache-arg:{type(model).__name__}",
-                  f"{type(model).__name__}.forward takes neither `cache` nor `past_key_values`: "
-                  "the prompt is prefilled once per candidate (slower with a long history)")
-        return {}
-    return {name: cache}
+    """``{name: cache}`` under the name this model takes; empty for ``cache=None`` or no such argument."""
+    name = cache_argument(model) if cache is not None else None
+    return {} if name is None else {name: cache}
 
 
 def dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
@@ -93,10 +86,21 @@ def dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
     return {"dtype": dtype} if TRANSFORMERS_VERSION >= Version("4.56") else {"torch_dtype": dtype}
 
 
-def new_dynamic_cache(config: Any):
-    """An empty ``DynamicCache`` laid out for ``config`` (sliding-window layers where the model has them)."""
-    from transformers import DynamicCache
+def new_cache(model: Any, max_len: int, static: bool = True):
+    """An empty KV cache for ``model``: static (``max_len`` positions, fixed addresses) or dynamic.
 
+    None for a model whose ``forward`` takes no cache argument (said once in the log).
+    """
+    if cache_argument(model) is None:
+        warn_once(f"cache-arg:{type(model).__name__}",
+                  f"{type(model).__name__}.forward takes neither `cache` nor `past_key_values`: every "
+                  "decoding step runs the whole sequence (slow)")
+        return None
+    from transformers import DynamicCache, StaticCache
+
+    config = model.config
+    if static:
+        return StaticCache(config=config, max_cache_len=max_len)
     try:
         return DynamicCache(config=config)
     except TypeError:  # transformers < 4.56: no config argument, layers are created lazily
@@ -111,16 +115,21 @@ def cache_length(cache: Any) -> int:
         return 0
 
 
-def repeat_cache_rows(cache: Any, rows: int) -> bool:
-    """Repeat a one-row cache to ``rows`` rows in place; False where the cache cannot do it."""
-    repeat = getattr(cache, "batch_repeat_interleave", None)
-    if repeat is None:
-        warn_once(f"repeat:{type(cache).__name__}",
-                  f"{type(cache).__name__} has no batch_repeat_interleave on transformers "
-                  f"{transformers.__version__}: the prompt is prefilled once per candidate")
-        return False
-    repeat(rows)
-    return True
+def repeat_cache_rows(cache: Any, rows: int) -> None:
+    """Give every row its own copy of a one-row prompt cache, in place (static or dynamic layers).
+
+    ``DynamicCache.batch_repeat_interleave`` does it for dynamic layers; static layers (4.57 and 5.x)
+    have no such method, so their preallocated key/value tensors are repeated here.
+    """
+    from transformers import DynamicCache
+
+    if isinstance(cache, DynamicCache):
+        cache.batch_repeat_interleave(rows)
+        return
+    for layer in cache.layers:
+        layer.keys = layer.keys.repeat(rows, 1, 1, 1)
+        layer.values = layer.values.repeat(rows, 1, 1, 1)
+        layer.batch_size = rows
 
 
 def prefill_kwargs(model: Any) -> dict[str, int]:

@@ -22,7 +22,8 @@ import torch
 from .config import IRPConfig
 from .energy import EnergyFn
 from .errors import TOO_LONG, SageError
-from .generation import Candidate, sample_candidates, score_text
+from .candidates import Candidate, GenerationRequest, Generator
+from .generation import TorchGenerator
 from .model_loader import LoadedModel
 from .prompts import build_prompt_ids, clean_answer
 from .selection import PerCandidate, SelectionRule, best_index, selection_rule
@@ -78,9 +79,11 @@ class IRPEngine:
     """Iterative refinement over one resident model."""
 
     def __init__(self, lm: LoadedModel, cfg: IRPConfig, energy: EnergyFn | SelectionRule | None = None,
-                 use_chat_template: bool = True):
-        """``energy``: a per-candidate energy or a selection rule; default: ``cfg.energy``'s rule."""
+                 use_chat_template: bool = True, generator: Generator | None = None):
+        """``energy``: a per-candidate energy or a selection rule; default: ``cfg.energy``'s rule.
+        ``generator``: where candidates come from; default: the torch decode loop over ``lm``."""
         self.lm, self.cfg = lm, cfg
+        self.generator: Generator = generator if generator is not None else TorchGenerator(lm)
         if energy is None:
             self.rule: SelectionRule = selection_rule(cfg.energy)
         else:
@@ -130,9 +133,9 @@ class IRPEngine:
             return []
         rows = [*temps, 0.0] if state.greedy_pending else temps
         state.greedy_pending = False
-        batch = sample_candidates(self.lm, state.prompt_ids, rows, state.max_tokens,
-                                  min_new_tokens=state.min_new_tokens, deadline=state.deadline,
-                                  cancel=state.cancel)
+        batch = self.generator.generate(GenerationRequest(
+            state.prompt_ids, rows, state.max_tokens, min_new_tokens=state.min_new_tokens,
+            deadline=state.deadline, cancel=state.cancel))
         state.timings["prefill_s"] += batch.prefill_s
         state.timings["decode_s"] += batch.decode_s
         start = time.monotonic()
@@ -156,7 +159,7 @@ class IRPEngine:
 
     def energy(self, state: IRPState, response: str) -> float:
         """Energy of an arbitrary response to this state's prompt (scores it with one forward pass)."""
-        candidate = score_text(self.lm, state.prompt_ids, response)
+        candidate = self.generator.score(state.prompt_ids, response)
         candidate.temperature = state.temperature
         return float(self.rule.energies([*state.candidates, candidate], state.energies,
                                         self.cfg.initial_temperature)[-1])

@@ -47,7 +47,6 @@ class LoadedModel:
     over_budget: bool = False
     packed_layers: int = 0  # Linear layers in oneDNN's blocked layout (llm_irp.pack_cpu_weights)
     quantized_layers: int = 0  # Linear layers holding int8 weights (llm_irp.weight_quantization)
-    decoder: str = "static"  # llm_irp.decoder resolved: the package's loop (static) or generate (hf)
 
     @property
     def precision(self) -> str:
@@ -112,9 +111,8 @@ def load_model(model_cfg: ModelConfig, irp_cfg: IRPConfig,
     adapter = _check_adapter(model_cfg.adapter_path)
     quant = irp_cfg.weight_quantization
     pack = irp_cfg.pack_cpu_weights and device.type == "cpu" and quant == "none"
-    decoder = "hf" if irp_cfg.decoder == "hf" else "static"
     key = (_identity(folder), _identity(gguf), _identity(adapter), model_cfg.merge_adapter,
-           str(device), str(dtype), pack, quant, decoder)
+           str(device), str(dtype), pack, quant)
     with _cache_lock:
         cached = _cache.get(key)
         if cached is not None:
@@ -149,7 +147,7 @@ def load_model(model_cfg: ModelConfig, irp_cfg: IRPConfig,
             model=model, tokenizer=tokenizer, model_id=model_id, device=device, dtype=dtype,
             footprint_mb=footprint_mb(model), load_s=time.monotonic() - start,
             context_window=int(getattr(model.config, "max_position_embeddings", 0) or 2048), key=key,
-            packed_layers=packed, quantized_layers=quantized, decoder=decoder)
+            packed_layers=packed, quantized_layers=quantized)
         _check_budget(loaded, irp_cfg)
         _cache[key] = loaded
         say(f"model {model_id} ready: {loaded.footprint_mb:.0f} MB in {loaded.load_s:.1f} s")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 from .energy import EnergyFn, ResponseEnergy, repetition, seed_energy
-from .generation import Candidate
+from .candidates import Candidate
 
 _WORD = re.compile(r"[a-z0-9]+(?:[.'][a-z0-9]+)*")
 

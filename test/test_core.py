@@ -125,7 +125,7 @@ def test_memory_floor_refuses_with_out_of_memory(core):
 
 
 def test_generation_failure_is_a_result_and_serving_continues(core, monkeypatch):
-    # the default decoder (llm_irp.decoder: auto = the package's loop, sage_irp_ros/decode.py)
+    # the one decode loop (sage_irp_ros/decode.py)
     import sage_irp_ros.decode as decode_loop
 
     real = decode_loop.decode
@@ -147,11 +147,11 @@ def test_out_of_memory_retries_once_with_fewer_candidates(core, monkeypatch):
     real = decode_loop.decode
     calls = []
 
-    def oom_once(model, prompt_ids, temperatures, *args, **kwargs):
-        calls.append(len(temperatures))  # rows of this batched call
+    def oom_once(model, request, **kwargs):
+        calls.append(request.rows)  # rows of this batched call
         if len(calls) == 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(model, prompt_ids, temperatures, *args, **kwargs)
+        return real(model, request, **kwargs)
 
     monkeypatch.setattr(decode_loop, "decode", oom_once)
     result = core.answer(Question(text="Hi"))

@@ -10,7 +10,8 @@ from torch import nn
 
 from sage_irp_ros import cpu_packing
 from sage_irp_ros.cpu_packing import PackedLinear, is_packed, pack_linear_weights
-from sage_irp_ros.generation import sample_candidates
+from sage_irp_ros.candidates import GenerationRequest
+from sage_irp_ros.generation import TorchGenerator
 from tiny_models import load_on_cpu, prompt_logits
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
@@ -35,9 +36,9 @@ def test_packed_model_gives_the_plain_models_logits_and_tokens(tiny_model_dir):
     assert packed.packed_layers == len(_linears(plain.model)) > 0 and not _linears(packed.model)
     torch.testing.assert_close(_logits(packed), _logits(plain), rtol=1e-5, atol=1e-5)
     torch.manual_seed(3)
-    want = sample_candidates(plain, [5, 6, 7], [0.7, 0.6, 0.5], 12, min_new_tokens=12)
+    want = TorchGenerator(plain).generate(GenerationRequest([5, 6, 7], [0.7, 0.6, 0.5], 12, min_new_tokens=12))
     torch.manual_seed(3)
-    got = sample_candidates(packed, [5, 6, 7], [0.7, 0.6, 0.5], 12, min_new_tokens=12)
+    got = TorchGenerator(packed).generate(GenerationRequest([5, 6, 7], [0.7, 0.6, 0.5], 12, min_new_tokens=12))
     assert [c.token_ids for c in got.candidates] == [c.token_ids for c in want.candidates]
 
 
@@ -51,6 +52,8 @@ def test_tied_head_gets_its_own_copy_and_is_counted(tiny_model_dir):
     assert packed.footprint_mb == pytest.approx(plain.footprint_mb + extra_mb, rel=1e-6)
 
 
+@pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX512"),
+                    reason="oneDNN's bf16 weight packing needs AVX-512 (BW/VL/DQ) or AVX-NE-CONVERT")
 def test_bf16_weights_are_packed_too(tiny_model_dir):
     plain, packed = _load(tiny_model_dir, pack=False, precision="bf16"), \
         _load(tiny_model_dir, pack=True, precision="bf16")

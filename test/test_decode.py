@@ -1,4 +1,4 @@
-"""The package's decode loop (sage_irp_ros/decode.py) and int8 weights (sage_irp_ros/quantize.py).
+"""The one decode loop (sage_irp_ros/decode.py) and int8 weights (sage_irp_ros/quantize.py).
 
 Real models throughout: the tiny random Llama of test/tiny_models.py and, for greedy agreement with
 ``generate``, the embedded SmolLM2-135M-Instruct.
@@ -13,6 +13,7 @@ import time
 import pytest
 import torch
 
+from sage_irp_ros.candidates import GenerationRequest
 from sage_irp_ros.decode import decode
 from sage_irp_ros.quantize import Int8Linear, quantize_model, quantize_per_channel
 from tiny_models import load_on_cpu, prompt_logits
@@ -24,10 +25,11 @@ def _greedy_generate(lm, ids, tokens):
     return out[0, len(ids):].tolist()
 
 
-def _decode(lm, ids, temps, tokens, **kw):
+def _decode(lm, ids, temps, tokens, *, static_cache=True, eos_ids=None, model=None, **kw):
     kw.setdefault("min_new_tokens", tokens)
-    return decode(lm.model, ids, temps, tokens, eos_ids=[lm.tokenizer.eos_token_id],
-                  pad_id=lm.tokenizer.pad_token_id, **kw)
+    return decode(model or lm.model, GenerationRequest(ids, temps, tokens, **kw),
+                  eos_ids=[lm.tokenizer.eos_token_id] if eos_ids is None else eos_ids,
+                  pad_id=lm.tokenizer.pad_token_id, static_cache=static_cache)
 
 
 @pytest.fixture(scope="module")
@@ -89,9 +91,10 @@ def test_min_new_tokens_bans_eos_and_eos_ends_a_row(tiny):
     ids = tiny.tokenizer("Hello")["input_ids"]
     first = _greedy_generate(tiny, ids, 1)[0]
     pad = tiny.tokenizer.pad_token_id
-    ended = decode(tiny.model, ids, [0.0, 0.0], 6, eos_ids=[first], pad_id=pad)
+    ended = _decode(tiny, ids, [0.0, 0.0], 6, eos_ids=[first], min_new_tokens=0)
     assert ended.tokens.tolist() == [[first], [first]] and not ended.stopped_early  # all rows ended: stop
-    banned = decode(tiny.model, ids, [0.0], 6, eos_ids=[first], pad_id=pad, min_new_tokens=3)
+    assert pad is not None
+    banned = _decode(tiny, ids, [0.0], 6, eos_ids=[first], min_new_tokens=3)
     assert first not in banned.tokens[0, :3].tolist()
 
 
@@ -105,6 +108,63 @@ def test_deadline_and_cancel_stop_after_the_current_token(tiny):
     assert cancelled.stopped_early and cancelled.tokens.shape == (1, 1)
     free = _decode(tiny, ids, [0.7], 20, cancel=threading.Event(), deadline=time.monotonic() + 3600)
     assert not free.stopped_early and free.tokens.shape == (1, 20)
+
+
+class OnlyTokens:
+    """A constraint that allows only ``allowed`` (an empty set: a dead end) and records what it saw."""
+
+    def __init__(self, allowed):
+        self.allowed, self.seen = list(allowed), []
+
+    def mask(self, generated, logits):
+        self.seen.append(list(generated))
+        keep = torch.full_like(logits, float("-inf"))
+        keep[self.allowed] = logits[self.allowed]
+        return keep
+
+
+def test_constraints_restrict_their_row_only_and_keep_untempered_logprobs(tiny):
+    ids = tiny.tokenizer("Tell me about robots")["input_ids"]
+    free = _decode(tiny, ids, [0.0, 0.0], 6)
+    only = OnlyTokens([7, 11, 13])
+    torch.manual_seed(0)
+    out = _decode(tiny, ids, [0.0, 0.9], 6, constraints=[None, only])
+    assert out.tokens[0].tolist() == free.tokens[0].tolist()  # the unconstrained row is untouched
+    assert set(out.tokens[1].tolist()) <= {7, 11, 13}
+    assert only.seen[:3] == [[], out.tokens[1, :1].tolist(), out.tokens[1, :2].tolist()]
+    full = torch.tensor([ids + out.tokens[1].tolist()])
+    with torch.inference_mode():
+        logits = tiny.model(full).logits[0, len(ids) - 1:-1].float()
+    want = torch.log_softmax(logits, -1).gather(1, full[0, len(ids):, None]).squeeze(1)
+    torch.testing.assert_close(out.logprobs[1], want, atol=1e-2, rtol=1e-3)  # the model's, not the mask's
+
+
+def test_a_constraint_with_no_token_left_ends_its_row_not_the_call(tiny):
+    ids = tiny.tokenizer("Hello")["input_ids"]
+    eos = tiny.tokenizer.eos_token_id
+    out = _decode(tiny, ids, [0.0, 0.0], 5, constraints=[OnlyTokens([]), None], min_new_tokens=0, eos_ids=[eos])
+    assert out.tokens[0, 0].item() == eos  # the dead-end row took end-of-sequence at once
+    assert all(t == tiny.tokenizer.pad_token_id for t in out.tokens[0, 1:].tolist())
+    alone = _decode(tiny, ids, [0.0], 5, min_new_tokens=0, eos_ids=[eos])
+    assert out.tokens[1].tolist() == alone.tokens[0].tolist()  # the other row went on as if alone
+
+
+class NoCacheForward(torch.nn.Module):
+    """A model whose forward takes no KV cache argument (as some remote-code models)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.config = inner, inner.config
+
+    def forward(self, input_ids, **_):
+        return self.inner(input_ids=input_ids, use_cache=False)
+
+
+def test_a_model_without_a_cache_argument_is_driven_by_the_same_loop(tiny):
+    ids = tiny.tokenizer("What is 2+2? Answer:")["input_ids"]
+    want = _greedy_generate(tiny, ids, 8)
+    out = _decode(tiny, ids, [0.0, 0.0], 8, model=NoCacheForward(tiny.model))
+    assert out.tokens.tolist() == [want, want]
 
 
 def test_int8_linear_error_is_bounded_by_half_a_step_per_weight():

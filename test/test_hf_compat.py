@@ -11,14 +11,14 @@ import torch
 import transformers
 
 from sage_irp_ros import hf_compat
+from sage_irp_ros.candidates import GenerationRequest
 from sage_irp_ros.config import SageConfig
-from sage_irp_ros.generation import sample_candidates, shared_prefill
+from sage_irp_ros.generation import TorchGenerator
 from sage_irp_ros.model_loader import load_model
 
 
-def _loaded(model_dir, decoder: str = "auto"):
-    cfg = SageConfig.from_mapping({"model": {"path": str(model_dir)},
-                                   "llm_irp": {"device": "cpu", "decoder": decoder}})
+def _loaded(model_dir):
+    cfg = SageConfig.from_mapping({"model": {"path": str(model_dir)}, "llm_irp": {"device": "cpu"}})
     return load_model(cfg.model, cfg.llm_irp)
 
 
@@ -47,35 +47,23 @@ def test_cache_argument_is_the_one_forward_takes(tiny_model_dir):
         assert name == "past_key_values"
 
 
-@pytest.mark.parametrize("decoder", ["hf", "static"])
-def test_prefill_runs_once_for_all_rows(tiny_model_dir, decoder):
-    lm = _loaded(tiny_model_dir, decoder)
+@pytest.mark.parametrize("static", [True, False])
+def test_prefill_runs_once_for_all_rows(tiny_model_dir, static):
+    lm = _loaded(tiny_model_dir)
     prompt = lm.tokenizer("What is the difference between knowledge and understanding?")["input_ids"]
     rows = 4
     forwards = ForwardLog(lm.model)
     try:
         torch.manual_seed(0)
-        batch = sample_candidates(lm, prompt, [0.7, 0.6, 0.5, 0.4][:rows], max_new_tokens=5)
+        batch = TorchGenerator(lm, static_cache=static).generate(
+            GenerationRequest(prompt, [0.7, 0.6, 0.5, 0.4][:rows], max_new_tokens=5))
     finally:
         forwards.close()
     assert len(batch.candidates) == rows
     prompt_passes = [shape for shape in forwards.shapes if shape[1] > 1]
-    # One forward over the prompt for one row (generate: less its last token, which it feeds itself; the
-    # package's own loop: all of it); everything after decodes one token per row.
-    prefilled = len(prompt) - 1 if decoder == "hf" else len(prompt)
-    assert prompt_passes == [(1, prefilled)], f"transformers {transformers.__version__}: {forwards.shapes}"
+    # One forward over the whole prompt for one row; everything after decodes one token per row.
+    assert prompt_passes == [(1, len(prompt))], f"transformers {transformers.__version__}: {forwards.shapes}"
     assert all(shape == (rows, 1) for shape in forwards.shapes[1:])
-
-
-def test_shared_prefill_fills_one_cache_per_row(tiny_model_dir):
-    lm = _loaded(tiny_model_dir)
-    ids = torch.tensor([lm.tokenizer("Are you aware of this conversation?")["input_ids"]])
-    with torch.inference_mode():
-        cache = shared_prefill(lm.model, ids, rows=3)
-    assert cache is not None
-    assert hf_compat.cache_length(cache) == ids.shape[1] - 1
-    layer_keys = cache.layers[0].keys if hasattr(cache, "layers") else cache.key_cache[0]
-    assert layer_keys.shape[0] == 3
 
 
 class _NoCacheForward(torch.nn.Module):
@@ -84,16 +72,15 @@ class _NoCacheForward(torch.nn.Module):
     config = None
 
     def forward(self, input_ids):
-        raise AssertionError("shared_prefill must not run a model it cannot share a cache with")
+        raise AssertionError("not run")
 
 
 def test_model_without_cache_argument_is_said_once(caplog):
     hf_compat._warned.clear()
-    ids = torch.tensor([[1, 2, 3, 4]])
     with caplog.at_level(logging.WARNING, logger="sage_irp_ros.hf_compat"):
-        assert shared_prefill(_NoCacheForward(), ids, rows=2) is None
-        assert shared_prefill(_NoCacheForward(), ids, rows=2) is None
-    said = [r.getMessage() for r in caplog.records if "shared prefill off" in r.getMessage()]
+        assert hf_compat.new_cache(_NoCacheForward(), 16) is None
+        assert hf_compat.new_cache(_NoCacheForward(), 16) is None
+    said = [r.getMessage() for r in caplog.records if "takes neither" in r.getMessage()]
     assert len(said) == 1 and "_NoCacheForward" in said[0]
 
 
@@ -106,14 +93,15 @@ def test_dtype_argument_matches_the_version(tiny_model_dir):
     assert next(lm.model.parameters()).dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("static", [True, False])
 @pytest.mark.parametrize("rows", [2, 5])
-def test_repeat_cache_rows(tiny_model_dir, rows):
+def test_repeat_cache_rows(tiny_model_dir, rows, static):
     lm = _loaded(tiny_model_dir)
-    cache = hf_compat.new_dynamic_cache(lm.model.config)
+    cache = hf_compat.new_cache(lm.model, 8, static)
     ids = torch.tensor([[5, 6, 7]])
     with torch.inference_mode():
         lm.model(input_ids=ids, use_cache=True, **hf_compat.cache_kwargs(lm.model, cache))
     assert hf_compat.cache_length(cache) == 3
-    assert hf_compat.repeat_cache_rows(cache, rows)
+    hf_compat.repeat_cache_rows(cache, rows)
     layer_keys = cache.layers[0].keys if hasattr(cache, "layers") else cache.key_cache[0]
     assert layer_keys.shape[0] == rows

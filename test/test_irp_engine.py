@@ -9,7 +9,8 @@ import torch
 from sage_irp_ros.config import SageConfig
 from sage_irp_ros.energy import ResponseEnergy, repetition, seed_energy
 from sage_irp_ros.errors import TOO_LONG, SageError
-from sage_irp_ros.generation import Candidate, sample_candidates
+from sage_irp_ros.candidates import Candidate, GenerationRequest
+from sage_irp_ros.generation import TorchGenerator
 from sage_irp_ros.irp import IRPEngine, temperature_schedule
 from sage_irp_ros.model_loader import load_model
 from sage_irp_ros.prompts import seed_prompt
@@ -109,7 +110,7 @@ def test_recorded_logprobs_are_untempered(tiny_model_dir):
     """Each sampled token's log-prob equals a plain forward pass's, at any sampling temperature."""
     engine = _engine(tiny_model_dir)
     prompt = engine.init_state("What is 2+2?").prompt_ids
-    batch = sample_candidates(engine.lm, prompt, [1.5, 0.3], max_new_tokens=8)
+    batch = TorchGenerator(engine.lm).generate(GenerationRequest(prompt, [1.5, 0.3], max_new_tokens=8))
     for cand in batch.candidates:
         assert len(cand.token_logprobs) == len(cand.token_ids) + (1 if cand.finished else 0)
         cand.token_ids += [engine.lm.tokenizer.eos_token_id] if cand.finished else []

@@ -8,7 +8,8 @@ import torch
 
 from sage_irp_ros.config import SageConfig
 from sage_irp_ros.energy import ResponseEnergy, seed_energy
-from sage_irp_ros.generation import Candidate, sample_candidates
+from sage_irp_ros.candidates import Candidate, GenerationRequest
+from sage_irp_ros.generation import TorchGenerator
 from sage_irp_ros.irp import IRPEngine
 from sage_irp_ros.model_loader import load_model
 from sage_irp_ros.selection import (Consensus, PerCandidate, agreement, best_index, mean_nll, overlap_f1,
@@ -118,7 +119,7 @@ def test_zero_temperature_row_is_greedy_decoding(lm):
     expected = plain[0, len(prompt):].tolist()
     for seed in range(3):  # whatever the sampled rows draw, the T = 0 row is the argmax path
         torch.manual_seed(seed)
-        batch = sample_candidates(lm, prompt, [1.5, 0.0, 2.0], 12, min_new_tokens=12)
+        batch = TorchGenerator(lm).generate(GenerationRequest(prompt, [1.5, 0.0, 2.0], 12, min_new_tokens=12))
         greedy = batch.candidates[1]
         assert greedy.token_ids == expected and greedy.temperature == 0.0
         assert len(greedy.token_logprobs) == 12 and all(lp <= 0.0 for lp in greedy.token_logprobs)

@@ -1,0 +1,89 @@
+"""The generation seam: what the IRP engine asks of a generator, and what it gets back.
+
+A generator turns one prompt into N candidate rows, each at its own temperature (0.0 = the greedy row),
+and reports every sampled token's log-probability under the *untempered* model, so candidates drawn at
+different temperatures can be compared. The on-board torch loop (:mod:`sage_irp_ros.generation`)
+implements :class:`Generator`; a remote serving engine can implement it too. Nothing here imports torch,
+so selection, energies, the benchmarks' analysis and a remote client use these types without it.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
+
+
+@dataclass
+class Candidate:
+    """One sampled answer with its untempered token log-probabilities."""
+
+    text: str
+    temperature: float
+    token_ids: list[int] = field(default_factory=list)
+    token_logprobs: list[float] = field(default_factory=list)
+    finished: bool = False  # the model produced end-of-sequence (the answer is complete)
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+@dataclass
+class Batch:
+    """The candidates of one generation call and how long its phases took."""
+
+    candidates: list[Candidate]
+    prefill_s: float
+    decode_s: float
+    stopped_early: bool  # the deadline or a cancel request cut decoding short
+
+    @property
+    def tokens(self) -> int:
+        return sum(c.n_tokens for c in self.candidates)
+
+
+class TokenConstraint(Protocol):
+    """Restricts the tokens one row may take next (a grammar, a list of options).
+
+    ``mask(generated, logits)`` receives the row's tokens so far and its ``(vocab,)`` logits and returns
+    them with every forbidden token set to ``-inf`` (in place or as a new tensor). A row whose every
+    token is forbidden ends there: a constraint can end its row, never the decode call.
+    """
+
+    def mask(self, generated: Sequence[int], logits: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One prompt, one row per temperature, and the limits every row shares."""
+
+    prompt_ids: Sequence[int]
+    temperatures: Sequence[float]  # one row each; 0.0 = the greedy (argmax) row
+    max_new_tokens: int
+    min_new_tokens: int = 0  # end-of-sequence is banned before this many tokens
+    deadline: float | None = None  # time.monotonic() after which decoding stops at the next token
+    cancel: threading.Event | None = None  # set: decoding stops at the next token
+    constraints: Sequence[TokenConstraint | None] | None = None  # one per row (None: unconstrained)
+
+    def __post_init__(self) -> None:
+        if not self.temperatures:
+            raise ValueError("a generation request needs at least one row")
+        if self.constraints is not None and len(self.constraints) != len(self.temperatures):
+            raise ValueError(f"{len(self.constraints)} constraints for {len(self.temperatures)} rows")
+
+    @property
+    def rows(self) -> int:
+        return len(self.temperatures)
+
+
+class Generator(Protocol):
+    """Produces candidates for a prompt; the IRP engine's only way to reach a model."""
+
+    def generate(self, request: GenerationRequest) -> Batch:
+        """All rows of ``request`` in one call (batched where the backend can)."""
+        ...
+
+    def score(self, prompt_ids: Sequence[int], text: str) -> Candidate:
+        """A given answer as a candidate: its tokens and their untempered log-probs after the prompt."""
+        ...
