@@ -13,7 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 # setup.py is named on its own: ament_copyright skips a setup.py beside package.xml when it walks a folder.
 PATHS = ["sage_irp_ros", "launch", "test", "bench", "setup.py", "LICENSE"]
-SHELL_SCRIPTS = [".ci/run", "bench/gpu_check.sh", *sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("scripts/*.sh"))]
+SHELL_SCRIPTS = [".ci/run", *sorted(str(p.relative_to(ROOT))
+                                    for folder in ("scripts", "bench") for p in (ROOT / folder).rglob("*.sh"))]
 REASON = "ament_copyright is not installed (a ROS test_depend)"
 
 
