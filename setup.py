@@ -35,8 +35,9 @@ setup(
     zip_safe=True,
     maintainer="sage_irp_ros maintainers",
     maintainer_email="maintainers@sage-irp-ros.invalid",
-    description="On-board LLM for ROS 2 robots: IRP refinement, SNARC salience, salient memory, diagnostics.",
+    description="On-board LLM for ROS 2 robots: IRP best-of-N answers, SNARC salience, salient memory, diagnostics.",
     license="Apache-2.0",
+    license_files=["LICENSE"],
     entry_points={
         "console_scripts": [
             "irp_node = sage_irp_ros.irp_node:main",

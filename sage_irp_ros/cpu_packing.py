@@ -11,8 +11,9 @@ This is the prepacking that ``torch.compile``'s CPU backend does, without a comp
 The reordered weight replaces the plain one, so memory does not grow; only a tied output head
 (SmolLM2, Qwen2.5: the head is the embedding matrix) gets its own packed copy, because the embedding
 lookup still needs the plain matrix. LoRA layers that are not merged are left alone (peft reads their
-weights in its forward). Where oneDNN is missing or a probe disagrees with the plain result, the model
-is left as it was and the reason is returned.
+weights in its forward). Where oneDNN is missing, the torch release is not one the oneDNN calls were
+tested on (``torch_kernels``), or a probe disagrees with the plain result, the model is left as it was and
+the reason is returned.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ import os
 
 import torch
 from torch import nn
+
+from . import torch_kernels
+from .torch_kernels import onednn_linear
 
 # The row count oneDNN picks the weight layout for. Any row count runs on it; on the 2-core EPYC, hints
 # of 2 to 64 gave the same step times for 1-40 rows, a hint of 1 was up to 2x slower for 2-8 rows
@@ -50,12 +54,11 @@ class PackedLinear(nn.Module):
         self.nbytes = weight.numel() * weight.element_size()
         # An opaque oneDNN tensor: kept as a plain attribute, not a parameter or buffer, so state_dict,
         # .to() and parameter counts never see it (the model is not moved or saved once packed).
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows_hint)
+        self.packed = torch_kernels.onednn_reorder_linear_weight(weight, rows_hint)
         self.bias = linear.bias
-        self._op = torch.ops.mkldnn._linear_pointwise.default  # resolved once: 211 calls per SmolLM2 step
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._op(x, self.packed, self.bias, "none", [], "")
+        return onednn_linear(x, self.packed, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, " \
@@ -68,8 +71,9 @@ def pack_linear_weights(model: nn.Module, rows_hint: int = ROWS_HINT) -> tuple[i
     ``rows_hint`` is the row count the weight layout is chosen for; any row count works on it.
     Returns (layers packed, reason when none were).
     """
-    if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
-        return 0, "this torch build has no oneDNN (mkldnn) linear kernels"
+    why_not = torch_kernels.unavailable("onednn_linear")
+    if why_not:
+        return 0, why_not
     targets = [(parent, name, child) for parent, name, child in _plain_linears(model)]
     if not targets:
         return 0, "no plain nn.Linear layers (unmerged LoRA layers are not packed)"

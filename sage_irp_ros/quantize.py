@@ -2,11 +2,12 @@
 
 Decoding is memory-bound: every token reads every weight once, so fp32 reads 4 bytes per weight where
 llama.cpp's Q4_1 reads ~0.6. ``int8`` is weight-only, per output channel (symmetric, scale = max|w| / 127);
-activations stay in the model's dtype and the product is PyTorch's ``torch._weight_int8pack_mm`` (CPU and
-CUDA). Measured on a 2-core Xeon (docs/performance.md): a quarter of the weight memory, greedy answers
-close to fp32, but PyTorch's CPU kernel is slower than fp32 (not bandwidth-bound); int8 weights with
-dynamically quantised int8 activations (fbgemm) were faster than fp32 but changed most greedy answers
-from the first token, so they are not offered.
+activations stay in the model's dtype and the product is PyTorch's int8 kernel, CPU and CUDA (through
+``torch_kernels``: a plain product on a torch release the kernel was not tested on). Measured on a 2-core
+Xeon (docs/performance.md): a quarter of the weight memory, greedy answers close to fp32, but PyTorch's
+CPU kernel is slower than fp32 (not bandwidth-bound); int8 weights with dynamically quantised int8
+activations (fbgemm) were faster than fp32 but changed most greedy answers from the first token, so they
+are not offered.
 
 The tied output head of SmolLM2/Qwen2.5 is the embedding matrix: its per-output-channel int8 copy is also a
 per-row int8 embedding table, so ``Int8Embedding`` looks rows up in the head's int8 weight and the fp32
@@ -20,6 +21,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from . import torch_kernels
+
 MODES = ("none", "int8")
 
 
@@ -32,7 +35,7 @@ def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
 
 class Int8Linear(nn.Module):
-    """Weight-only int8 ``nn.Linear`` (per-output-channel scales) on ``torch._weight_int8pack_mm``."""
+    """Weight-only int8 ``nn.Linear`` (per-output-channel scales) on PyTorch's int8 kernel."""
 
     def __init__(self, linear: nn.Linear, qweight: torch.Tensor | None = None, scale: torch.Tensor | None = None):
         super().__init__()
@@ -43,13 +46,14 @@ class Int8Linear(nn.Module):
         dtype = linear.weight.dtype
         self.register_buffer("scale", scale.to(device=linear.weight.device, dtype=dtype))
         self.bias = linear.bias
+        self._mm = torch_kernels.int8_weight_mm_kernel()  # resolved once: every layer runs it every step
 
     @property
     def nbytes(self) -> int:
         return self.qweight.numel() + self.scale.numel() * self.scale.element_size()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch._weight_int8pack_mm(x.reshape(-1, self.in_features), self.qweight, self.scale)
+        out = self._mm(x.reshape(-1, self.in_features), self.qweight, self.scale)
         out = out.reshape(*x.shape[:-1], self.out_features)
         return out if self.bias is None else out + self.bias
 

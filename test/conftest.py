@@ -67,7 +67,7 @@ PIP_SETUP_REASON = ("needs scripts/setup.sh's pip environment (network installs,
 
 def pytest_configure(config):
     config.addinivalue_line("markers", f"pip_setup: {PIP_SETUP_REASON}")
-    for name in ("linter", "flake8", "pep257"):  # ament's linter markers (test_flake8.py, test_pep257.py)
+    for name in ("linter", "flake8", "pep257", "copyright"):  # ament linters: test_flake8/_pep257/_copyright.py
         config.addinivalue_line("markers", f"{name}: an ament linter test")
 
 

@@ -192,7 +192,7 @@ def _mapping(core):
     return sections
 
 
-# -- issue 14: stats, live settings, load/release races -------------------------------------------------
+# -- stats, live settings, load/release races ----------------------------------------------------------
 def test_client_errors_are_refusals_and_latency_comes_from_answers_only(core):
     import time
     ok = core.answer(Question(text="Hi", id="ok-1"))

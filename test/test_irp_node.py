@@ -1,4 +1,4 @@
-"""The IRP node over real DDS (issue 3): the node runs in its own process, this test process talks to it
+"""The IRP node over real DDS: the node runs in its own process, this test process talks to it
 with its own rclpy Context on a random ROS_DOMAIN_ID with localhost discovery.
 
 Most tests share one node (module fixture) whose model is the tiny test model plus one extra token,
@@ -265,7 +265,7 @@ def test_history_changes_the_prompt_and_reset_clears_it(t):
 
 
 def test_questions_without_conversation_share_nothing_and_a_named_one_keeps_its_history(t, shared):
-    """Issue 11: independent askers do not see each other's exchanges; a named conversation is a dialogue."""
+    """Independent askers do not see each other's exchanges; a named conversation is a dialogue."""
     first = _ok(t.exchange_raw("What is the capital of France?"))  # plain text
     second = _ok(t.ask("Say hello."))  # JSON without 'conversation'
     third = _ok(t.exchange_raw('{"question": "Name a primary color.", "conversation": null}'))

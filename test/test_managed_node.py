@@ -1,4 +1,4 @@
-"""Issue 14: the IRP node as a managed stack expects it — over real DDS, the node in its own process.
+"""The IRP node as a managed stack expects it — over real DDS, the node in its own process.
 
 Parameters really apply (or are refused with a reason), ``throttled`` from any publisher QoS with a
 staleness timeout, configure failures reported and cleaned up, deactivate waiting for the running

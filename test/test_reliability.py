@@ -1,4 +1,4 @@
-"""Reliability and security of the IRP node (issue 6): bad input, floods, faults and crashes.
+"""Reliability and security of the IRP node: bad input, floods, faults and crashes.
 
 The promise under test: exactly one result per question, no lost salient memory, and the node keeps
 serving. Every fault is injected through a real code path: real DDS between processes, real SQLite

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -13,27 +14,15 @@ import pytest
 from sage_irp_ros.config import SnarcConfig
 from sage_irp_ros.snarc import SnarcScorer
 
-VECTORS = Path("/work/shared/spec/snarc_vectors.json")
-# The same vectors, inlined so the test does not depend on the shared folder being present.
-INLINE_VECTORS = [
-    {"question": "What is knowledge?",
-     "answer": "Knowledge is information that has been acquired through learning or experience.",
-     "irp_final_energy": None, "salient": True, "surprise": 0.0, "novelty": 0.464286,
-     "arousal": 0.355, "reward": 0.516, "conflict": 0.133333, "total_salience": 0.293724},
-    {"question": "Can you know with certainty?",
-     "answer": "Absolute certainty is difficult to achieve in most domains of knowledge.",
-     "irp_final_energy": None, "salient": True, "surprise": 1.0, "novelty": 0.666667,
-     "arousal": 0.185, "reward": 0.516, "conflict": 0.6, "total_salience": 0.593533},
-    {"question": "Are you aware of this conversation?",
-     "answer": "I process each exchange but don't maintain continuous awareness between conversations.",
-     "irp_final_energy": 0.42, "salient": True, "surprise": 0.833333, "novelty": 0.833333,
-     "arousal": 0.2, "reward": 0.556, "conflict": 0.6, "total_salience": 0.604533},
-]
+# The research system's reference vectors (its spec's snarc_vectors.json), kept with the tests.
+VECTORS = Path(__file__).resolve().parent / "data" / "snarc_vectors.json"
+# The spec folder, where present: SAGE_IRP_SPEC_DIR, else shared/spec beside the repository.
+SPEC_DIR = Path(os.environ.get("SAGE_IRP_SPEC_DIR") or Path(__file__).resolve().parents[2] / "shared" / "spec")
 DIMS = ("surprise", "novelty", "arousal", "reward", "conflict")
 
 
 def _vectors() -> list[dict]:
-    return json.loads(VECTORS.read_text()) if VECTORS.exists() else INLINE_VECTORS
+    return json.loads(VECTORS.read_text())
 
 
 def _weights(**overrides: float) -> SnarcConfig:
@@ -61,10 +50,11 @@ def test_reference_vectors_match_to_1e6(scorer):
         history.append((entry["question"], entry["answer"]))
 
 
-def test_inline_copy_matches_shared_vectors():
-    if not VECTORS.exists():
-        pytest.skip("shared spec folder not present")
-    assert json.loads(VECTORS.read_text()) == INLINE_VECTORS
+def test_kept_copy_matches_the_spec_folders_vectors():
+    spec = SPEC_DIR / "snarc_vectors.json"
+    if not spec.is_file():
+        pytest.skip(f"no {spec} (set SAGE_IRP_SPEC_DIR to the spec folder to compare the kept copy with it)")
+    assert json.loads(spec.read_text()) == _vectors()
 
 
 def test_scores_container(scorer):

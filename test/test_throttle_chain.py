@@ -1,4 +1,4 @@
-"""Issue 4 end to end: a tripped throttle alert in the platform's sysfs makes the diagnostics node
+"""The throttle chain end to end: a tripped throttle alert in the platform's sysfs makes the diagnostics node
 publish ``throttled``, and the IRP node's next answer uses the throttled limits (fewer candidates);
 clearing the alert restores the normal count. Two node processes plus the test, real DDS."""
 

@@ -1,0 +1,106 @@
+"""PyTorch's private kernels, in one place, each used only on the torch versions it was tested on.
+
+The fast paths call operators that are not part of PyTorch's public API:
+
+- ``torch.ops.mkldnn._reorder_linear_weight`` and ``torch.ops.mkldnn._linear_pointwise``: a Linear whose
+  weight is reordered once into oneDNN's blocked layout (``cpu_packing``);
+- ``torch._weight_int8pack_mm``: the weight-only int8 matrix product (``quantize``).
+
+A private operator may change its signature or its numbers, or disappear, in any torch release, so every
+such call goes through this module: on a torch inside ``TESTED_TORCH`` (and where the operator exists) the
+caller gets the operator itself; elsewhere it gets the plain path (``nn.Linear`` left unpacked, the int8
+product through public ops) and one log line says which kernel was skipped and why. A new private kernel
+(for example the int4 ones, ``torch._weight_int4pack_mm_for_cpu`` and
+``torch.ops.aten._convert_weight_to_int4pack_for_cpu``) is added here the same way: an entry in
+``TESTED_TORCH``, a check through ``unavailable`` and a thin call, so ``cpu_packing`` / ``quantize`` never
+name ``torch._*`` or ``torch.ops`` themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from packaging.version import Version
+from packaging.specifiers import SpecifierSet
+import torch
+
+log = logging.getLogger(__name__)
+
+# Per kernel, the torch releases its call was tested on (the unit tests, the benchmarks' agreement checks).
+# Widen a range only after running test/test_cpu_packing.py, test/test_decode.py and test/test_torch_kernels.py
+# on the new release.
+TESTED_TORCH: dict[str, SpecifierSet] = {
+    "onednn_linear": SpecifierSet(">=2.13,<2.14"),
+    "int8_weight_mm": SpecifierSet(">=2.13,<2.14"),
+}
+
+_logged: set[str] = set()
+
+
+def torch_version() -> Version:
+    """The running torch's release (``2.13.0+cpu`` -> ``2.13.0``: local build tags are ignored)."""
+    return Version(Version(torch.__version__).base_version)
+
+
+def _missing(kernel: str) -> str:
+    """What this torch build lacks for ``kernel`` ('' when the operators are there)."""
+    if kernel == "onednn_linear":
+        if not torch.backends.mkldnn.is_available() or _LINEAR_POINTWISE is None:
+            return "this torch build has no oneDNN (mkldnn) linear kernels"
+        return ""
+    if kernel == "int8_weight_mm":
+        return "" if hasattr(torch, "_weight_int8pack_mm") else "this torch build has no _weight_int8pack_mm"
+    raise KeyError(f"unknown kernel {kernel!r}; known: {sorted(TESTED_TORCH)}")
+
+
+def unavailable(kernel: str) -> str:
+    """'' when ``kernel`` may be used here; otherwise why not (an untested torch is logged once per kernel)."""
+    missing = _missing(kernel)
+    if missing:
+        return missing
+    if torch_version() in TESTED_TORCH[kernel]:
+        return ""
+    reason = (f"torch {torch.__version__} is outside the versions the private {kernel} kernel was tested on "
+              f"(torch{TESTED_TORCH[kernel]}): using the plain PyTorch path")
+    if kernel not in _logged:
+        _logged.add(kernel)
+        log.warning("%s", reason)
+    return reason
+
+
+# -- oneDNN blocked-layout Linear (cpu_packing) ------------------------------------------------------------
+def _op_overload(namespace: str, name: str) -> Callable[..., torch.Tensor] | None:
+    try:
+        return getattr(getattr(torch.ops, namespace), name).default
+    except (AttributeError, RuntimeError):
+        return None
+
+
+# Resolved once: a SmolLM2 decoding step makes 211 Linear calls.
+_LINEAR_POINTWISE = _op_overload("mkldnn", "_linear_pointwise")
+
+
+def onednn_reorder_linear_weight(weight: torch.Tensor, rows_hint: int) -> torch.Tensor:
+    """``weight`` reordered into oneDNN's blocked layout for about ``rows_hint`` rows (an opaque tensor)."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight, rows_hint)
+
+
+def onednn_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x @ W.T + bias`` with ``packed`` from ``onednn_reorder_linear_weight`` (no fused post-op)."""
+    return _LINEAR_POINTWISE(x, packed, bias, "none", [], "")
+
+
+# -- weight-only int8 product (quantize) ---------------------------------------------------------------
+def _int8_weight_mm_plain(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The same product as ``torch._weight_int8pack_mm`` through public ops (converts the weight per call)."""
+    return torch.mm(x, qweight.to(x.dtype).t()) * scale.to(x.dtype)
+
+
+def int8_weight_mm_kernel() -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``(x [rows, in], int8 weight [out, in], scale [out]) -> x @ (weight * scale[:, None]).T``.
+
+    PyTorch's int8 kernel on a tested torch, else the plain product (same numbers up to rounding, slower);
+    resolved once by the caller, so the per-step cost is the kernel's own.
+    """
+    return _int8_weight_mm_plain if unavailable("int8_weight_mm") else torch._weight_int8pack_mm
