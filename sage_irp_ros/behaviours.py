@@ -26,7 +26,8 @@ from py_trees.common import Access, Status
 from rclpy.node import Node
 from std_msgs.msg import Bool
 
-from .client import LATCHED, Result, SageClient, topic
+from .client import LATCHED, SageClient, topic
+from .results import Result
 
 ClientSource = Union[SageClient, Callable[[], SageClient], None]
 
@@ -71,7 +72,7 @@ class AskSage(_SageBehaviour):
 
     The question is ``question`` (a constant) or the value of the blackboard key ``question_key``,
     read when the behaviour starts. On an ok result, the answer (str), the salience (float) and the
-    whole result (:class:`~sage_irp_ros.client.Result`) are written to ``answer_key``,
+    whole result (:class:`~sage_irp_ros.results.Result`) are written to ``answer_key``,
     ``salience_key`` and ``result_key``. An error result writes ``result_key`` only (trees can branch
     on ``error_code``) and gives FAILURE, as does no result within ``timeout_s`` (counted from the
     first tick, including the wait for the node to be discovered) or a missing ``question_key``.

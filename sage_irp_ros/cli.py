@@ -18,10 +18,11 @@ the same default parameters file (config/edge.yaml), standard ``--ros-args`` (pa
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import threading
 from typing import Sequence
+
+from .results import Result
 
 DEMO_QUESTIONS = (
     "What is the difference between knowledge and understanding?",
@@ -135,21 +136,22 @@ def _demo(client, stop: threading.Event | None) -> None:
         for n, question in enumerate(DEMO_QUESTIONS, start=1):
             result = client.ask(question, timeout=600, conversation=DEMO_CONVERSATION)
             print(f"\n[demo {n}/5] Q: {question}", flush=True)
-            print(_format(result.raw), flush=True)
+            print(_format(result), flush=True)
     if stop is not None:
         stop.set()
 
 
-def _format(result: dict) -> str:
-    if not result.get("ok"):
-        return f"ERROR {result['error']['code']}: {result['error']['message']}"
-    snarc, timing, irp = result["snarc"], result["timing"], result["irp"]
-    return (f"A: {result['answer']}\n"
-            f"   salience {snarc['total']:.3f} ({'salient' if snarc['salient'] else 'not salient'}: "
-            f"S {snarc['surprise']:.2f} N {snarc['novelty']:.2f} A {snarc['arousal']:.2f} "
-            f"R {snarc['reward']:.2f} C {snarc['conflict']:.2f})\n"
-            f"   {timing['total_s']:.2f} s total, {timing['tokens']} tokens at {timing['tokens_per_s']:.1f}/s, "
-            f"{irp['candidates']} candidates, best energy {irp['best_energy']:.3f}, halt: {irp['halt_reason']}")
+def _format(result: Result) -> str:
+    if not result.ok or result.snarc is None or result.irp is None:
+        return f"ERROR {result.error_code}: {result.error_message}"
+    snarc, timing, irp = result.snarc, result.timing, result.irp
+    energy = f"{irp.best_energy:.3f}" if irp.best_energy is not None else "-"
+    return (f"A: {result.answer}\n"
+            f"   salience {snarc.total:.3f} ({'salient' if snarc.salient else 'not salient'}: "
+            f"S {snarc.surprise:.2f} N {snarc.novelty:.2f} A {snarc.arousal:.2f} "
+            f"R {snarc.reward:.2f} C {snarc.conflict:.2f})\n"
+            f"   {timing.total_s:.2f} s total, {timing.tokens} tokens at {timing.tokens_per_s:.1f}/s, "
+            f"{irp.candidates} candidates, best energy {energy}, halt: {irp.halt_reason}")
 
 
 def _ask(args: argparse.Namespace, ros_args: list[str]) -> int:
@@ -170,7 +172,7 @@ def _ask(args: argparse.Namespace, ros_args: list[str]) -> int:
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
-    print(json.dumps(result.raw, ensure_ascii=False, indent=2) if args.json else _format(result.raw))
+    print(result.to_json(indent=2) if args.json else _format(result))
     return 0 if result.ok else 1
 
 

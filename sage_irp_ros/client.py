@@ -12,7 +12,6 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -21,43 +20,13 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.task import Future
 from std_msgs.msg import String
 
+from .results import Result
+
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 # Results of every client's questions share one topic: a deep reader history so a burst of them (other
 # clients' included) does not overwrite ours before the executor takes it.
 RESULTS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-
-
-@dataclass
-class Result:
-    """A result message, with the fields behaviour trees branch on lifted out."""
-
-    raw: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return bool(self.raw.get("ok"))
-
-    @property
-    def id(self) -> str:
-        return self.raw.get("id", "")
-
-    @property
-    def answer(self) -> str:
-        return self.raw.get("answer", "")
-
-    @property
-    def salience(self) -> float | None:
-        snarc = self.raw.get("snarc")
-        return snarc["total"] if snarc else None
-
-    @property
-    def error_code(self) -> str | None:
-        return (self.raw.get("error") or {}).get("code")
-
-    @property
-    def error_message(self) -> str | None:
-        return (self.raw.get("error") or {}).get("message")
 
 
 def topic(namespace: str, name: str) -> str:
@@ -147,13 +116,13 @@ class SageClient:
     # -- callbacks --------------------------------------------------------------------------------
     def _on_result(self, msg: String) -> None:
         try:
-            data = json.loads(msg.data)
-        except ValueError:
+            result = Result.from_json(msg.data)
+        except (TypeError, ValueError):  # not a result message: no question of ours to match
             return
         with self._lock:
-            future = self._pending.pop(data.get("id"), None)
+            future = self._pending.pop(result.id, None)
         if future is not None and not future.cancelled():
-            future.set_result(Result(data))
+            future.set_result(result)
 
     def _on_status(self, msg: String) -> None:
         try:

@@ -19,12 +19,15 @@ from . import errors
 from .config import SageConfig
 from .conversation import ConversationHistory
 from .errors import ModelLoadError, SageError
+from .irp import CANCELLED as HALT_CANCELLED
 from .irp import DEADLINE as HALT_DEADLINE
-from .irp import IRPEngine
+from .irp import IRPEngine, Refinement
 from .memory_store import Exchange, MemoryStore, open_store
 from .model_loader import LoadedModel, apply_power_mode, load_model, release
+from .options import AnswerOptions
 from .questions import Question
-from .snarc import SURPRISE_WINDOW, SnarcScorer
+from .results import IRPSummary, Result, ResultError, Timing
+from .snarc import SURPRISE_WINDOW, SnarcScorer, SnarcScores
 from .stats import ServingStats
 
 log = logging.getLogger(__name__)
@@ -119,15 +122,14 @@ class SageCore:
 
     # -- answering --------------------------------------------------------------------------------
     def answer(self, question: Question, *, received: float | None = None, throttled: bool = False,
-               cancel: threading.Event | None = None) -> dict[str, Any]:
-        """Answer one question; returns the result dict (see docs/interface.md). Never raises."""
+               cancel: threading.Event | None = None) -> Result:
+        """Answer one question; returns its :class:`Result` (see docs/interface.md). Never raises."""
         received = time.monotonic() if received is None else received
         start = time.monotonic()
         try:
             result = self._answer(question, received, start, throttled, cancel)
-            self.stats.record(ok=True, total_s=result["timing"]["total_s"],
-                              inference_s=result["timing"]["inference_s"],
-                              tokens=result["timing"]["tokens"])
+            self.stats.record(ok=True, total_s=result.timing.total_s, inference_s=result.timing.inference_s,
+                              tokens=result.timing.tokens)
             return result
         except SageError as exc:
             failure = exc
@@ -138,20 +140,15 @@ class SageCore:
         return self.error_result(question, failure, received=received, start=start)
 
     def _answer(self, q: Question, received: float, start: float, throttled: bool,
-                cancel: threading.Event | None) -> dict[str, Any]:
+                cancel: threading.Event | None) -> Result:
         irp_cfg = self.cfg.llm_irp
         self._check_memory_floor()
         if q.reset and q.conversation is not None:  # without one there is no history to clear
             self.history.reset(q.conversation)
-        deadline_s = q.deadline_s or irp_cfg.deadline_s or None
-        deadline = received + deadline_s if deadline_s else None
-        if deadline is not None and time.monotonic() >= deadline:
-            raise SageError(errors.DEADLINE, f"deadline of {deadline_s:g} s passed while the question was queued")
-        adapt = throttled and irp_cfg.enable_thermal_monitoring
-        options = {"max_iterations": irp_cfg.throttled_candidates if adapt else q.max_iterations,
-                   "max_tokens": min(irp_cfg.throttled_max_tokens, irp_cfg.max_tokens) if adapt else None,
-                   "deadline": deadline, "cancel": cancel,
-                   "greedy_candidate": False if adapt else None}  # throttled: only the sampled candidates
+        options = AnswerOptions.resolve(irp_cfg, q, throttled=throttled, received=received, cancel=cancel)
+        if options.deadline is not None and time.monotonic() >= options.deadline:
+            raise SageError(errors.DEADLINE,
+                            f"deadline of {options.deadline_s:g} s passed while the question was queued")
         # Prompt history: only the question's own named conversation (none without one). Surprise's
         # window: the same history in a conversation, else what the node heard last (docs/interface.md).
         history = self.history.get(q.conversation)
@@ -159,46 +156,44 @@ class SageCore:
         with self._lock:
             engine = self._engine()
             try:
-                response, info = self._refine_with_oom_retry(engine, q, history, options)
+                refined = self._refine_with_oom_retry(engine, q, history, options)
             finally:
                 if not irp_cfg.model_keep_alive:
                     self.release_model_only()
-        if not response:
-            if info["halt_reason"] == HALT_DEADLINE:
-                raise SageError(errors.DEADLINE, f"deadline of {deadline_s:g} s passed before any answer")
-            if info["halt_reason"] == "cancelled":
+        if not refined.answer:
+            if refined.irp.halt_reason == HALT_DEADLINE:
+                raise SageError(errors.DEADLINE, f"deadline of {options.deadline_s:g} s passed before any answer")
+            if refined.irp.halt_reason == HALT_CANCELLED:
                 raise SageError(errors.SHUTTING_DOWN, "generation cancelled: the node is stopping")
             raise SageError(errors.INFERENCE_FAILED, "the model produced no answer text")
         inference_s = time.monotonic() - start
-        scores = self.snarc.score(q.text, response, heard, final_energy=info["final_energy"])
-        self.history.add(q.conversation, q.text, response)
-        info["throttled"] = adapt
-        result = self._result(q, ok=True, answer=response, error=None, snarc=scores.as_dict(),
-                              irp=_irp_summary(info), received=received, start=start,
-                              inference_s=inference_s, tokens=info["tokens"])
-        self._store(q, response, scores, result)
+        scores = self.snarc.score(q.text, refined.answer, heard, final_energy=refined.irp.best_energy)
+        self.history.add(q.conversation, q.text, refined.answer)
+        result = self._result(q, answer=refined.answer, snarc=scores, irp=refined.irp, received=received,
+                              start=start, inference_s=inference_s, tokens=refined.tokens)
+        self._store(result)
         return result
 
-    def _refine_with_oom_retry(self, engine: IRPEngine, q: Question, history, options):
+    def _refine_with_oom_retry(self, engine: IRPEngine, q: Question, history,
+                               options: AnswerOptions) -> Refinement:
         try:
-            return engine.refine(q.text, q.context, history, **options)
+            return engine.refine(q.text, q.context, history, options)
         except SageError:
             raise
         except Exception as exc:
             if not _is_oom(exc):
                 raise
             _free_memory()
-            fewer = max(1, (options["max_iterations"] or self.cfg.llm_irp.irp_iterations) // 2)
+            fewer = options.reduced()
             log.warning("out of memory during generation; retrying once with %d candidate(s), one per round",
-                        fewer)
+                        fewer.rows)
             try:
-                return engine.refine(q.text, q.context, history, **{
-                    **options, "max_iterations": fewer, "candidates_per_round": 1, "greedy_candidate": False})
+                return engine.refine(q.text, q.context, history, fewer)
             except Exception as again:
                 if _is_oom(again):
                     _free_memory()
                     raise SageError(errors.OUT_OF_MEMORY, f"out of memory during generation, also with "
-                                                          f"{fewer} candidate(s): {again}") from again
+                                                          f"{fewer.rows} candidate(s): {again}") from again
                 raise
 
     def _engine(self) -> IRPEngine:
@@ -228,41 +223,36 @@ class SageCore:
                 f"available RAM is {available:.0f} MB, under llm_irp.min_available_memory_mb = {floor} MB; "
                 "refusing new questions until memory is freed"))
 
-    def _store(self, q: Question, response: str, scores, result: dict[str, Any]) -> None:
-        if not scores.salient:
+    def _store(self, result: Result) -> None:
+        if result.snarc is None or not result.snarc.salient:
             return
         with self._lock:  # release() holds it while closing: never record into a store being closed
             store = self.store
             if store is None:
                 return
-            store.record(Exchange(stamp=result["stamp"], conversation=q.conversation, question_id=q.id,
-                                  question=q.text, answer=response, scores=scores, irp=result["irp"],
-                                  timing=result["timing"], model=result["model"] or ""))
+            store.record(Exchange.from_result(result))
 
     # -- results ----------------------------------------------------------------------------------
     def error_result(self, q: Question | None, error: SageError, *, question_id: str | None = None,
-                     received: float | None = None, start: float | None = None) -> dict[str, Any]:
+                     received: float | None = None, start: float | None = None) -> Result:
         """The result for a failed question (also used by the node for queue/lifecycle refusals)."""
         now = time.monotonic()
         received = now if received is None else received
         if q is None:
             q = Question(text="", id=question_id) if question_id else Question(text="")
-        return self._result(q, ok=False, answer="", error=error.as_dict(), snarc=None, irp=None,
-                            received=received, start=start or now, inference_s=0.0, tokens=0)
+        return self._result(q, error=ResultError(error.code, error.message), received=received,
+                            start=start or now, inference_s=0.0, tokens=0)
 
-    def _result(self, q: Question, *, ok: bool, answer: str, error: dict | None, snarc: dict | None,
-                irp: dict | None, received: float, start: float, inference_s: float,
-                tokens: int) -> dict[str, Any]:
-        total_s = time.monotonic() - received
-        return {
-            "id": q.id, "conversation": q.conversation, "question": q.text, "ok": ok, "answer": answer,
-            "error": error, "snarc": snarc, "irp": irp,
-            "timing": {"queued_s": round(start - received, 6), "inference_s": round(inference_s, 6),
-                       "total_s": round(total_s, 6), "tokens": tokens,
-                       "tokens_per_s": round(tokens / inference_s, 3) if inference_s > 0 else 0.0},
-            "model": self.lm.model_id if self.lm is not None else None,
-            "warnings": list(q.warnings), "stamp": time.time(),
-        }
+    def _result(self, q: Question, *, answer: str = "", error: ResultError | None = None,
+                snarc: SnarcScores | None = None, irp: IRPSummary | None = None, received: float,
+                start: float, inference_s: float, tokens: int) -> Result:
+        """The one place a result is built: ok exactly when there is no error."""
+        return Result(id=q.id, conversation=q.conversation, question=q.text, ok=error is None, answer=answer,
+                      error=error, snarc=snarc, irp=irp,
+                      timing=Timing.measure(received=received, start=start, now=time.monotonic(),
+                                            inference_s=inference_s, tokens=tokens),
+                      model=self.lm.model_id if self.lm is not None else None, warnings=list(q.warnings),
+                      stamp=time.time())
 
     def store_status(self) -> dict[str, Any]:
         store = self.store
@@ -270,15 +260,6 @@ class SageCore:
             return {"ok": True, "error": None, "path": None, "size_mb": None}
         return {"ok": store.healthy, "error": store.last_error, "path": str(store.path),
                 "size_mb": round(store.size_bytes() / 2**20, 3), "pruned": store.pruned_count}
-
-
-def _irp_summary(info: dict[str, Any]) -> dict[str, Any]:
-    return {"iterations": info["iterations"], "candidates": info["candidates"], "rounds": info["rounds"],
-            "best_energy": info["final_energy"], "energies": [round(e, 6) for e in info["all_energies"]],
-            "temperatures": info["temperatures"], "halt_reason": info["halt_reason"],
-            "converged": info["converged"], "finished": info["finished"], "throttled": info["throttled"],
-            "history_used": info["history_used"], "prefill_s": info["prefill_s"],
-            "decode_s": info["decode_s"], "scoring_s": info["scoring_s"]}
 
 
 def _is_oom(exc: BaseException) -> bool:

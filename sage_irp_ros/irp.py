@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
@@ -25,7 +25,9 @@ from .errors import TOO_LONG, SageError
 from .candidates import Candidate, GenerationRequest, Generator
 from .generation import TorchGenerator
 from .model_loader import LoadedModel
+from .options import AnswerOptions
 from .prompts import build_prompt_ids, clean_answer
+from .results import IRPSummary
 from .selection import PerCandidate, SelectionRule, best_index, selection_rule
 
 CONVERGED, TEMPERATURE_FLOOR, PLATEAU = "converged", "temperature_floor", "plateau"
@@ -63,6 +65,7 @@ class IRPState:
     best_energy: float = float("inf")
     best_finished: bool = False
     greedy_pending: bool = False  # the greedy (T = 0) row is still to be added to the next round
+    throttled: bool = False
     candidates: list[Candidate] = field(default_factory=list)
     responses: list[str] = field(default_factory=list)
     energies: list[float] = field(default_factory=list)
@@ -73,6 +76,17 @@ class IRPState:
     history_used: int = 0
     timings: dict[str, float] = field(default_factory=lambda: {
         "prefill_s": 0.0, "decode_s": 0.0, "scoring_s": 0.0})
+
+
+@dataclass(frozen=True)
+class Refinement:
+    """What one question's refinement gives: the chosen answer, the result's ``irp`` summary, the
+    tokens generated over all candidates and the temperature the schedule ended at."""
+
+    answer: str
+    irp: IRPSummary
+    tokens: int
+    final_temperature: float
 
 
 class IRPEngine:
@@ -91,17 +105,15 @@ class IRPEngine:
         self.use_chat_template = use_chat_template
 
     # -- protocol ---------------------------------------------------------------------------------
-    def init_state(self, question: str, context: str = "", history: Sequence[tuple[str, str]] = (), *,
-                   max_iterations: int | None = None, max_tokens: int | None = None,
-                   candidates_per_round: int | None = None, deadline: float | None = None,
-                   cancel: threading.Event | None = None, min_new_tokens: int = 0,
-                   greedy_candidate: bool | None = None) -> IRPState:
+    def init_state(self, question: str, context: str = "", history: Sequence[tuple[str, str]] = (),
+                   options: AnswerOptions | None = None) -> IRPState:
         """Build the prompt (dropping the oldest history if it would not fit) and the schedule.
 
-        ``greedy_candidate`` overrides ``llm_irp.greedy_candidate`` for this question (the core turns
-        the greedy row off while throttled and when retrying after running out of memory).
+        ``options``: this question's resolved settings; default: :meth:`AnswerOptions.resolve` of the
+        engine's config (no deadline, not throttled).
         """
-        max_tokens = max_tokens or self.cfg.max_tokens
+        options = options if options is not None else AnswerOptions.resolve(self.cfg)
+        max_tokens = options.max_tokens
         history = list(history)
         while True:
             prompt_ids = build_prompt_ids(self.lm.tokenizer, question, context, history,
@@ -113,25 +125,24 @@ class IRPEngine:
                     f"prompt is {len(prompt_ids)} tokens; with max_tokens {max_tokens} it exceeds the "
                     f"model's context window of {self.lm.context_window} tokens"))
             history.pop(0)
-        schedule = temperature_schedule(self.cfg, max_iterations or self.cfg.irp_iterations)
-        per_round = candidates_per_round if candidates_per_round is not None else self.cfg.candidates_per_round
+        schedule = temperature_schedule(self.cfg, options.iterations)
         return IRPState(question=question, context=context, prompt_ids=prompt_ids, schedule=schedule,
-                        max_tokens=max_tokens, round_size=per_round or len(schedule),
-                        deadline=deadline, cancel=cancel, min_new_tokens=min_new_tokens,
+                        max_tokens=max_tokens, round_size=options.candidates_per_round or len(schedule),
+                        deadline=options.deadline, cancel=options.cancel, min_new_tokens=options.min_new_tokens,
                         temperature=self.cfg.initial_temperature, history_used=len(history),
-                        greedy_pending=self.cfg.greedy_candidate if greedy_candidate is None
-                        else greedy_candidate)
+                        greedy_pending=options.greedy, throttled=options.throttled)
 
     def step(self, state: IRPState) -> list[Candidate]:
         """Sample one round of candidates at the next temperatures, score them all, keep the best.
 
         With ``greedy_candidate`` the first round carries one more row at temperature 0: the greedy
-        continuation, decoded in the same batched call (it is not one of the schedule's iterations).
+        continuation, decoded in the same batched call (it is not one of the schedule's iterations);
+        with an empty schedule (throttled) that row is the whole round.
         """
         temps = state.schedule[state.iteration:state.iteration + state.round_size]
-        if not temps:
-            return []
         rows = [*temps, 0.0] if state.greedy_pending else temps
+        if not rows:
+            return []
         state.greedy_pending = False
         batch = self.generator.generate(GenerationRequest(
             state.prompt_ids, rows, state.max_tokens, min_new_tokens=state.min_new_tokens,
@@ -152,7 +163,8 @@ class IRPEngine:
         state.tokens += batch.tokens
         state.iteration += len(temps)
         state.rounds += 1
-        state.temperature = round(max(self.cfg.min_temperature, temps[-1] - self.cfg.temp_reduction), 9)
+        if temps:
+            state.temperature = round(max(self.cfg.min_temperature, temps[-1] - self.cfg.temp_reduction), 9)
         if batch.stopped_early:
             state.halt_reason = CANCELLED if state.cancel is not None and state.cancel.is_set() else DEADLINE
         return batch.candidates
@@ -170,30 +182,24 @@ class IRPEngine:
             state.halt_reason = self._halt_reason(state)
         return state.halt_reason is not None
 
-    def get_result(self, state: IRPState) -> tuple[str, dict[str, Any]]:
-        """(best_response, info) with the research keys plus candidates, halt reason and timings."""
-        return state.best_response, {
-            "iterations": state.iteration,
-            "final_energy": state.best_energy if state.energies else None,
-            "final_temperature": state.temperature,
-            "converged": bool(state.energies) and state.best_energy < self.cfg.energy_convergence_threshold,
-            "all_energies": list(state.energies),
-            "response_count": len(state.responses),
-            "candidates": len(state.responses),
-            "rounds": state.rounds,
-            "temperatures": list(state.temperatures),
-            "halt_reason": state.halt_reason,
-            "tokens": state.tokens,
-            "history_used": state.history_used,
-            "finished": state.best_finished,
-            **{k: round(v, 6) for k, v in state.timings.items()},
-        }
+    def get_result(self, state: IRPState) -> Refinement:
+        """The best response with the result's ``irp`` summary, the tokens and the final temperature."""
+        summary = IRPSummary(
+            iterations=state.iteration, candidates=len(state.responses), rounds=state.rounds,
+            best_energy=state.best_energy if state.energies else None,
+            energies=[round(e, 6) for e in state.energies], temperatures=list(state.temperatures),
+            halt_reason=state.halt_reason,
+            converged=bool(state.energies) and state.best_energy < self.cfg.energy_convergence_threshold,
+            finished=state.best_finished, throttled=state.throttled, history_used=state.history_used,
+            **{k: round(v, 6) for k, v in state.timings.items()})
+        return Refinement(answer=state.best_response, irp=summary, tokens=state.tokens,
+                          final_temperature=state.temperature)
 
     # -- conveniences -----------------------------------------------------------------------------
     def refine(self, question: str, context: str = "", history: Sequence[tuple[str, str]] = (),
-               **options) -> tuple[str, dict[str, Any]]:
+               options: AnswerOptions | None = None) -> Refinement:
         """Run the protocol to the end: init_state, then step until halt, then get_result."""
-        state = self.init_state(question, context, history, **options)
+        state = self.init_state(question, context, history, options)
         if self.cfg.seed >= 0:
             torch.manual_seed(self.cfg.seed)
         while not self.halt(state):
@@ -203,7 +209,7 @@ class IRPEngine:
     def warm_up(self) -> float:
         """One short generation with the real batch shape, so the first question is not slower."""
         start = time.monotonic()
-        state = self.init_state("Hello.", max_tokens=8)
+        state = self.init_state("Hello.", options=AnswerOptions.resolve(self.cfg).replace(max_tokens=8))
         self.step(state)
         return time.monotonic() - start
 
@@ -218,7 +224,7 @@ class IRPEngine:
         window = state.energies[-cfg.energy_plateau_window:]
         if len(window) == cfg.energy_plateau_window and max(window) - min(window) < cfg.energy_plateau_delta:
             return PLATEAU
-        if state.iteration >= len(state.schedule):
+        if state.iteration >= len(state.schedule) and not state.greedy_pending:
             return MAX_ITERATIONS
         if state.deadline is not None and time.monotonic() >= state.deadline:
             return DEADLINE

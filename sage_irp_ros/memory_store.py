@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .config import MemoryConfig
+from .results import Result
 from .snarc import SnarcScores
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,16 @@ class Exchange:
     irp: dict[str, Any] = field(default_factory=dict)
     timing: dict[str, Any] = field(default_factory=dict)
     model: str = ""
+
+    @classmethod
+    def from_result(cls, result: Result) -> "Exchange":
+        """The exchange an answered (ok) result records; raises ValueError for an error result."""
+        if result.snarc is None:
+            raise ValueError(f"result {result.id} has no SNARC scores (an error result is not an exchange)")
+        return cls(stamp=result.stamp, conversation=result.conversation, question_id=result.id,
+                   question=result.question, answer=result.answer, scores=result.snarc,
+                   irp=result.irp.to_dict() if result.irp is not None else {},
+                   timing=result.timing.to_dict(), model=result.model or "")
 
 
 def default_db_path() -> Path:

@@ -28,6 +28,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from .results import Result
+
 LEVELS = {0: ("OK", "green"), 1: ("WARN", "yellow"), 2: ("ERROR", "red"), 3: ("STALE", "bright_black")}
 LIFECYCLE_STYLE = {"active": "green", "inactive": "yellow", "configuring": "yellow", "unconfigured": "red",
                    "finalized": "red"}
@@ -51,7 +53,7 @@ class MonitorState:
         self.namespace = namespace
         self.status: Optional[dict[str, Any]] = None
         self.status_received = 0.0
-        self.results: deque[dict[str, Any]] = deque(maxlen=keep)
+        self.results: deque[Result] = deque(maxlen=keep)
         self.latencies: deque[float] = deque(maxlen=200)
         self.diagnostics: dict[str, tuple[int, str]] = {}
         self.throttled: Optional[bool] = None
@@ -63,12 +65,11 @@ class MonitorState:
             self.status, self.status_received = data, time.monotonic()
         self.changed.set()
 
-    def on_result(self, data: dict[str, Any]) -> None:
+    def on_result(self, result: Result) -> None:
         with self.lock:
-            self.results.append(data)
-            total = (data.get("timing") or {}).get("total_s")
-            if data.get("ok") and isinstance(total, (int, float)):
-                self.latencies.append(float(total))
+            self.results.append(result)
+            if result.ok:
+                self.latencies.append(float(result.timing.total_s))
         self.changed.set()
 
     def on_diagnostics(self, statuses: Sequence[tuple[str, int, str]]) -> None:
@@ -135,14 +136,13 @@ def _answers_table(state: MonitorState) -> Table:
     for name, justify in (("id", "left"), ("salience", "right"), ("latency", "right"), ("answer", "left")):
         table.add_column(name, justify=justify, overflow="ellipsis", no_wrap=name != "answer")
     for r in reversed(state.results):
-        timing = r.get("timing") or {}
-        if r.get("ok"):
-            snarc = r.get("snarc") or {}
-            sal = Text(_num(snarc.get("total"), "{:.3f}"), style="bold magenta" if snarc.get("salient") else "")
-            text = Text(" ".join(str(r.get("answer", "")).split())[:120])
+        if r.ok:
+            salient = r.snarc is not None and r.snarc.salient
+            sal = Text(_num(r.salience, "{:.3f}"), style="bold magenta" if salient else "")
+            text = Text(" ".join(r.answer.split())[:120])
         else:
-            sal, text = Text("-"), Text(f"error {(r.get('error') or {}).get('code')}", style="red")
-        table.add_row(str(r.get("id", "")), sal, _num(timing.get("total_s"), unit=" s"), text)
+            sal, text = Text("-"), Text(f"error {r.error_code}", style="red")
+        table.add_row(r.id, sal, _num(r.timing.total_s, unit=" s"), text)
     if not state.results:
         table.add_row("-", "", "", Text("no results seen yet", style="bright_black"))
     return table
@@ -177,17 +177,18 @@ class _RosMonitor:
 
         from .client import LATCHED, RESULTS, topic
 
-        def as_json(callback):
+        def parsed(callback, parse=json.loads):
             def on_msg(msg: String) -> None:
                 try:
-                    callback(json.loads(msg.data))
-                except ValueError:
-                    pass
+                    value = parse(msg.data)
+                except (TypeError, ValueError):  # not what this topic carries: nothing to show
+                    return
+                callback(value)
             return on_msg
 
         ns = state.namespace
-        node.create_subscription(String, topic(ns, "status"), as_json(state.on_status), LATCHED)
-        node.create_subscription(String, topic(ns, "result"), as_json(state.on_result), RESULTS)
+        node.create_subscription(String, topic(ns, "status"), parsed(state.on_status), LATCHED)
+        node.create_subscription(String, topic(ns, "result"), parsed(state.on_result, Result.from_json), RESULTS)
         node.create_subscription(Bool, topic(ns, "throttled"), lambda m: state.on_throttled(m.data), LATCHED)
         node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: state.on_diagnostics(
             [(s.name, s.level if isinstance(s.level, int) else ord(s.level), s.message) for s in m.status]), 10)

@@ -80,7 +80,7 @@ def test_example_tree_asks_and_logs_the_answer(t):
     answer = Blackboard.storage["/sage/answer"]
     result = Blackboard.storage["/sage/result"]
     assert isinstance(answer, str) and answer.strip()
-    assert result.ok and result.answer == answer and result.raw["conversation"] == "bt-example"
+    assert result.ok and result.answer == answer and result.conversation == "bt-example"
     assert Blackboard.storage["/sage/salience"] == result.salience and 0.0 <= result.salience <= 1.0
     assert any(line.startswith("answer (salience") and answer in line for line in said)
     assert len(t.results_for(result.id)) == 1  # one question published, one result
@@ -95,12 +95,12 @@ def test_ask_sage_alone_writes_its_keys(t):
     assert Blackboard.storage["/me/result"].id == ask.question_id
     assert isinstance(Blackboard.storage["/me/salience"], float)
     assert "/sage/answer" not in Blackboard.storage
-    assert Blackboard.storage["/me/result"].raw["conversation"] is None  # no conversation named
+    assert Blackboard.storage["/me/result"].conversation is None  # no conversation named
     # A second round asks again with a fresh id, and without a conversation it gets no history.
     first = ask.question_id
     assert tick(ask, lambda s: s != Status.RUNNING) == Status.SUCCESS
     assert ask.question_id != first
-    assert ask.result.raw["irp"]["history_used"] == 0
+    assert ask.result.irp.history_used == 0
 
 
 def test_ask_sage_in_a_named_conversation_keeps_its_history(t):
@@ -110,8 +110,8 @@ def test_ask_sage_in_a_named_conversation_keeps_its_history(t):
     used = []
     for _ in range(2):
         assert tick(ask, lambda s: s != Status.RUNNING) == Status.SUCCESS, ask.feedback_message
-        assert ask.result.raw["conversation"] == "bt-dialogue"
-        used.append(ask.result.raw["irp"]["history_used"])
+        assert ask.result.conversation == "bt-dialogue"
+        used.append(ask.result.irp.history_used)
     assert used == [0, 1]
 
 

@@ -8,37 +8,53 @@ import torch
 from sage_irp_ros import errors
 from sage_irp_ros.config import SageConfig
 from sage_irp_ros.core import SageCore
+from sage_irp_ros.options import AnswerOptions
 from sage_irp_ros.questions import Question
+from sage_irp_ros.results import Result, ResultError
 
 RESULT_KEYS = {"id", "conversation", "question", "ok", "answer", "error", "snarc", "irp", "timing", "model",
                "warnings", "stamp"}
 
 
-@pytest.fixture
-def core(tiny_model_dir, tmp_path):
+def _core(model_dir, tmp_path):
     cfg = SageConfig.from_mapping({
-        "model": {"path": str(tiny_model_dir)},
+        "model": {"path": str(model_dir)},
         "llm_irp": {"max_tokens": 8, "irp_iterations": 3, "min_available_memory_mb": 0},
         "snarc": {"salience_threshold": 0.0},  # everything is salient: every answer is stored
         "memory": {"db_path": str(tmp_path / "memory.db"), "consolidation_interval": 2}})
     core = SageCore(cfg)
     core.load()
+    return core
+
+
+@pytest.fixture
+def core(tiny_model_dir, tmp_path):
+    core = _core(tiny_model_dir, tmp_path)
+    yield core
+    core.release()
+
+
+@pytest.fixture
+def plain_core(tiny_plain_model_dir, tmp_path):
+    """The tiny model without a chat template: its greedy row has text (the chat one's is blank)."""
+    core = _core(tiny_plain_model_dir, tmp_path)
     yield core
     core.release()
 
 
 def test_answer_has_the_documented_shape(core):
     result = core.answer(Question(text="What is 2+2?", id="q1"))
-    assert set(result) == RESULT_KEYS and result["ok"] and result["id"] == "q1"
-    assert set(result["snarc"]) == {"surprise", "novelty", "arousal", "reward", "conflict", "total", "salient"}
-    assert result["irp"]["candidates"] == 4 and len(result["irp"]["energies"]) == 4  # + the greedy row
-    assert result["irp"]["temperatures"] == pytest.approx([0.7, 0.647, 0.594, 0.0])
-    assert result["irp"]["iterations"] == 3
-    assert result["timing"]["tokens"] > 0 and result["timing"]["total_s"] >= result["timing"]["inference_s"]
+    assert isinstance(result, Result) and set(result.to_dict()) == RESULT_KEYS and result.ok and result.id == "q1"
+    assert set(result.to_dict()["snarc"]) == {"surprise", "novelty", "arousal", "reward", "conflict", "total",
+                                              "salient"}
+    assert result.irp.candidates == 4 and len(result.irp.energies) == 4  # + the greedy row
+    assert result.irp.temperatures == pytest.approx([0.7, 0.647, 0.594, 0.0])
+    assert result.irp.iterations == 3
+    assert result.timing.tokens > 0 and result.timing.total_s >= result.timing.inference_s
 
 
 def test_salient_exchanges_are_stored_and_consolidated(core, tmp_path):
-    ids = [core.answer(Question(text=f"Question {i}?", id=f"q{i}"))["id"] for i in range(4)]
+    ids = [core.answer(Question(text=f"Question {i}?", id=f"q{i}")).id for i in range(4)]
     with sqlite3.connect(tmp_path / "memory.db") as db:
         stored = [row[0] for row in db.execute("SELECT question_id FROM exchanges ORDER BY id")]
         consolidations = db.execute("SELECT COUNT(*) FROM consolidations").fetchone()[0]
@@ -49,25 +65,25 @@ def test_salient_exchanges_are_stored_and_consolidated(core, tmp_path):
 def test_history_feeds_the_next_prompt_and_reset_clears_it(core):
     core.answer(Question(text="My name is Ada.", conversation="c1"))
     second = core.answer(Question(text="What is my name?", conversation="c1"))
-    assert second["irp"]["history_used"] == 1 and second["conversation"] == "c1"
-    assert core.answer(Question(text="Hi", conversation="c2"))["irp"]["history_used"] == 0
-    assert core.answer(Question(text="Again?", conversation="c1", reset=True))["irp"]["history_used"] == 0
+    assert second.irp.history_used == 1 and second.conversation == "c1"
+    assert core.answer(Question(text="Hi", conversation="c2")).irp.history_used == 0
+    assert core.answer(Question(text="Again?", conversation="c1", reset=True)).irp.history_used == 0
     assert core.reset_history() == 2
 
 
 def test_questions_without_conversation_share_no_history(core):
     first = core.answer(Question(text="What is the capital of France?"))
     second = core.answer(Question(text="Say hello."))
-    assert first["ok"] and second["ok"]
-    assert first["conversation"] is None and second["conversation"] is None
-    assert [first["irp"]["history_used"], second["irp"]["history_used"]] == [0, 0]
+    assert first.ok and second.ok
+    assert first.conversation is None and second.conversation is None
+    assert [first.irp.history_used, second.irp.history_used] == [0, 0]
     core.answer(Question(text="My name is Ada.", conversation="c1"))
-    assert core.answer(Question(text="Name a primary color."))["irp"]["history_used"] == 0
+    assert core.answer(Question(text="Name a primary color.")).irp.history_used == 0
     named = core.answer(Question(text="What is my name?", conversation="c1"))
-    assert named["irp"]["history_used"] == 1  # only its own exchange, none of the unnamed ones
+    assert named.irp.history_used == 1  # only its own exchange, none of the unnamed ones
     assert [q for q, _ in core.history.get("c1")] == ["My name is Ada.", "What is my name?"]
-    assert core.answer(Question(text="Start over?", reset=True))["ok"]  # no conversation: nothing to reset
-    assert core.answer(Question(text="And?", conversation="c1"))["irp"]["history_used"] == 2
+    assert core.answer(Question(text="Start over?", reset=True)).ok  # no conversation: nothing to reset
+    assert core.answer(Question(text="And?", conversation="c1")).irp.history_used == 2
 
 
 def test_named_conversation_salience_is_the_research_scorers_for_its_own_sequence(core):
@@ -81,23 +97,23 @@ def test_named_conversation_salience_is_the_research_scorers_for_its_own_sequenc
         core.answer(Question(text=f"Unrelated words number {n}?"))
         core.answer(Question(text=f"Other dialogue {n}?", conversation="other"))
         result = core.answer(Question(text=vector["question"], conversation="research"))
-        want = research.score(vector["question"], result["answer"], earlier, result["irp"]["best_energy"])
+        want = research.score(vector["question"], result.answer, earlier, result.irp.best_energy)
         for dim, value in want.as_dict().items():
-            assert result["snarc"][dim] == pytest.approx(value, abs=1e-6), dim
-        assert result["snarc"]["surprise"] == pytest.approx(vector["surprise"], abs=1e-6)  # questions only
-        earlier.append((vector["question"], result["answer"]))
+            assert result.snarc.as_dict()[dim] == pytest.approx(value, abs=1e-6), dim
+        assert result.snarc.surprise == pytest.approx(vector["surprise"], abs=1e-6)  # questions only
+        earlier.append((vector["question"], result.answer))
 
 
 def test_surprise_without_conversation_compares_with_what_the_node_heard(core):
-    assert core.answer(Question(text="alpha beta"))["snarc"]["surprise"] == 0.0  # nothing heard yet
+    assert core.answer(Question(text="alpha beta")).snarc.surprise == 0.0  # nothing heard yet
     core.answer(Question(text="gamma delta", conversation="c1"))
-    assert core.answer(Question(text="gamma delta"))["snarc"]["surprise"] == 0.0  # heard, in any conversation
-    assert core.answer(Question(text="epsilon delta"))["snarc"]["surprise"] == pytest.approx(0.5)
+    assert core.answer(Question(text="gamma delta")).snarc.surprise == 0.0  # heard, in any conversation
+    assert core.answer(Question(text="epsilon delta")).snarc.surprise == pytest.approx(0.5)
     for word in ("one", "two", "three"):
         core.answer(Question(text=word, conversation="c2"))
-    assert core.answer(Question(text="alpha beta"))["snarc"]["surprise"] == 1.0  # only the last 3 count
+    assert core.answer(Question(text="alpha beta")).snarc.surprise == 1.0  # only the last 3 count
     core.reset_history()  # the reset_history service forgets what was heard too
-    assert core.answer(Question(text="zeta"))["snarc"]["surprise"] == 0.0
+    assert core.answer(Question(text="zeta")).snarc.surprise == 0.0
 
 
 def test_exchanges_without_conversation_are_stored_as_unnamed(core):
@@ -108,20 +124,65 @@ def test_exchanges_without_conversation_are_stored_as_unnamed(core):
     assert [r["question_id"] for r in core.store.query(conversation="")] == ["u1"]
 
 
-def test_throttled_uses_fewer_candidates_and_tokens(core):
-    result = core.answer(Question(text="Hi"), throttled=True)
-    assert result["irp"]["candidates"] == 1 and result["irp"]["throttled"]
+def test_throttled_answers_with_the_greedy_row_only(plain_core):
+    """Throttled: one row at T = 0, the very text an unthrottled run's greedy row gives; no sampled rows."""
+    core = plain_core
+    result = core.answer(Question(text="What is 2+2?"), throttled=True)
+    assert result.ok and result.irp.throttled
+    assert (result.irp.candidates, result.irp.iterations, result.irp.rounds) == (1, 0, 1)
+    assert result.irp.temperatures == [0.0] and len(result.irp.energies) == 1
+    engine = core.engine
+    state = engine.init_state("What is 2+2?", options=AnswerOptions.resolve(core.cfg.llm_irp))
+    while not engine.halt(state):
+        engine.step(state)
+    greedy = [c for c in state.candidates if c.temperature == 0.0]
+    assert len(state.candidates) == 4 and len(greedy) == 1
+    assert result.answer == greedy[0].text and not engine.get_result(state).irp.throttled
+    core.reconfigure(SageConfig.from_mapping({**_mapping(core), "llm_irp": {
+        **_mapping(core)["llm_irp"], "throttled_max_tokens": 2}}))
+    short = core.answer(Question(text="What is 2+2?"), throttled=True)
+    assert short.irp.candidates == 1 and 0 < short.timing.tokens <= 2
     core.reconfigure(SageConfig.from_mapping({**_mapping(core), "llm_irp": {
         **_mapping(core)["llm_irp"], "enable_thermal_monitoring": False}}))
-    assert core.answer(Question(text="Hi"), throttled=True)["irp"]["candidates"] == 4
+    normal = core.answer(Question(text="Hi"), throttled=True)
+    assert normal.irp.candidates == 4 and not normal.irp.throttled and normal.irp.iterations == 3
+
+
+def test_out_of_memory_while_throttled_retries_the_greedy_row(plain_core, monkeypatch):
+    import sage_irp_ros.decode as decode_loop
+
+    real = decode_loop.decode
+    calls = []
+
+    def oom_once(model, prompt_ids, temperatures, *args, **kwargs):
+        calls.append(list(temperatures))
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(model, prompt_ids, temperatures, *args, **kwargs)
+
+    monkeypatch.setattr(decode_loop, "decode", oom_once)
+    result = plain_core.answer(Question(text="Hi"), throttled=True)
+    assert result.ok and calls == [[0.0], [0.0]] and result.irp.candidates == 1 and result.irp.throttled
+
+
+def test_result_json_round_trips_and_salient_results_are_stored_from_it(core):
+    result = core.answer(Question(text="What is 2+2?", id="rt", conversation="c1"))
+    assert Result.from_json(result.to_json()) == result
+    row = core.store.query()[-1]
+    assert (row["question_id"], row["conversation"], row["answer"]) == ("rt", "c1", result.answer)
+    assert row["irp"] == result.irp.to_dict() and row["timing"] == result.timing.to_dict()
+    assert row["total"] == result.salience and row["stamp"] == result.stamp
+    failed = core.error_result(Question(text="x", id="e1"), errors.SageError(errors.QUEUE_FULL, "full"))
+    assert not failed.ok and failed.error_code == errors.QUEUE_FULL and failed.salience is None
+    assert Result.from_json(failed.to_json()) == failed
 
 
 def test_memory_floor_refuses_with_out_of_memory(core):
     core.reconfigure(SageConfig.from_mapping({**_mapping(core), "llm_irp": {
         **_mapping(core)["llm_irp"], "min_available_memory_mb": 1_000_000}}))
     result = core.answer(Question(text="Hi"))
-    assert not result["ok"] and result["error"]["code"] == errors.OUT_OF_MEMORY
-    assert "min_available_memory_mb" in result["error"]["message"]
+    assert not result.ok and result.error.code == errors.OUT_OF_MEMORY
+    assert "min_available_memory_mb" in result.error.message
 
 
 def test_generation_failure_is_a_result_and_serving_continues(core, monkeypatch):
@@ -135,9 +196,9 @@ def test_generation_failure_is_a_result_and_serving_continues(core, monkeypatch)
 
     monkeypatch.setattr(decode_loop, "decode", broken)
     failed = core.answer(Question(text="Hi"))
-    assert failed["error"] == {"code": errors.INFERENCE_FAILED, "message": "ValueError: kernel exploded"}
+    assert failed.error == ResultError(errors.INFERENCE_FAILED, "ValueError: kernel exploded")
     monkeypatch.setattr(decode_loop, "decode", real)
-    assert core.answer(Question(text="Hi"))["ok"]
+    assert core.answer(Question(text="Hi")).ok
     assert core.stats.snapshot()["errors"] == 1
 
 
@@ -155,20 +216,20 @@ def test_out_of_memory_retries_once_with_fewer_candidates(core, monkeypatch):
 
     monkeypatch.setattr(decode_loop, "decode", oom_once)
     result = core.answer(Question(text="Hi"))
-    assert result["ok"] and calls[0] == 4 and set(calls[1:]) == {1} and result["irp"]["candidates"] == 1
+    assert result.ok and calls[0] == 4 and set(calls[1:]) == {1} and result.irp.candidates == 1
 
 
 def test_keep_alive_false_releases_the_model_after_each_answer(core):
     core.reconfigure(SageConfig.from_mapping({**_mapping(core), "llm_irp": {
         **_mapping(core)["llm_irp"], "model_keep_alive": False}}))
-    assert core.answer(Question(text="Hi"))["ok"] and core.lm is None
-    assert core.answer(Question(text="Hi again"))["ok"] and core.lm is None
+    assert core.answer(Question(text="Hi")).ok and core.lm is None
+    assert core.answer(Question(text="Hi again")).ok and core.lm is None
 
 
 def test_deadline_passed_in_queue(core):
     import time
     result = core.answer(Question(text="Hi", deadline_s=0.5), received=time.monotonic() - 1.0)
-    assert result["error"]["code"] == errors.DEADLINE and result["timing"]["queued_s"] >= 1.0
+    assert result.error.code == errors.DEADLINE and result.timing.queued_s >= 1.0
 
 
 def test_unwritable_store_does_not_stop_answers(tiny_model_dir, tmp_path):
@@ -179,7 +240,7 @@ def test_unwritable_store_does_not_stop_answers(tiny_model_dir, tmp_path):
                                    "memory": {"db_path": str(blocker / "memory.db")}})
     core = SageCore(cfg)
     core.load()
-    assert core.answer(Question(text="Hi"))["ok"]
+    assert core.answer(Question(text="Hi")).ok
     status = core.store_status()
     assert not status["ok"] and str(blocker) in status["error"]
 
@@ -196,13 +257,13 @@ def _mapping(core):
 def test_client_errors_are_refusals_and_latency_comes_from_answers_only(core):
     import time
     ok = core.answer(Question(text="Hi", id="ok-1"))
-    assert ok["ok"]
+    assert ok.ok
     for _ in range(3):  # a client's deadline that passed while queued: a refusal, not a failure
         result = core.answer(Question(text="Hi", deadline_s=0.5), received=time.monotonic() - 1.0)
-        assert result["error"]["code"] == errors.DEADLINE
+        assert result.error.code == errors.DEADLINE
     snap = core.stats.snapshot()
     assert (snap["served"], snap["errors"], snap["refused"], snap["consecutive_errors"]) == (1, 0, 3, 0)
-    assert snap["last"]["total_s"] == ok["timing"]["total_s"] and snap["latency"]["count"] == 1
+    assert snap["last"]["total_s"] == ok.timing.total_s and snap["latency"]["count"] == 1
 
 
 def test_history_bounds_apply_at_once(core):
@@ -213,7 +274,7 @@ def test_history_bounds_apply_at_once(core):
         **_mapping(core)["memory"], "circular_buffer_size": 1, "max_conversations": 1}}))
     assert len(core.history) == 1 and core.history.get("c1") == []  # c1 was least recently used
     core.answer(Question(text="Again?", conversation="c2"))
-    assert core.answer(Question(text="And?", conversation="c2"))["irp"]["history_used"] == 1
+    assert core.answer(Question(text="And?", conversation="c2")).irp.history_used == 1
 
 
 def test_a_warm_up_failure_releases_the_model_it_loaded(tmp_path):

@@ -13,6 +13,7 @@ from sage_irp_ros.candidates import Candidate, GenerationRequest
 from sage_irp_ros.generation import TorchGenerator
 from sage_irp_ros.irp import IRPEngine, temperature_schedule
 from sage_irp_ros.model_loader import load_model
+from sage_irp_ros.options import AnswerOptions
 from sage_irp_ros.prompts import seed_prompt
 from tiny_models import build_tiny_model
 
@@ -23,6 +24,11 @@ def _engine(model_dir, energy=None, **irp):
     cfg = SageConfig.from_mapping({"model": {"path": str(model_dir)},
                                    "llm_irp": {"max_tokens": 6, "device": "cpu", **irp}})
     return IRPEngine(load_model(cfg.model, cfg.llm_irp), cfg.llm_irp, energy=energy)
+
+
+def _options(engine, **changes):
+    """The engine config's options for a question, with ``changes``."""
+    return AnswerOptions.resolve(engine.cfg).replace(**changes)
 
 
 def _spread_energy():
@@ -51,23 +57,22 @@ def test_batched_and_sequential_agree(tiny_model_dir, irp, halt):
     runs = {}
     for per_round in (1, 0):
         engine = _engine(tiny_model_dir, energy=_spread_energy(), candidates_per_round=per_round, **irp)
-        _, info = engine.refine("What is 2+2?")
-        runs[per_round] = info
+        runs[per_round] = engine.refine("What is 2+2?").irp
     seq, batched = runs[1], runs[0]
-    assert seq["candidates"] == batched["candidates"]
-    assert seq["temperatures"] == pytest.approx(batched["temperatures"])
-    assert seq["halt_reason"] == batched["halt_reason"] == halt
-    assert seq["rounds"] == seq["candidates"] and batched["rounds"] == 1
+    assert seq.candidates == batched.candidates
+    assert seq.temperatures == pytest.approx(batched.temperatures)
+    assert seq.halt_reason == batched.halt_reason == halt
+    assert seq.rounds == seq.candidates and batched.rounds == 1
 
 
 def test_sequential_halts_on_plateau_between_rounds(tiny_model_dir):
     flat = lambda candidate, t0: 0.5  # noqa: E731
     engine = _engine(tiny_model_dir, energy=flat, irp_iterations=6, temp_reduction=0.01, candidates_per_round=1)
-    _, info = engine.refine("Hi")
-    assert info["halt_reason"] == "plateau" and info["candidates"] == 3
+    info = engine.refine("Hi").irp
+    assert info.halt_reason == "plateau" and info.candidates == 3
     engine = _engine(tiny_model_dir, energy=flat, irp_iterations=6, temp_reduction=0.01, candidates_per_round=2)
-    _, info = engine.refine("Hi")
-    assert info["halt_reason"] == "plateau" and info["candidates"] == 4  # checked after each 2-row round
+    info = engine.refine("Hi").irp
+    assert info.halt_reason == "plateau" and info.candidates == 4  # checked after each 2-row round
 
 
 def test_convergence_halts_and_keeps_best(tiny_model_dir):
@@ -78,14 +83,15 @@ def test_convergence_halts_and_keeps_best(tiny_model_dir):
     while not engine.halt(state):
         engine.step(state)
         steps += 1
-    response, info = engine.get_result(state)
-    assert steps == 2 and info["halt_reason"] == "converged" and info["converged"]
-    assert info["final_energy"] == 0.05 and response == state.responses[1]
+    refined = engine.get_result(state)
+    assert steps == 2 and refined.irp.halt_reason == "converged" and refined.irp.converged
+    assert refined.irp.best_energy == 0.05 and refined.answer == state.responses[1]
 
 
 def test_deadline_cuts_generation_and_returns_best_so_far(tiny_model_dir):
     engine = _engine(tiny_model_dir, irp_iterations=3, max_tokens=4000)
-    state = engine.init_state("Hi", max_tokens=400, min_new_tokens=400, deadline=time.monotonic() + 0.05)
+    state = engine.init_state("Hi", options=_options(engine, max_tokens=400, min_new_tokens=400,
+                                                     deadline=time.monotonic() + 0.05))
     engine.step(state)
     assert engine.halt(state) and state.halt_reason == "deadline"
     assert 0 < state.tokens < 3 * 400 and len(state.responses) == 3
@@ -93,7 +99,7 @@ def test_deadline_cuts_generation_and_returns_best_so_far(tiny_model_dir):
 
 def test_deadline_already_passed_means_no_generation(tiny_model_dir):
     engine = _engine(tiny_model_dir)
-    state = engine.init_state("Hi", deadline=time.monotonic() - 1)
+    state = engine.init_state("Hi", options=_options(engine, deadline=time.monotonic() - 1))
     assert engine.halt(state) and state.halt_reason == "deadline" and state.tokens == 0
 
 
@@ -101,9 +107,25 @@ def test_cancel_stops_generation(tiny_model_dir):
     engine = _engine(tiny_model_dir)
     cancel = threading.Event()
     cancel.set()
-    state = engine.init_state("Hi", max_tokens=300, min_new_tokens=300, cancel=cancel)
+    state = engine.init_state("Hi", options=_options(engine, max_tokens=300, min_new_tokens=300, cancel=cancel))
     engine.step(state)
     assert state.halt_reason == "cancelled" and state.tokens < 300
+
+
+def test_greedy_row_alone_is_one_round_on_an_empty_schedule(tiny_model_dir):
+    """Throttled options: no schedule, one greedy row; halting waits for it, and nothing is sampled."""
+    engine = _engine(tiny_model_dir, irp_iterations=3, throttled_max_tokens=4)  # greedy_candidate off: no matter
+    options = AnswerOptions.resolve(engine.cfg, throttled=True)
+    state = engine.init_state("What is 2+2?", options=options)
+    assert state.schedule == [] and not engine.halt(state)
+    assert [c.temperature for c in engine.step(state)] == [0.0]
+    assert engine.halt(state) and engine.step(state) == []
+    refined = engine.get_result(state)
+    assert (refined.irp.iterations, refined.irp.candidates, refined.irp.rounds) == (0, 1, 1)
+    assert refined.irp.throttled and refined.irp.temperatures == [0.0] and 0 < refined.tokens <= 4
+    assert refined.answer == state.responses[0] and refined.final_temperature == engine.cfg.initial_temperature
+    late = engine.init_state("Hi", options=options.replace(deadline=time.monotonic() - 1))
+    assert engine.halt(late) and late.halt_reason == "deadline"
 
 
 def test_recorded_logprobs_are_untempered(tiny_model_dir):

@@ -280,8 +280,8 @@ def test_questions_without_conversation_share_nothing_and_a_named_one_keeps_its_
     assert warned["irp"]["history_used"] == 0 and "'reset' has no effect" in warned["warnings"][0]
     assert _ok(t.ask("And now?", conversation="dialogue-1"))["irp"]["history_used"] == 2
     # The same through SageClient.ask(conversation=) and `sage_irp ask --conversation`.
-    assert t.client.ask("Who am I?", timeout=60, conversation="dialogue-2").raw["irp"]["history_used"] == 1
-    assert t.client.ask("Who am I?", timeout=60).raw["irp"]["history_used"] == 0
+    assert t.client.ask("Who am I?", timeout=60, conversation="dialogue-2").irp.history_used == 1
+    assert t.client.ask("Who am I?", timeout=60).irp.history_used == 0
     cli = subprocess.run([sys.executable, "-m", "sage_irp_ros.cli", "ask", "One more?", "--conversation",
                           "dialogue-2", "--json", "--timeout", "60", "--namespace", shared.proc.namespace],
                          env=shared.env, capture_output=True, text=True, timeout=120)

@@ -238,10 +238,11 @@ def test_answer_topics_are_lifecycle_publishers_status_and_result_are_not(tmp_pa
 
 
 # -- throttling -----------------------------------------------------------------------------------------
-def test_throttled_from_volatile_and_latched_publishers_goes_stale(tiny_model_dir, tmp_path, ros_env):
+def test_throttled_from_volatile_and_latched_publishers_goes_stale(tiny_plain_model_dir, tmp_path, ros_env):
+    # the plain tiny model: its greedy row (all a throttled answer is) has text; the chat one's is blank
     node = RunningNode(tmp_path, env=ros_env, params={
-        "model.path": str(tiny_model_dir), "memory.db_path": "none", "llm_irp.irp_iterations": 3,
-        "llm_irp.throttled_candidates": 1, "node.throttled_timeout_s": 2.0})
+        "model.path": str(tiny_plain_model_dir), "memory.db_path": "none", "llm_irp.irp_iterations": 3,
+        "node.throttled_timeout_s": 2.0})
     t = node.tester
     ns = node.proc.namespace
     try:

@@ -22,6 +22,7 @@ from rich.console import Console  # noqa: E402
 from ros_harness import RunningNode  # noqa: E402
 from sage_irp_ros.memory_store import Exchange, MemoryStore  # noqa: E402
 from sage_irp_ros.monitor import MonitorState, render  # noqa: E402
+from sage_irp_ros.results import Result, ResultError, Timing  # noqa: E402
 from sage_irp_ros.snarc import SnarcScores  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,10 +91,9 @@ def test_render_colours_diagnostics_by_level_and_lists_answers():
                      "queue_size": 8, "served": 2, "errors": 1, "consecutive_errors": 0, "rss_mb": 700.0,
                      "throttled": False, "latency": {"p50_s": 1.5, "p95_s": 2.5, "count": 2},
                      "last": {"total_s": 2.5, "tokens_per_s": 40.0}})
-    state.on_result({"id": "q1", "ok": True, "answer": "Four.\nReally.", "timing": {"total_s": 1.5},
-                     "snarc": {"total": 0.42, "salient": True}})
-    state.on_result({"id": "q2", "ok": False, "answer": "", "error": {"code": "queue_full", "message": "x"},
-                     "timing": {"total_s": 0.0}})
+    state.on_result(Result(id="q1", ok=True, answer="Four.\nReally.", timing=Timing(total_s=1.5),
+                           snarc=SnarcScores(0.1, 0.2, 0.3, 0.4, 0.5, total=0.42, salient=True)))
+    state.on_result(Result(id="q2", ok=False, error=ResultError("queue_full", "x"), timing=Timing(total_s=0.0)))
     state.on_diagnostics([("sage_diagnostics: Memory", 0, "fine"), ("sage_diagnostics: Thermal", 1, "hot"),
                           ("sage_diagnostics: IRP inference", 2, "failing"), ("sage_diagnostics: Power", 3, "old")])
     state.on_throttled(True)

@@ -27,6 +27,7 @@ from bench.research_loop import ResearchIRP, research_energy  # noqa: E402
 from sage_irp_ros.config import SageConfig  # noqa: E402
 from sage_irp_ros.irp import IRPEngine, temperature_schedule  # noqa: E402
 from sage_irp_ros.model_loader import load_model  # noqa: E402
+from sage_irp_ros.options import AnswerOptions  # noqa: E402
 
 EDGE = {"irp_iterations": 3, "initial_temperature": 0.7, "min_temperature": 0.54, "temp_reduction": 0.053}
 DESKTOP = {"irp_iterations": 5, "initial_temperature": 0.7, "min_temperature": 0.54, "temp_reduction": 0.04}
@@ -67,9 +68,13 @@ def _baseline(lm, cfg, **kwargs):
                        **kwargs)
 
 
+def _one_per_round(cfg, **changes):
+    return AnswerOptions.resolve(cfg).replace(candidates_per_round=1, **changes)
+
+
 def _engine_sequential(lm, cfg, question, energy=None):
     engine = IRPEngine(lm, cfg, energy=energy, use_chat_template=False)
-    return engine.refine(question, candidates_per_round=1)
+    return engine.refine(question, options=_one_per_round(cfg))
 
 
 @pytest.mark.parametrize("stream", sorted(STREAMS))
@@ -77,13 +82,13 @@ def _engine_sequential(lm, cfg, question, energy=None):
 def test_same_decisions_on_the_same_energy_stream(lm, schedule, stream):
     cfg = _irp_cfg(SCHEDULES[schedule])
     _, base = _baseline(lm, cfg, energy_fn=_scripted(STREAMS[stream]), seed=0).refine("What is 2+2?")
-    _, eng = _engine_sequential(lm, cfg, "What is 2+2?", energy=_scripted(STREAMS[stream]))
-    assert eng["response_count"] == base["response_count"]
-    assert eng["temperatures"] == pytest.approx(base["temperatures"], abs=1e-9)
-    assert eng["halt_reason"] == base["halt_reason"]
-    assert eng["all_energies"] == base["all_energies"]
-    assert eng["final_energy"] == base["final_energy"]
-    assert eng["rounds"] == eng["response_count"]  # one generate call per candidate, like the research loop
+    eng = _engine_sequential(lm, cfg, "What is 2+2?", energy=_scripted(STREAMS[stream])).irp
+    assert eng.candidates == base["response_count"]
+    assert eng.temperatures == pytest.approx(base["temperatures"], abs=1e-9)
+    assert eng.halt_reason == base["halt_reason"]
+    assert eng.energies == base["all_energies"]  # the streams' values need no more than the summary's 6 digits
+    assert eng.best_energy == base["final_energy"]
+    assert eng.rounds == eng.candidates  # one generate call per candidate, like the research loop
 
 
 def test_schedules_match_the_research_floats():
@@ -113,15 +118,15 @@ def test_same_tokens_texts_and_decisions_on_fixed_seeds(lm, schedule):
     for seed in range(6):
         _, base = _baseline(lm, cfg, top_k=None, seed=seed).refine(question)
         engine = IRPEngine(lm, cfg, use_chat_template=False)
-        state = engine.init_state(question, candidates_per_round=1)
+        state = engine.init_state(question, options=_one_per_round(cfg))
         torch.manual_seed(seed)
         while not engine.halt(state):
             engine.step(state)
-        _, eng = engine.get_result(state)
-        assert eng["response_count"] == base["response_count"], seed
-        assert eng["temperatures"] == pytest.approx(base["temperatures"], abs=1e-9), seed
-        assert eng["halt_reason"] == base["halt_reason"], seed
-        assert eng["all_energies"] == pytest.approx(base["all_energies"], abs=1e-12), seed
+        eng = engine.get_result(state).irp
+        assert eng.candidates == base["response_count"], seed
+        assert eng.temperatures == pytest.approx(base["temperatures"], abs=1e-9), seed
+        assert eng.halt_reason == base["halt_reason"], seed
+        assert state.energies == pytest.approx(base["all_energies"], abs=1e-12), seed  # unrounded
         # the engine's answer extraction also cuts an echoed "\nQuestion:" and drops NULs; the baseline keeps them
         assert state.responses == [r.split("\nQuestion:")[0].replace("\x00", "").strip()
                                    for r in base["responses"]], seed
@@ -143,7 +148,8 @@ def test_forced_length_gives_equal_tokens(lm):
     cfg = _irp_cfg(DESKTOP, energy_convergence_threshold=0.0, energy_plateau_delta=0.0, max_tokens=5)
     _, base = _baseline(lm, cfg, min_new_tokens=5, seed=3).refine("Are you aware of this conversation?")
     engine = IRPEngine(lm, cfg, use_chat_template=False)
-    _, eng = engine.refine("Are you aware of this conversation?", min_new_tokens=5)  # batched N x 1
-    assert base["response_count"] == eng["response_count"] == 4
-    assert base["tokens"] == eng["tokens"] == 4 * 5
-    assert eng["rounds"] == 1
+    refined = engine.refine("Are you aware of this conversation?",
+                            options=AnswerOptions.resolve(cfg).replace(min_new_tokens=5))  # batched N x 1
+    assert base["response_count"] == refined.irp.candidates == 4
+    assert base["tokens"] == refined.tokens == 4 * 5
+    assert refined.irp.rounds == 1

@@ -132,10 +132,10 @@ def test_engine_adds_one_greedy_row_to_the_first_round(lm):
                                                "energy_convergence_threshold": 0.0}}).llm_irp
     assert cfg.greedy_candidate  # on by default
     engine = IRPEngine(lm, cfg)
-    response, info = engine.refine("What is 2+2?")
-    assert info["temperatures"] == pytest.approx([0.7, 0.0, 0.647, 0.594])
-    assert info["iterations"] == 3 and info["candidates"] == 4 and info["rounds"] == 3
-    assert len(info["all_energies"]) == 4 and info["final_energy"] == min(info["all_energies"])
+    info = engine.refine("What is 2+2?").irp
+    assert info.temperatures == pytest.approx([0.7, 0.0, 0.647, 0.594])
+    assert info.iterations == 3 and info.candidates == 4 and info.rounds == 3
+    assert len(info.energies) == 4 and round(info.best_energy, 6) == min(info.energies)
     off = IRPEngine(lm, SageConfig.from_mapping({"llm_irp": {"max_tokens": 6, "device": "cpu",
                                                              "greedy_candidate": False}}).llm_irp)
-    assert 0.0 not in off.refine("What is 2+2?")[1]["temperatures"]
+    assert 0.0 not in off.refine("What is 2+2?").irp.temperatures

@@ -13,13 +13,13 @@ ORIN = Path(__file__).resolve().parent / "data" / "sysfs" / "orin_nano_jp6"
 ALERT = "sys/class/thermal/cooling_device2/cur_state"  # gpu-throttle-alert in the recorded tree
 
 
-def test_tripped_alert_reduces_candidates_until_it_clears(tiny_model_dir, tmp_path):
+def test_tripped_alert_reduces_candidates_until_it_clears(tiny_plain_model_dir, tmp_path):
     root = tmp_path / "sysfs"
     shutil.copytree(ORIN, root)
     assert (root / ALERT).parent.joinpath("type").read_text().strip() == "gpu-throttle-alert"
     (root / ALERT).write_text("1\n")
-    irp = RunningNode(tmp_path, params={"model.path": str(tiny_model_dir), "llm_irp.irp_iterations": 3,
-                                        "llm_irp.throttled_candidates": 1})
+    # the plain tiny model: its greedy row (all a throttled answer is) has text; the chat one's is blank
+    irp = RunningNode(tmp_path, params={"model.path": str(tiny_plain_model_dir), "llm_irp.irp_iterations": 3})
     log = open(tmp_path / "diagnostics.log", "w")
     diagnostics = subprocess.Popen(
         [sys.executable, "-m", "sage_irp_ros.diagnostics_node", "--ros-args", "-r",
@@ -29,6 +29,7 @@ def test_tripped_alert_reduces_candidates_until_it_clears(tiny_model_dir, tmp_pa
         irp.tester.wait_status(lambda s: s["throttled"], timeout=60)
         throttled = irp.tester.ask("What is 2+2?")
         assert throttled["ok"] and throttled["irp"]["throttled"] and throttled["irp"]["candidates"] == 1
+        assert throttled["irp"]["iterations"] == 0 and throttled["irp"]["temperatures"] == [0.0]  # greedy only
 
         mark = irp.tester.status_mark()
         (root / ALERT).write_text("0\n")

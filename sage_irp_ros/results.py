@@ -1,0 +1,164 @@
+"""The result of one question, typed: what the ``result`` topic carries, built in one place.
+
+A :class:`Result` is produced by the core for every question (answered or refused) and read back by
+every consumer (client, behaviours, CLI, monitor, memory store), so no one builds or parses the
+result JSON by hand. Its JSON is the documented one (docs/interface.md, "Result JSON"): the same keys,
+in the same order. :meth:`Result.from_dict` ignores keys it does not know and gives missing ones
+their defaults, so a client and a node of neighbouring versions still understand each other.
+
+No torch and no rclpy here: the torch-free installs and the ROS front ends share this module.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Mapping, TypeVar
+
+from .snarc import SnarcScores
+
+_T = TypeVar("_T")
+
+
+def _known(cls: type[_T], data: Mapping[str, Any]) -> _T:
+    """``cls`` built from the keys of ``data`` that are its fields (the others are ignored)."""
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True)
+class ResultError:
+    """Why a question has no answer: a stable code (:mod:`sage_irp_ros.errors`) and a message."""
+
+    code: str
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ResultError":
+        return cls(code=str(data.get("code", "")), message=str(data.get("message", "")))
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Where the question's time went; ``tokens`` counts every generated token of every candidate."""
+
+    queued_s: float = 0.0
+    inference_s: float = 0.0
+    total_s: float = 0.0
+    tokens: int = 0
+    tokens_per_s: float = 0.0
+
+    @classmethod
+    def measure(cls, *, received: float, start: float, now: float, inference_s: float,
+                tokens: int) -> "Timing":
+        """Timing from monotonic instants: received (queued), start (inference began) and now."""
+        return cls(queued_s=round(start - received, 6), inference_s=round(inference_s, 6),
+                   total_s=round(now - received, 6), tokens=tokens,
+                   tokens_per_s=round(tokens / inference_s, 3) if inference_s > 0 else 0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Timing":
+        return _known(cls, data)
+
+
+@dataclass(frozen=True)
+class IRPSummary:
+    """The result's ``irp`` object: how the answer was chosen among the candidates.
+
+    ``iterations`` counts the schedule's sampled candidates; ``candidates``, ``energies`` and
+    ``temperatures`` also count the greedy row (temperature 0.0) when one was decoded.
+    """
+
+    iterations: int = 0
+    candidates: int = 0
+    rounds: int = 0
+    best_energy: float | None = None
+    energies: list[float] = field(default_factory=list)
+    temperatures: list[float] = field(default_factory=list)
+    halt_reason: str | None = None
+    converged: bool = False
+    finished: bool = False
+    throttled: bool = False
+    history_used: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    scoring_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "IRPSummary":
+        return _known(cls, data)
+
+
+@dataclass(frozen=True)
+class Result:
+    """One question's result, ok or not (then ``answer`` is empty and ``snarc``/``irp`` are None)."""
+
+    id: str
+    conversation: str | None = None
+    question: str = ""
+    ok: bool = False
+    answer: str = ""
+    error: ResultError | None = None
+    snarc: SnarcScores | None = None
+    irp: IRPSummary | None = None
+    timing: Timing = field(default_factory=Timing)
+    model: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    stamp: float = 0.0
+
+    # -- what behaviour trees branch on ----------------------------------------------------------
+    @property
+    def salience(self) -> float | None:
+        """Total SNARC salience of an answer; None for an error result."""
+        return self.snarc.total if self.snarc is not None else None
+
+    @property
+    def error_code(self) -> str | None:
+        return self.error.code if self.error is not None else None
+
+    @property
+    def error_message(self) -> str | None:
+        return self.error.message if self.error is not None else None
+
+    # -- JSON ------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The result JSON as a dict, keys in the documented order."""
+        return {"id": self.id, "conversation": self.conversation, "question": self.question, "ok": self.ok,
+                "answer": self.answer, "error": self.error.to_dict() if self.error is not None else None,
+                "snarc": self.snarc.as_dict() if self.snarc is not None else None,
+                "irp": self.irp.to_dict() if self.irp is not None else None,
+                "timing": self.timing.to_dict(), "model": self.model, "warnings": list(self.warnings),
+                "stamp": self.stamp}
+
+    def to_json(self, indent: int | None = None) -> str:
+        """The ``result`` message text (UTF-8 kept as is)."""
+        return json.dumps(self.to_dict(), ensure_ascii=False, indent=indent)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Result":
+        """A Result from a decoded result message; raises TypeError/ValueError on a malformed one."""
+        if not isinstance(data, Mapping):
+            raise TypeError(f"a result must be a JSON object, got {type(data).__name__}")
+        error, snarc, irp = data.get("error"), data.get("snarc"), data.get("irp")
+        return cls(id=str(data.get("id") or ""), conversation=data.get("conversation"),
+                   question=str(data.get("question") or ""), ok=bool(data.get("ok")),
+                   answer=str(data.get("answer") or ""),
+                   error=ResultError.from_dict(error) if error else None,
+                   snarc=_known(SnarcScores, snarc) if snarc else None,
+                   irp=IRPSummary.from_dict(irp) if irp else None,
+                   timing=Timing.from_dict(data.get("timing") or {}), model=data.get("model"),
+                   warnings=list(data.get("warnings") or []), stamp=float(data.get("stamp") or 0.0))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Result":
+        """A Result from a ``result`` message; raises ValueError (or TypeError) on a malformed one."""
+        return cls.from_dict(json.loads(text))
