@@ -89,11 +89,11 @@ def test_questions_without_conversation_share_no_history(core):
 def test_named_conversation_salience_is_the_research_scorers_for_its_own_sequence(core):
     """Interleaved unnamed questions and another conversation change nothing in a conversation's SNARC."""
     from sage_irp_ros.snarc import SnarcScorer
-    from test_snarc import INLINE_VECTORS
+    from test_snarc import reference_vectors
 
     research = SnarcScorer(core.cfg.snarc)
     earlier: list[tuple[str, str]] = []
-    for n, vector in enumerate(INLINE_VECTORS):
+    for n, vector in enumerate(reference_vectors()):
         core.answer(Question(text=f"Unrelated words number {n}?"))
         core.answer(Question(text=f"Other dialogue {n}?", conversation="other"))
         result = core.answer(Question(text=vector["question"], conversation="research"))

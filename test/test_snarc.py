@@ -21,7 +21,7 @@ SPEC_DIR = Path(os.environ.get("SAGE_IRP_SPEC_DIR") or Path(__file__).resolve().
 DIMS = ("surprise", "novelty", "arousal", "reward", "conflict")
 
 
-def _vectors() -> list[dict]:
+def referencereference_vectors() -> list[dict]:
     return json.loads(VECTORS.read_text())
 
 
@@ -38,7 +38,7 @@ def scorer() -> SnarcScorer:
 
 # -- reference vectors ---------------------------------------------------------------------------
 def test_reference_vectors_match_to_1e6(scorer):
-    vectors = _vectors()
+    vectors = reference_vectors()
     assert len(vectors) >= 3
     history: list[tuple[str, str]] = []
     for entry in vectors:
@@ -50,11 +50,11 @@ def test_reference_vectors_match_to_1e6(scorer):
         history.append((entry["question"], entry["answer"]))
 
 
-def test_kept_copy_matches_the_spec_folders_vectors():
+def test_kept_copy_matches_the_spec_foldersreference_vectors():
     spec = SPEC_DIR / "snarc_vectors.json"
     if not spec.is_file():
         pytest.skip(f"no {spec} (set SAGE_IRP_SPEC_DIR to the spec folder to compare the kept copy with it)")
-    assert json.loads(spec.read_text()) == _vectors()
+    assert json.loads(spec.read_text()) == reference_vectors()
 
 
 def test_scores_container(scorer):
@@ -189,7 +189,7 @@ def test_threshold_decides_salience():
 
 
 def test_scoring_cost_is_reported(scorer):
-    vectors = _vectors()
+    vectors = reference_vectors()
     history = [(v["question"], v["answer"]) for v in vectors]
     n = 2000
     start = time.perf_counter()
