@@ -1,6 +1,8 @@
 """What the benchmark ran on: the machine description stored with every result, and peak memory.
 
-Shared by the benchmark process and its fresh child processes (``bench.serving``).
+Shared by every benchmark script (``bench.record.run_info`` stores it with each result) and the speed
+benchmark's fresh child processes (``bench.speed.serving``). Needs only torch and transformers; psutil,
+where installed, gives the RAM size.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 
 def machine() -> dict[str, Any]:
-    import psutil
+    """CPU, cores, RAM, native bf16, Python / torch / transformers versions, torch threads, GPU, load."""
     import torch
     import transformers
 
@@ -31,12 +33,24 @@ def machine() -> dict[str, Any]:
         flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0]
     except (OSError, IndexError):
         pass
-    return {"cpu": model_name, "cores": os.cpu_count(), "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
+    return {"cpu": model_name, "cores": os.cpu_count(), "ram_gb": _ram_gb(),
             "cpu_bf16": "avx512_bf16" in flags or "amx_bf16" in flags,
             "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "loadavg_start": list(os.getloadavg())}
+
+
+def _ram_gb() -> float | None:
+    try:
+        import psutil
+
+        return round(psutil.virtual_memory().total / 2**30, 1)
+    except ImportError:
+        try:
+            return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+        except (ValueError, OSError):
+            return None
 
 
 def peak_rss_mb() -> float:

@@ -28,7 +28,7 @@ from .torch_kernels import onednn_linear
 
 # The row count oneDNN picks the weight layout for. Any row count runs on it; on the 2-core EPYC, hints
 # of 2 to 64 gave the same step times for 1-40 rows, a hint of 1 was up to 2x slower for 2-8 rows
-# (``python -m bench.linear_kernels``).
+# (``python -m bench.probes.linear_kernels``).
 ROWS_HINT = 4
 
 # oneDNN compiles a kernel per input shape and keeps it in two caches (its primitive cache and ideep's

@@ -40,7 +40,7 @@ def seed_energy(candidate: Candidate, initial_temperature: float) -> float:
 class ResponseEnergy:
     """Weights and scales of the ``response`` energy; the weights sum to 1."""
 
-    # Chosen on bench/quality.py's checkable questions (docs/performance.md, "Answer quality"): with the
+    # Chosen on bench/quality/run_quality.py's checkable questions (docs/performance.md, "Answer quality"): with the
     # NLL scale at 2 nats the confidence term spans the range real answers have (0.3-2 nats/token); a
     # heavier finish term made short, finished, wrong answers beat longer right ones cut at max_tokens.
     confidence_weight: float = 0.7

@@ -96,10 +96,10 @@ class Consensus:
     energy = a * (1 - agreement) + c * min(1, mean NLL / nll_scale) + f * cut + r * repetition,
     with the weights summing to 1, minus ``greedy_margin`` for the greedy (T = 0) row: a sampled answer
     must score that much better to replace the greedy one. Weights were chosen on the tuning half of
-    bench/quality_questions.json and confirmed on the held-out half (docs/performance.md, "Answer quality").
+    bench/quality/questions.json and confirmed on the held-out half (docs/performance.md, "Answer quality").
     """
 
-    # Searched on the tuning half, both settings (bench/quality_eval.py, grid steps of 0.2; 169 questions,
+    # Searched on the tuning half, both settings (bench/quality/evaluate.py, grid steps of 0.2; 169 questions,
     # 2 + 1 seeds): repetition separates degenerate loops from answers, confidence and agreement then
     # rank the answers; a margin for the greedy row did not help on the tuning half.
     agreement_weight: float = 0.2

@@ -8,8 +8,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root holds bench/
 
-from bench.question_set import KINDS, half_of, is_correct, load_questions  # noqa: E402
-from bench.quality_eval import bootstrap_diff  # noqa: E402
+from bench.quality.evaluate import bootstrap_diff  # noqa: E402
+from bench.quality.question_set import KINDS, half_of, is_correct, load_questions  # noqa: E402
 
 
 def test_set_is_large_and_well_formed():
@@ -70,7 +70,7 @@ def _trial(q, seed, greedy_ok, sample_ok):
 
 
 def test_dumps_of_parallel_runs_merge_by_question_and_seed(tmp_path):
-    from bench.quality import merge_dumps, write_dump
+    from bench.quality.run_quality import merge_dumps, write_dump
 
     a, b = tmp_path / "a.json.gz", tmp_path / "b.json.gz"
     write_dump(_dump([_trial("q1", 0, True, False), _trial("q2", 0, False, False)]), a)
@@ -83,7 +83,7 @@ def test_dumps_of_parallel_runs_merge_by_question_and_seed(tmp_path):
 
 
 def test_compare_pairs_only_the_trials_both_runs_have():
-    from bench.quality_eval import compare
+    from bench.quality.evaluate import compare
 
     ref = _dump([_trial("q1", 0, True, True), _trial("q2", 0, False, False), _trial("q3", 0, True, True)])
     other = _dump([_trial("q1", 0, False, False), _trial("q2", 0, False, False)])

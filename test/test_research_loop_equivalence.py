@@ -1,4 +1,4 @@
-"""The benchmark's baseline (bench/research_loop.py) behaves like the research loop, and the package's
+"""The benchmark's baseline (bench/speed/research_loop.py) behaves like the research loop, and the package's
 engine in sequential 1 x N mode with the ``seed`` energy makes the same decisions.
 
 Two honest comparisons:
@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root holds bench/
 
-from bench.research_loop import ResearchIRP, research_energy  # noqa: E402
+from bench.speed.research_loop import ResearchIRP, research_energy  # noqa: E402
 from sage_irp_ros.config import SageConfig  # noqa: E402
 from sage_irp_ros.irp import IRPEngine, temperature_schedule  # noqa: E402
 from sage_irp_ros.model_loader import load_model  # noqa: E402

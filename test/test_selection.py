@@ -1,6 +1,6 @@
 """Selection rules on constructed candidates (no model), and the greedy row on a tiny real model.
 
-Accuracy lives in the benchmark (bench/quality.py); these tests pin each rule's logic.
+Accuracy lives in the benchmark (bench/quality/run_quality.py); these tests pin each rule's logic.
 """
 
 import pytest

@@ -21,7 +21,7 @@ SPEC_DIR = Path(os.environ.get("SAGE_IRP_SPEC_DIR") or Path(__file__).resolve().
 DIMS = ("surprise", "novelty", "arousal", "reward", "conflict")
 
 
-def referencereference_vectors() -> list[dict]:
+def reference_vectors() -> list[dict]:
     return json.loads(VECTORS.read_text())
 
 

@@ -1,12 +1,14 @@
 """Probe: one decoding step's Linear products, plain weights vs weights packed for oneDNN, by row count.
 
-    .venv/bin/python -m bench.linear_kernels [--shape smollm2-shape] [--threads 1] [--reps 8]
+    python -m bench.probes.linear_kernels [--shape smollm2-shape] [--dtype fp32|bf16] [--threads 1] [--reps 8]
 
 Builds the weight matrices of one decoding step of the named architecture (every layer's q, k, v, o,
 gate, up, down projections and the output head, as separate tensors so they stream from memory as in
 the model) and times multiplying them by 1, 2, 3, 5, 8 and 40 rows: ``F.linear`` on the plain weights
 (PyTorch's default CPU path) against ``cpu_packing.PackedLinear`` for several layout hints. This is the
 measurement behind ``llm_irp.pack_cpu_weights`` and ``cpu_packing.ROWS_HINT`` (docs/performance.md).
+Prints a markdown table and writes ``linear_kernels.json`` (median ms per row count and layout, the
+machine, versions and git commit) into ``--out``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+
+from bench.record import run_info, write_result
+
+NAME = "linear_kernels"
 
 ROWS = (1, 2, 3, 5, 8, 40)
 HINTS = (1, 2, 4, 8, 64)
@@ -51,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--reps", type=int, default=8)
+    parser.add_argument("--out", default="", help="output folder (default bench/results)")
     args = parser.parse_args(argv)
 
     import torch
@@ -62,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     weights = step_weights(args.shape, dtype)
     mb = sum(w.numel() * w.element_size() for w in weights) / 2**20
+    result = {"run": run_info(argv, f"bench.probes.{NAME}"), "shape": args.shape, "dtype": args.dtype,
+              "threads": args.threads, "reps": args.reps, "matrices": len(weights), "mb_per_step": mb,
+              "rows": list(ROWS), "ms": {}}
     print(f"{args.shape}, {args.dtype}, {args.threads} thread(s): {len(weights)} matrices, {mb:.0f} MB per step; "
           f"median ms of {args.reps} steps")
     print("| weights | " + " | ".join(f"{r} row{'s' if r > 1 else ''}" for r in ROWS) + " |")
@@ -72,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         for rows in ROWS:
             inputs = {n: torch.randn(rows, n, dtype=dtype) for n in {w.shape[1] for w in weights}}
             cells.append(f"{time_ms(lambda: [apply(i, inputs) for i in range(len(weights))], args.reps):.1f}")
+        result["ms"][label] = [float(c) for c in cells]
         print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
 
     with torch.inference_mode():
@@ -80,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             packed = [PackedLinear(_linear(w, nn), hint) for w in weights]
             row(f"packed, hint {hint}", lambda i, x, p=packed: p[i](x[p[i].in_features]))
             del packed
+    print(f"wrote {write_result(NAME, result, args.out or None)}")
     return 0
 
 

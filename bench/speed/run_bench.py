@@ -1,9 +1,12 @@
 """Benchmark: the research loop (baseline) against the package's engine, measured side by side.
 
-    .venv/bin/python -m bench.run_bench [--quick] [--model smollm2|qwen05b-shape|both] [--out bench/results]
+    python -m bench.speed.run_bench [--quick] [--model smollm2|qwen05b-shape|both] [--out bench/results]
+    python -m bench.speed.run_bench --update-docs     # also rewrite docs/performance.md, "Latest results"
 
-Writes ``latest.json`` (every repetition), ``latest.md`` (the tables and the targets) and
-``latency_vs_candidates.png`` into ``--out`` and prints the tables. See docs/performance.md.
+Writes ``run_bench.json`` (every repetition, with the machine, versions and git commit: ``bench.record``),
+``run_bench.md`` (the tables and the targets) and ``latency_vs_candidates.png`` into ``--out`` and prints
+the tables. docs/performance.md changes only with ``--update-docs`` (and only from a full run into
+bench/results).
 
 Method: every question decodes exactly ``tokens`` new tokens per candidate (``min_new_tokens`` =
 ``max_new_tokens``) and samples exactly N candidates (temperatures 0.7 down towards 0.54 in N steps;
@@ -13,9 +16,9 @@ repetition and in rotating order, on the report's five demo questions in turn, a
 is not timed; medians are reported and ratios are taken between medians measured in this one process.
 
 This module holds the two model sections and the command line; the contenders and their timing are in
-``bench.cells``, the machine description and peak memory in ``bench.machine``, the fresh-process
-load/serving measurements in ``bench.serving`` and the targets, tables, plot and docs refresh in
-``bench.report``.
+``bench.speed.cells``, the machine description and peak memory in ``bench.machine``, the fresh-process
+load/serving measurements in ``bench.speed.serving`` and the targets, tables and plot in
+``bench.speed.report``.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import json
 import os
 import shutil
 import statistics
@@ -33,12 +35,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from bench.cells import MAIN_N, SWEEP_NS, baseline_cell, engine_cell, run_cells, settings
-from bench.machine import machine, peak_rss_mb
-from bench.report import DOCS, markdown, plot, targets, update_docs
-from bench.serving import THREADS, child_ready, spawn_child
+from bench.machine import peak_rss_mb
+from bench.record import DOCS, RESULTS, add_update_docs_flag, run_info, update_docs, write_result
+from bench.speed.cells import MAIN_N, SWEEP_NS, baseline_cell, engine_cell, run_cells, settings
+from bench.speed.report import markdown, plot, targets
+from bench.speed.serving import THREADS, child_ready, spawn_child
 
-RESULTS = Path(__file__).resolve().parent / "results"
+NAME = "run_bench"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,7 +197,7 @@ def answer_agreement(reference, other, questions, tokens: int) -> dict[str, Any]
     """Greedy answers (seed prompt) of two loaded models: identical answers and shared token prefix."""
     import torch
 
-    from bench.research_loop import research_prompt
+    from bench.speed.research_loop import research_prompt
 
     rows = []
     for question in questions:
@@ -285,9 +288,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch threads as the package sets them (llm_irp.power_mode; default balanced = "
                              "cores - 1, the package default)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (overrides --power-mode)")
-    parser.add_argument("--no-docs", action="store_true",
-                        help="do not refresh the results section of docs/performance.md (a default, "
-                             "non-quick run into bench/results refreshes it)")
+    add_update_docs_flag(parser, "results")
     # internal: the fresh-process measurements
     parser.add_argument("--child", choices=("ready",), help=argparse.SUPPRESS)
     parser.add_argument("--answers", type=int, default=0, help=argparse.SUPPRESS)
@@ -320,8 +321,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.time() - started:6.1f}s] {message}", flush=True)
 
     conf = settings(args.quick)
-    results: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "quick": args.quick,
-                               "settings": conf, "machine": machine(), "models": {}}
+    run = run_info(argv, f"bench.speed.{NAME}")
+    results: dict[str, Any] = {"run": run, "started": run["started"], "quick": args.quick, "settings": conf,
+                               "machine": run["machine"], "models": {}}
     results["machine"]["power_mode"] = args.power_mode
     results["settings"]["threads"] = args.threads
     log(f"machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, "
@@ -337,17 +339,18 @@ def main(argv: list[str] | None = None) -> int:
     results["targets"] = targets(results)
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "latest.json").write_text(json.dumps(results, indent=1, default=str))
+    path = write_result(NAME, results, out)
     text = markdown(results)
-    (out / "latest.md").write_text(text)
+    (out / f"{NAME}.md").write_text(text)
     plot(results, out / "latency_vs_candidates.png")
-    if not args.quick and not args.no_docs and out.resolve() == RESULTS.resolve():
-        if update_docs(text):
-            log(f"refreshed the results section of {DOCS}")
+    if args.update_docs:
+        if args.quick or out.resolve() != RESULTS.resolve():
+            log("--update-docs ignored: only a full run into bench/results refreshes docs/performance.md")
+        elif update_docs("results", text):
+            log(f"refreshed the results section of {DOCS.relative_to(DOCS.parents[1])}")
     print()
     print(text)
-    log(f"wrote {out / 'latest.json'}, {out / 'latest.md'}, {out / 'latency_vs_candidates.png'}")
+    log(f"wrote {path}, {out / f'{NAME}.md'}, {out / 'latency_vs_candidates.png'}")
     return 0
 
 

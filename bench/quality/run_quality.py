@@ -2,23 +2,26 @@
 
 Generation (the expensive part) runs once and dumps every candidate with its features: token ids,
 untempered log-probs, finished, text, temperature, correct. Every selection rule is then evaluated
-offline on the dump (``bench/quality_eval.py``), on the tuning and the held-out half of
-``bench/quality_questions.json`` (split and scoring rules: ``bench/question_set.py``).
+offline on the dump (``bench/quality/evaluate.py``), on the tuning and the held-out half of
+``bench/quality/questions.json`` (split and scoring rules: ``bench/quality/question_set.py``).
 
 Settings (each question on its own, no history, the chat prompt the node uses):
   short  5 sampled candidates at 0.70 -> 0.54, 32 new tokens, plus the greedy (T = 0) row
   edge   config/edge.yaml: its schedule (0.7, 0.647, 0.594), 150 new tokens, plus the greedy row
 
-    python -m bench.quality                                   # both settings, then the report
-    python -m bench.quality --setting short --seeds 2         # one setting's generation + report
-    python -m bench.quality --from-dump                       # re-evaluate the dumps in --out only
-    python -m bench.quality --setting short --half heldout --out /tmp/bf16 --set llm_irp.precision=bf16 \\
-        --compare bench/results                               # paired against the fp32 dumps
-    python -m bench.quality --merge /tmp/a /tmp/b             # union of dumps from parallel runs, then report
-    python -m bench.quality --half heldout --seeds 1 --setting short --out /tmp/q \\
-        --set llm_irp.weight_quantization=int8        # a quick accuracy check of a config
+    python -m bench.quality.run_quality                       # both settings, then the report
+    python -m bench.quality.run_quality --setting short --seeds 2   # one setting's generation + report
+    python -m bench.quality.run_quality --from-dump           # re-evaluate the dumps in --out only
+    python -m bench.quality.run_quality --from-dump --update-docs   # ... and rewrite docs/performance.md's tables
+    python -m bench.quality.run_quality --setting short --half heldout --out /tmp/bf16 \\
+        --set llm_irp.precision=bf16 --compare bench/results  # paired against the fp32 dumps
+    python -m bench.quality.run_quality --merge /tmp/a /tmp/b # union of dumps from parallel runs, then report
+    python -m bench.quality.run_quality --half heldout --seeds 1 --setting short --out /tmp/q \\
+        --set llm_irp.weight_quantization=int8                # a quick accuracy check of a config
 
-Outputs in ``--out`` (default bench/results): quality_dump_<setting>.json.gz, quality.json, quality.md.
+Outputs in ``--out`` (default bench/results): quality_dump_<setting>.json.gz (the candidates),
+run_quality.json (the summary, with the machine, versions and git commit: ``bench.record``) and
+run_quality.md (the tables). docs/performance.md changes only with ``--update-docs``.
 """
 
 from __future__ import annotations
@@ -33,15 +36,16 @@ from pathlib import Path
 import torch
 import yaml
 
-from bench.question_set import is_correct, load_questions
+from bench.quality.question_set import is_correct, load_questions
+from bench.record import REPO, RESULTS, add_update_docs_flag, run_info, update_docs, write_result
 from sage_irp_ros.config import SageConfig
 from sage_irp_ros.generation import sample_candidates
 from sage_irp_ros.irp import temperature_schedule
 from sage_irp_ros.model_loader import load_model
 from sage_irp_ros.prompts import build_prompt_ids, clean_answer
 
-HERE = Path(__file__).resolve().parent
-EDGE_YAML = HERE.parent / "config" / "edge.yaml"
+NAME = "run_quality"
+EDGE_YAML = REPO / "config" / "edge.yaml"
 SHORT_TEMPERATURES = [0.70, 0.66, 0.62, 0.58, 0.54]
 
 
@@ -166,7 +170,15 @@ def merge_dumps(paths: list[Path]) -> dict:
             "seconds": round(sum(d["seconds"] for d in dumps), 1)}
 
 
-def main() -> None:
+def docs_text(markdown: str) -> str:
+    """The report as docs/performance.md shows it: without its title, each heading one level down."""
+    lines = markdown.splitlines()
+    if lines and lines[0].startswith("# "):
+        lines = lines[1:]
+    return "\n".join("#" + line if line.startswith("#") else line for line in lines).strip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--setting", choices=("short", "edge", "both"), default="both")
     parser.add_argument("--half", choices=("tune", "heldout", "both"), default="both")
@@ -183,8 +195,10 @@ def main() -> None:
                         help="also compare this run's dumps with the reference dumps in DIR (e.g. bf16 vs fp32)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1: several spinning threads crawl on a shared, busy CPU)")
-    parser.add_argument("--out", default=str(HERE / "results"))
-    args = parser.parse_args()
+    parser.add_argument("--out", default=str(RESULTS), help="output folder (default bench/results)")
+    add_update_docs_flag(parser, "quality")
+    args = parser.parse_args(argv)
+    run = run_info(argv, f"bench.quality.{NAME}")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -207,21 +221,29 @@ def main() -> None:
                             checkpoint=lambda d: write_dump({**d, "overrides": args.set}, path), done=done)
             write_dump({**dump, "overrides": args.set}, path)
             print(f"[{setting}] wrote {dump_path(out, setting)} ({dump['seconds']} s)")
-    from bench.quality_eval import report
+    from bench.quality.evaluate import report
 
     dumps = {s: read_dump(dump_path(out, s)) for s in ("short", "edge") if dump_path(out, s).exists()}
     summary, markdown = report(dumps)
-    (out / "quality.json").write_text(json.dumps(summary, indent=1) + "\n")
     if args.compare:
-        from bench.quality_eval import compare
+        from bench.quality.evaluate import compare
 
         label = ", ".join(args.set) or "this run"
         for setting, dump in dumps.items():
             ref = dump_path(Path(args.compare), setting)
             if ref.exists():
                 markdown += f"\n## {setting}: " + compare(read_dump(ref), dump, label)
-    (out / "quality.md").write_text(markdown)
+    path = write_result(NAME, {"run": run, "dumps": {s: str(dump_path(out, s).name) for s in dumps},
+                               "overrides": args.set, **summary}, out)
+    (out / f"{NAME}.md").write_text(markdown)
     print(markdown)
+    print(f"wrote {path}, {out / f'{NAME}.md'}")
+    if args.update_docs:
+        if out.resolve() != RESULTS.resolve() or args.compare or args.set:
+            print("--update-docs ignored: only the default configuration's report in bench/results goes into "
+                  "docs/performance.md")
+        elif update_docs("quality", docs_text(markdown)):
+            print("refreshed the answer-quality tables of docs/performance.md")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Offline evaluation of selection rules on a generation dump (see bench/quality.py).
+"""Offline evaluation of selection rules on a generation dump (see bench/quality/run_quality.py).
 
 Every rule sees the same candidates. Pools: ``sampled`` (the schedule's rows only) and ``+greedy``
 (the same rows plus the T = 0 row, as ``llm_irp.greedy_candidate`` makes the engine do). Accuracy is
@@ -18,7 +18,7 @@ import time
 from collections import Counter, defaultdict
 from typing import Callable, Sequence
 
-from bench.question_set import KINDS
+from bench.quality.question_set import KINDS
 from sage_irp_ros.energy import ResponseEnergy, repetition, seed_energy
 from sage_irp_ros.generation import Candidate
 from sage_irp_ros.selection import Consensus, agreement, best_index, mean_nll, overlap_f1
@@ -31,7 +31,7 @@ def candidates_of(trial: dict, pool: str) -> tuple[list[Candidate], list[bool]]:
     rows = [c for c in trial["candidates"] if pool == "+greedy" or c["t"] > 0]
     cands = [Candidate(c["text"], c["t"], c["ids"], c["lp"], c["finished"]) for c in rows]
     for cand, row in zip(cands, rows):
-        if "ulp" in row:  # log-probs after a neutral prompt (bench/quality_pmi.py)
+        if "ulp" in row:  # log-probs after a neutral prompt (bench/quality/pmi.py)
             cand.neutral_logprobs = row["ulp"]
     return cands, [c["correct"] for c in rows]
 
@@ -43,7 +43,7 @@ def _pmi_energy(weight: float) -> Rule:
         for c in cs:
             ulp = getattr(c, "neutral_logprobs", None)
             if ulp is None:
-                raise KeyError("no neutral log-probs in this dump: run bench.quality_pmi first")
+                raise KeyError("no neutral log-probs in this dump: run bench.quality.pmi first")
             out.append(_nll(c) - weight * (-sum(ulp) / len(ulp)) if ulp and c.text.split() else 99.0)
         return out
     return rule
@@ -224,7 +224,7 @@ def all_scores(dump: dict, searched: dict | None) -> dict[str, list[tuple[dict, 
     for name, rule in RULES.items():
         scores[f"{name} [+greedy]"] = picks(dump, rule, "+greedy", t0)
     scored = [t for t in dump["trials"] if all("ulp" in c for c in t["candidates"])]
-    if scored:  # PMI rules on the trials that bench.quality_pmi scored (possibly one half only)
+    if scored:  # PMI rules on the trials that bench.quality.pmi scored (possibly one half only)
         for w in PMI_WEIGHTS:
             scores[f"mean NLL - {w} x neutral-prompt NLL (PMI) [+greedy]"] = picks(
                 {**dump, "trials": scored}, _pmi_energy(w), "+greedy", t0)
@@ -269,7 +269,8 @@ def report(dumps: dict[str, dict]) -> tuple[dict, str]:
     searched = search_weights(dumps) if dumps else None
     summary: dict = {"weight_search": searched, "settings": {}}
     md = ["# Answer quality: selection accuracy", "",
-          "SmolLM2-135M-Instruct, each question on its own; `python -m bench.quality` (bench/quality.py).",
+          "SmolLM2-135M-Instruct, each question on its own; `python -m bench.quality.run_quality` "
+          "(stored result: `bench/results/run_quality.json`).",
           "Accuracy in % of (question, seed) trials; Δ = paired difference in points with its bootstrap "
           "95 % CI over questions. Rules choose among `[sampled only]` rows or `[+greedy]` (with the T = 0 row).",
           ""]

@@ -2,7 +2,7 @@
 
 This is what the research report ("Track 9") timed at 14.45 s per question: one sampled ``generate``
 call per iteration, the ``seed`` energy, keep the best, cool the temperature, check the halting rules.
-It lives in ``bench/`` on purpose (it is the thing to beat, not part of the package) and does not
+It lives in ``bench/speed/`` on purpose (it is the thing to beat, not part of the package) and does not
 import the package's engine, prompts or energies; it gets its model from the caller (the benchmark
 uses the package's model loader so both sides run the very same weights).
 

@@ -1,11 +1,12 @@
 """Memory the embedded model adds to a process: RSS after ``load_model`` minus RSS before, per configuration.
 
-    .venv/bin/python -m bench.load_memory [--variant NAME:KEY=VALUE,... ...]
+    python -m bench.speed.load_memory [--variant NAME:KEY=VALUE,... ...] [--out bench/results]
 
 Each variant loads in a fresh child process (a process's RSS never shrinks back, so variants cannot share
 one); torch, transformers and the package are imported before the first reading, so the difference is
-the model: weights, packed copies, the tokenizer and the warm-up generation's buffers. The target of
-issue 12 is <= 250 MB for the embedded SmolLM2-135M.
+the model: weights, packed copies, the tokenizer and the warm-up generation's buffers. The target is
+<= 250 MB for the embedded SmolLM2-135M. Prints a markdown table and writes ``load_memory.json`` (every
+variant's row, the machine, versions and git commit) into ``--out``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ import argparse
 import json
 import subprocess
 import sys
+
+from bench.record import run_info, write_result
+
+NAME = "load_memory"
 
 DEFAULT_VARIANTS = ("defaults (precision auto):", "fp32 packed:precision=fp32",
                     "fp32 not packed:precision=fp32,pack_cpu_weights=false", "bf16 packed:precision=bf16",
@@ -51,20 +56,26 @@ def child(spec: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variant", action="append", default=[])
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
+                        help="a configuration (llm_irp keys; repeatable; default: the five of the docs table)")
+    parser.add_argument("--out", default="", help="output folder (default bench/results)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child is not None:
         print("LOAD-MEMORY " + json.dumps(child(args.child)))
         return 0
+    result = {"run": run_info(argv, f"bench.speed.{NAME}"), "rows": []}
     print("| configuration | RSS added by load, MB | after one answer, MB | weights (footprint), MB |")
     print("|---|---|---|---|")
     for spec in args.variant or DEFAULT_VARIANTS:
-        out = subprocess.run([sys.executable, "-m", "bench.load_memory", "--child", spec], capture_output=True,
+        out = subprocess.run([sys.executable, "-m", f"bench.speed.{NAME}", "--child", spec], capture_output=True,
                              text=True, check=True).stdout
         row = json.loads(next(line for line in out.splitlines() if line.startswith("LOAD-MEMORY "))[12:])
+        result["rows"].append({"spec": spec, **row})
+        write_result(NAME, result, args.out or None)
         print(f"| {row['variant']} | {row['added_by_load_mb']:.0f} | {row['added_after_one_answer_mb']:.0f} | "
               f"{row['footprint_mb']:.0f} |", flush=True)
+    print(f"wrote {write_result(NAME, result, args.out or None)}")
     return 0
 
 

@@ -1,8 +1,8 @@
 """Fresh-process measurements: load (cold or warm), ready, first answer vs steady state, overhead.
 
 These need a new interpreter each time (imports, model load and the first answer are what is measured),
-so ``spawn_child`` starts ``python -m bench.run_bench --child ready ...`` and ``child_ready`` is what that
-child runs; it prints one ``CHILD-JSON`` line. ``THREADS`` is set by ``bench.run_bench.main`` so that the
+so ``spawn_child`` starts ``python -m bench.speed.run_bench --child ready ...`` and ``child_ready`` is what
+that child runs; it prints one ``CHILD-JSON`` line. ``THREADS`` is set by ``bench.speed.run_bench.main`` so that the
 children use the same torch thread settings as the parent.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 
 from bench.machine import peak_gpu_mb, peak_rss_mb
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def child_ready(args) -> None:
@@ -94,7 +94,7 @@ THREADS = {"power_mode": "balanced", "threads": 0}  # set by main(); children us
 
 def spawn_child(answers: int, tokens: int, n: int, cache_dir: str = "", precision: str = "auto",
                 timeout: float = 600) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "bench.run_bench", "--child", "ready", "--answers", str(answers),
+    cmd = [sys.executable, "-m", "bench.speed.run_bench", "--child", "ready", "--answers", str(answers),
            "--tokens", str(tokens), "--n", str(n), "--cache-dir", cache_dir, "--precision", precision,
            "--power-mode", THREADS["power_mode"], "--threads", str(THREADS["threads"])]
     start = time.perf_counter()

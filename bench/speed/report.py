@@ -1,7 +1,8 @@
-"""The benchmark's report: the targets, the markdown tables, the plot and the docs refresh.
+"""The speed benchmark's report: the targets, the markdown tables and the plot.
 
-Works only on the results dictionary that ``bench.run_bench`` builds (and writes to ``latest.json``),
-so the report can be read and changed without the timing code. matplotlib is imported inside ``plot``.
+Works only on the results dictionary that ``bench.speed.run_bench`` builds (and writes to
+``run_bench.json``), so the report can be read and changed without the timing code. matplotlib is imported
+inside ``plot``. The markdown is what ``run_bench --update-docs`` puts into docs/performance.md.
 """
 
 from __future__ import annotations
@@ -10,9 +11,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from bench.cells import MAIN_N, SWEEP_NS, paired_ratio
-
-REPO = Path(__file__).resolve().parents[1]
+from bench.speed.cells import MAIN_N, SWEEP_NS, paired_ratio
 
 
 def find(table: dict[str, dict], kind: str, n: int | None = None) -> dict | None:
@@ -195,7 +194,12 @@ def markdown(results: dict[str, Any]) -> str:
                       f"{100 * agree['mean_shared_prefix_fraction']:.0f} %.", ""]
         lines.append(f"Peak RSS of the benchmark process so far: {model['peak_rss_mb_in_process']:.0f} MB.")
         lines.append("")
-    lines += ["Static cache + torch.compile: CUDA only; see `bench/gpu_check.py` (GPU section of "
+    run = results.get("run")
+    if run:
+        git = run["git"]
+        lines += [f"Stored in `bench/results/run_bench.json`: `{run['command']}` at commit "
+                  f"{(git['commit'] or 'unknown')[:12]}{' (tracked files modified)' if git['dirty'] else ''}.", ""]
+    lines += ["Static cache + torch.compile: CUDA only; see `bench/speed/gpu_check.py` (GPU section of "
               "docs/performance.md).", ""]
     return "\n".join(lines)
 
@@ -235,20 +239,3 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-DOCS = REPO / "docs" / "performance.md"
-BEGIN, END = "<!-- bench:results:begin -->", "<!-- bench:results:end -->"
-
-
-def update_docs(text: str) -> bool:
-    """Replace the text between the result markers of docs/performance.md with ``text``."""
-    if not DOCS.is_file():
-        return False
-    doc = DOCS.read_text()
-    if BEGIN not in doc or END not in doc:
-        return False
-    head, rest = doc.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    DOCS.write_text(f"{head}{BEGIN}\n{text.rstrip()}\n{END}{tail}")
-    return True

@@ -1,28 +1,31 @@
 """GPU check: per-token decode time of batched candidate sampling against the bandwidth floor.
 
-One command for a lent GPU session (needs only torch and transformers, no model download):
+One command for a machine with a CUDA GPU (needs only torch and transformers, no model download):
 
-    PYTHONUNBUFFERED=1 python3 -m bench.gpu_check            # or: bash bench/gpu_check.sh
-    python3 -m bench.gpu_check --dry-run                      # tiny model on CPU: checks the script runs
+    PYTHONUNBUFFERED=1 python3 -m bench.speed.gpu_check      # or: bash bench/speed/gpu_check.sh
+    python3 -m bench.speed.gpu_check --dry-run                # tiny model on CPU: checks the script runs
 
 It builds a randomly initialised model with Qwen2.5-0.5B-Instruct's exact architecture in fp16
 (weights do not change speed), then for N = 1, 3, 5, 8 candidates decodes ``--tokens`` tokens per
-candidate in ONE generate call with per-row temperatures (as the package's engine does: a logits
-processor divides row i by its temperature and gathers the untempered log-prob of the sampled token),
-in three modes:
+candidate in one call with per-row temperatures, in five modes. Three run transformers' ``generate``
+(a logits processor divides row i by its temperature and gathers the untempered log-prob of the sampled
+token), as a reference for the package's loop:
 
-- ``eager``:   dynamic KV cache, no compilation (what the package does today);
-- ``static``:  ``cache_implementation="static"`` with ``disable_compile=True``;
-- ``compile``: ``cache_implementation="static"``; transformers then compiles the forward pass
-  (torch.compile, mode "reduce-overhead" = CUDA graphs) on CUDA;
-- ``own``:     the package's own decode loop (sage_irp_ros/decode.py: static KV cache, prompt prefilled
-  once for all rows, per-row temperatures, untempered log-probs), eager;
-- ``own-compile``: the same loop with its decode step compiled (torch.compile, mode "reduce-overhead"
+- ``generate``:         transformers' ``generate`` with its dynamic KV cache, no compilation;
+- ``generate-static``:  ``generate`` with ``cache_implementation="static"`` and ``disable_compile=True``;
+- ``generate-compile``: ``generate`` with ``cache_implementation="static"``; transformers then compiles the
+  forward pass (torch.compile, mode "reduce-overhead" = CUDA graphs) on CUDA;
+
+and two run the package's decode loop (sage_irp_ros/decode.py: static KV cache, prompt prefilled once for
+all rows, per-row temperatures, untempered log-probs):
+
+- ``loop``:             the package's loop, eager (what the package runs);
+- ``loop-compile``:     the same loop with its decode step compiled (torch.compile, mode "reduce-overhead"
   on CUDA, the inductor C++ backend on CPU).
 
 ``--quant int8`` stores the Linear weights (head and tied embedding included) as int8 per output channel
 (sage_irp_ros/quantize.py, ``llm_irp.weight_quantization: int8``) before measuring; the floor then counts
-int8 bytes. ``--modes own,own-compile --quant int8 --dtype bf16`` is the quantised + compiled path.
+int8 bytes. ``--modes loop,loop-compile --quant int8 --dtype bf16`` is the quantised + compiled path.
 
 Reported per cell: prefill ms, decode ms per step (one step = one new token for each of the N rows),
 decode ms per generated token, tokens/s, peak GPU memory, and the ratio of the step time to the
@@ -31,10 +34,11 @@ Floors are listed for H100 SXM (3.35 TB/s), H100 PCIe (2.0 TB/s), H200 (4.8 TB/s
 Nano 8GB (68 GB/s); the GPU in hand is detected by name, and a measured device-to-device copy
 bandwidth is reported beside it as the practical ceiling.
 
-The JSON result is printed (last line, prefixed ``GPU-CHECK-JSON``) and written to ``--out``
-(default ``$OUT/gpu_check.json`` when ``$OUT`` is set, else ``bench/results/gpu_check.json``) after
-every cell, so a run cut short still leaves what it measured. ``--budget-s`` skips the remaining
-cells (recorded as skipped) once that much time has passed, so the run ends inside a lease.
+The JSON result (with the machine, versions and git commit: ``bench.record``) is printed (last line,
+prefixed ``GPU-CHECK-JSON``) and written to ``--out`` (default ``$OUT/gpu_check.json`` when ``$OUT`` is
+set, else ``bench/results/gpu_check.json``) after every cell, so a run cut short still leaves what it
+measured. ``--budget-s`` skips the remaining cells (recorded as skipped) once that much time has passed,
+so the run ends within a time limit.
 """
 
 from __future__ import annotations
@@ -49,11 +53,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-try:  # run as ``python -m bench.gpu_check`` or as a plain script
+try:  # run as ``python -m bench.speed.gpu_check`` or as a plain script
     from bench.models import random_model, weight_bytes
 except ImportError:  # pragma: no cover
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from bench.models import random_model, weight_bytes
+from bench.record import RESULTS, run_info  # noqa: E402
+
+NAME = "gpu_check"
+MODES = ("generate", "generate-static", "generate-compile", "loop", "loop-compile")
 
 BANDWIDTH_GBS = {"H100 SXM": 3350.0, "H100 PCIe": 2000.0, "H200": 4800.0, "Jetson Orin Nano 8GB": 68.0}
 
@@ -122,15 +130,15 @@ _COMPILED: dict[str, Any] = {}
 COMPILE_BACKEND = {"backend": None}
 
 
-def own_cell(torch, model, mode: str, prompt, temps, tokens: int, sync):
+def loop_cell(torch, model, mode: str, prompt, temps, tokens: int, sync):
     """``once(max_new)`` for the package's decode loop (eager or with a compiled step)."""
     from sage_irp_ros.decode import decode, step
 
-    if mode == "own-compile" and "step" not in _COMPILED:
+    if mode == "loop-compile" and "step" not in _COMPILED:
         backend = COMPILE_BACKEND["backend"]
         _COMPILED["step"] = torch.compile(step, backend=backend) if backend else torch.compile(
             step, mode="reduce-overhead" if prompt.is_cuda else None)
-    step_fn = _COMPILED.get("step") if mode == "own-compile" else None
+    step_fn = _COMPILED.get("step") if mode == "loop-compile" else None
 
     def once(max_new: int) -> dict:
         sync()
@@ -151,9 +159,9 @@ def run_cell(torch, model, mode: str, n: int, prompt_len: int, tokens: int, reps
     kwargs: dict[str, Any] = dict(do_sample=True, temperature=1.0, top_k=None, top_p=None,
                                   num_return_sequences=n, max_new_tokens=tokens, min_new_tokens=tokens,
                                   pad_token_id=0, eos_token_id=model.config.eos_token_id)
-    if mode in ("static", "compile"):
+    if mode in ("generate-static", "generate-compile"):
         kwargs["cache_implementation"] = "static"
-    if mode == "static":
+    if mode == "generate-static":
         kwargs["disable_compile"] = True
 
     def generate_once(max_new: int) -> dict:
@@ -170,14 +178,14 @@ def run_cell(torch, model, mode: str, n: int, prompt_len: int, tokens: int, reps
         new = out.shape[1] - prompt_len
         return {"total_s": end - start, "prefill_s": first - start, "decode_s": end - first, "new_tokens": new}
 
-    once = own_cell(torch, model, mode, prompt, temps, tokens, sync) if mode.startswith("own") else generate_once
+    once = loop_cell(torch, model, mode, prompt, temps, tokens, sync) if mode.startswith("loop") else generate_once
     warm = [once(tokens) for _ in range(2 if "compile" in mode else 1)]  # compile happens here
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     runs = [once(tokens) for _ in range(reps)]
     steps = [r["decode_s"] / max(1, r["new_tokens"] - 1) for r in runs]
     step = statistics.median(steps)
-    compiled = getattr(model, "_compiled_call", None) is not None or mode == "own-compile"
+    compiled = getattr(model, "_compiled_call", None) is not None or mode == "loop-compile"
     return {"mode": mode, "n": n, "tokens": tokens, "prompt_tokens": prompt_len, "reps": reps,
             "warmup_s": [round(w["total_s"], 3) for w in warm], "compiled": compiled,
             "prefill_ms": 1e3 * statistics.median(r["prefill_s"] for r in runs),
@@ -192,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", default="qwen05b-shape", choices=("qwen05b-shape", "smollm2-shape", "tiny"))
     parser.add_argument("--dtype", default="fp16", choices=("fp16", "bf16", "fp32"))
     parser.add_argument("--ns", default="1,3,5,8")
-    parser.add_argument("--modes", default="eager,static,compile,own,own-compile")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
     parser.add_argument("--quant", default="none", choices=("none", "int8"),
                         help="int8: Linear weights int8 per channel (llm_irp.weight_quantization)")
     parser.add_argument("--tokens", type=int, default=128)
@@ -219,8 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cpu" and dtype == torch.float16:
         dtype = torch.float32  # fp16 on CPU is slow and not what a dry run checks
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    out_path = Path(args.out or (Path(os.environ["OUT"]) / "gpu_check.json" if os.environ.get("OUT") else
-                                 Path(__file__).resolve().parent / "results" / "gpu_check.json"))
+    unknown = [m for m in args.modes.split(",") if m and m not in MODES]
+    if unknown:
+        parser.error(f"unknown mode(s) {', '.join(unknown)}: choose from {', '.join(MODES)}")
+    out_path = Path(args.out or (Path(os.environ["OUT"]) / f"{NAME}.json" if os.environ.get("OUT") else
+                                 RESULTS / f"{NAME}.json"))
     out_path.parent.mkdir(parents=True, exist_ok=True)
 
     gpu_name = torch.cuda.get_device_name(0) if device.type == "cuda" else None
@@ -233,13 +244,14 @@ def main(argv: list[str] | None = None) -> int:
 
         quantize_model(model, args.quant, device)
         if args.modes == parser.get_default("modes"):  # generate's static/compile paths are not the point here
-            args.modes = "eager,own,own-compile"
+            args.modes = "generate,loop,loop-compile"
     wbytes = weight_bytes(model)
     cfg = model.config
     head_dim = cfg.hidden_size // cfg.num_attention_heads
     kv_bytes_per_token_row = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * \
         torch.tensor([], dtype=dtype).element_size()
     result: dict[str, Any] = {
+        "run": run_info(argv, f"bench.speed.{NAME}"),
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "host": platform.node(),
         "gpu": gpu_name, "torch": torch.__version__, "device": str(device), "dtype": str(dtype),
         "shape": args.shape, "quant": args.quant, "parameters": sum(p.numel() for p in model.parameters()),
@@ -280,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             result["cells"].append(cell)
             save()
             floor = f", floor {cell['floor_ms_per_step']:.3f} ms ({cell['x_floor']:.1f}x)" if bw else ""
-            print(f"{mode:8s} N={n}: prefill {cell['prefill_ms']:.1f} ms, decode {cell['decode_ms_per_step']:.3f} "
+            print(f"{mode:16s} N={n}: prefill {cell['prefill_ms']:.1f} ms, decode {cell['decode_ms_per_step']:.3f} "
                   f"ms/step = {cell['decode_ms_per_token']:.3f} ms/token, {cell['tokens_per_s']:.0f} tok/s, "
                   f"effective {cell['effective_gbs']:.0f} GB/s{floor}, compiled={cell['compiled']}, "
                   f"warm-up {cell['warmup_s']} s", flush=True)

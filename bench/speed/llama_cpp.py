@@ -1,6 +1,6 @@
 """Contender: llama.cpp (llama-cpp-python) on the same GGUF, threads, prompts and token counts.
 
-    .venv/bin/python -m bench.llama_cpp [--threads 1] [--reps 8] [--tokens 32] [--variant NAME:KEY=VALUE,... ...]
+    python -m bench.speed.llama_cpp [--threads 1] [--reps 8] [--tokens 32] [--variant NAME:KEY=VALUE,... ...]
 
 llama.cpp is what a ROS user would otherwise run (llama_ros and most Jetson LLM nodes use it), so it is the
 peer the engine is measured against. It is never a dependency of the package: install the prebuilt wheel
@@ -14,6 +14,10 @@ exactly ``tokens`` new tokens per candidate (end-of-sequence banned through ``lo
 at the candidate's temperature (``top_k=0, top_p=1, min_p=0``, no repeat penalty). One candidate is one
 completion; five candidates are five sequential completions (llama.cpp reuses the prompt's KV cache
 between them, as a llama.cpp node would). The engine runs single (N = 1) and batched (N = 5).
+
+Prints a markdown table and writes ``llama_cpp.json`` (every repetition, the ratios, the machine, versions,
+git commit and load average before and after) into ``--out``; without llama_cpp installed the result
+records that it was skipped.
 """
 
 from __future__ import annotations
@@ -26,7 +30,10 @@ import sys
 import time
 from typing import Any, Callable
 
-from bench.cells import MAIN_N, Cell, engine_cell, run_cells
+from bench.record import run_info, write_result
+from bench.speed.cells import MAIN_N, Cell, engine_cell, run_cells
+
+NAME = "llama_cpp"
 
 SKIP_MESSAGE = ("llama.cpp contender skipped: llama_cpp is not installed (benchmark only: "
                 "pip install ../shared/wheels/llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl)")
@@ -135,11 +142,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
-                        help="an engine configuration, e.g. int8:weight_quantization=int8,decoder=static "
+                        help="an engine configuration, e.g. int8:weight_quantization=int8 "
                              "(llm_irp keys; repeatable; default: one variant with the defaults)")
+    parser.add_argument("--out", default="", help="output folder (default bench/results)")
     args = parser.parse_args(argv)
+    run = run_info(argv, f"bench.speed.{NAME}")
     if not available():
         print(SKIP_MESSAGE)
+        write_result(NAME, {"run": run, "skipped": SKIP_MESSAGE}, args.out or None)
         return 0
     import torch
     import yaml
@@ -154,10 +164,15 @@ def main(argv: list[str] | None = None) -> int:
         irp = {k: yaml.safe_load(v) for k, _, v in (p.partition("=") for p in pairs.split(",") if p)}
         cfg = SageConfig.from_mapping({"llm_irp": irp})
         variants[name] = load_model(cfg.model, cfg.llm_irp, lambda message: None)
-    print(f"load average before {os.getloadavg()}", file=sys.stderr)
+    before = list(os.getloadavg())
+    print(f"load average before {before}", file=sys.stderr)
     result = compare(variants, args.reps, args.tokens, lambda m: print(m, file=sys.stderr))
-    print(f"load average after {os.getloadavg()}")
+    after = list(os.getloadavg())
+    print(f"load average after {after}")
     print(markdown(result))
+    path = write_result(NAME, {"run": run, "variants": args.variant or ["defaults:"], "loadavg_before": before,
+                               "loadavg_after": after, **result}, args.out or None)
+    print(f"wrote {path}")
     return 0
 
 

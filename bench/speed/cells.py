@@ -61,7 +61,7 @@ class Cell:
 
 def baseline_cell(lm, n: int, precision: str, name: str | None = None, history=(),
                   kind: str = "baseline") -> Cell:
-    from bench.research_loop import ResearchIRP
+    from bench.speed.research_loop import ResearchIRP
     from sage_irp_ros.prompts import seed_history_block
 
     context = seed_history_block(history) or None  # the research system rendered history as context

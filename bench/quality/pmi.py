@@ -6,11 +6,13 @@ conditional PMI, Holtzman et al. 2021, "Surface Form Competition") is a known re
 more forward pass over the candidates (batched, like a prefill), so it is measured here offline on the
 dumps before anything goes into the package:
 
-    python -m bench.quality_pmi --out bench/results --half tune    # adds 'ulp' to each candidate
-    python -m bench.quality_pmi --out bench/results --half heldout
+    python -m bench.quality.pmi --out bench/results --half tune    # adds 'ulp' to each candidate
+    python -m bench.quality.pmi --out bench/results --half heldout
 
 ``ulp``: untempered log-probs of the candidate's tokens (and EOS when it finished) after the chat
-prompt of the neutral question below. bench/quality_eval.py evaluates the PMI rules where present.
+prompt of the neutral question below. bench/quality/evaluate.py evaluates the PMI rules where present
+(``python -m bench.quality.run_quality --from-dump`` reports them). Writes ``pmi.json`` (trials scored per
+setting and their time, the machine, versions and git commit) into ``--out`` beside the dumps.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ from pathlib import Path
 
 import torch
 
-from bench.quality import dump_path, read_dump, write_dump
+from bench.quality.run_quality import dump_path, read_dump, write_dump
+from bench.record import RESULTS, run_info, write_result
 from sage_irp_ros.config import SageConfig
 from sage_irp_ros.model_loader import load_model
 from sage_irp_ros.prompts import build_prompt_ids
 
+NAME = "pmi"
 NEUTRAL = "Answer the question."
 
 
@@ -47,13 +51,16 @@ def answer_logprobs(lm, prompt_ids: list[int], answers: list[list[int]]) -> list
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="bench/results", help="folder with quality_dump_<setting>.json.gz")
+    parser.add_argument("--out", default=str(RESULTS), help="folder with quality_dump_<setting>.json.gz "
+                        "(default bench/results); pmi.json goes there too")
     parser.add_argument("--setting", choices=("short", "edge", "both"), default="both")
     parser.add_argument("--half", choices=("tune", "heldout", "both"), default="tune")
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    result = {"run": run_info(argv, f"bench.quality.{NAME}"), "half": args.half, "neutral_prompt": NEUTRAL,
+              "settings": {}}
     torch.set_num_threads(args.threads)
     cfg = SageConfig.from_mapping({"llm_irp": {"device": "cpu", "precision": "fp32"}})  # as the dumps
     lm = load_model(cfg.model, cfg.llm_irp)
@@ -78,7 +85,10 @@ def main() -> None:
                 print(f"[{setting}] {done} trials, {time.monotonic() - start:.0f} s", flush=True)
                 write_dump(dump, path)
         write_dump(dump, path)
+        result["settings"][setting] = {"dump": path.name, "trials_scored": done,
+                                       "seconds": round(time.monotonic() - start, 1)}
         print(f"[{setting}] {done} trials scored in {time.monotonic() - start:.0f} s", flush=True)
+    print(f"wrote {write_result(NAME, result, args.out)}")
 
 
 if __name__ == "__main__":

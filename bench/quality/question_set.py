@@ -1,6 +1,6 @@
 """The answer-quality question set: loading, the fixed tuning / held-out split, and scoring.
 
-``bench/quality_questions.json`` holds short questions written for this package, each with a ``kind``
+``bench/quality/questions.json`` holds short questions written for this package, each with a ``kind``
 (fact, arithmetic, units, science, robot, instruction) and its accepted keywords ``a``.
 
 Split. Each question goes to the ``tune`` or the ``heldout`` half by a fixed hash of its text
@@ -28,7 +28,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 
-QUESTIONS = Path(__file__).resolve().parent / "quality_questions.json"
+QUESTIONS = Path(__file__).resolve().parent / "questions.json"
 HALVES = ("tune", "heldout")
 KINDS = ("fact", "arithmetic", "units", "science", "robot", "instruction")
 _SALT = "sage_irp_ros answer-quality split v1"

@@ -1,0 +1,86 @@
+"""What every benchmark script stores: one JSON result with its provenance, and the explicit docs refresh.
+
+``run_info()`` describes a run: when it started, the command line, the machine (``bench.machine``: CPU,
+cores, RAM, GPU, torch and transformers versions, threads) and the git commit of the checkout with whether
+its tracked files differed from that commit. ``write_result(name, result)`` stores
+``bench/results/<name>.json`` (or ``<out>/<name>.json``). A default run writes only there;
+``update_docs`` rewrites a marked section of docs/performance.md and is called only behind a script's
+``--update-docs`` flag.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.machine import machine
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+DOCS = REPO / "docs" / "performance.md"
+
+
+def git_state() -> dict[str, Any]:
+    """The checkout's commit and whether tracked files differ from it (None where git is not available)."""
+    def git(*args: str) -> str | None:
+        try:
+            proc = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return proc.stdout.strip() if proc.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def run_info(argv: list[str] | None = None, module: str | None = None) -> dict[str, Any]:
+    """Provenance of a run: start time, command, machine and git state."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    command = " ".join(["python", "-m", module, *args]) if module else " ".join(sys.argv)
+    return {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": command, "machine": machine(),
+            "git": git_state()}
+
+
+def result_path(name: str, out: str | Path | None = None) -> Path:
+    return Path(out or RESULTS) / f"{name}.json"
+
+
+def write_result(name: str, result: dict[str, Any], out: str | Path | None = None) -> Path:
+    """Write ``result`` (which should hold a ``run`` entry from ``run_info``) to ``<out>/<name>.json``."""
+    path = result_path(name, out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def add_update_docs_flag(parser, section: str) -> None:
+    """The one way a script may touch docs/performance.md: ``--update-docs`` rewrites its marked section."""
+    parser.add_argument("--update-docs", action="store_true",
+                        help=f"also rewrite the '{section}' section of docs/performance.md (between its "
+                             f"'bench:{section}' markers) with this run's tables; without it a run writes "
+                             "only its result files")
+
+
+def markers(section: str) -> tuple[str, str]:
+    return f"<!-- bench:{section}:begin -->", f"<!-- bench:{section}:end -->"
+
+
+def update_docs(section: str, text: str, docs: Path = DOCS) -> bool:
+    """Replace the text between the ``section`` markers of docs/performance.md with ``text``."""
+    begin, end = markers(section)
+    if not docs.is_file():
+        return False
+    doc = docs.read_text()
+    if begin not in doc or end not in doc:
+        return False
+    head, rest = doc.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    docs.write_text(f"{head}{begin}\n{text.rstrip()}\n{end}{tail}")
+    return True

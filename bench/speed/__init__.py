@@ -1,0 +1,1 @@
+"""Speed and footprint: the package's engine against the research loop and llama.cpp, memory, GPU decode."""
