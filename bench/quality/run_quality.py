@@ -39,7 +39,8 @@ import yaml
 from bench.quality.question_set import is_correct, load_questions
 from bench.record import REPO, RESULTS, add_update_docs_flag, run_info, update_docs, write_result
 from sage_irp_ros.config import SageConfig
-from sage_irp_ros.generation import sample_candidates
+from sage_irp_ros.candidates import GenerationRequest
+from sage_irp_ros.generation import TorchGenerator
 from sage_irp_ros.irp import temperature_schedule
 from sage_irp_ros.model_loader import load_model
 from sage_irp_ros.prompts import build_prompt_ids, clean_answer
@@ -99,6 +100,7 @@ def generate(setting: str, questions: list[dict], seeds: int, cfg: SageConfig, l
     temps, max_tokens = setting_plan(setting)
     rows = [*temps, 0.0]
     lm = load_model(cfg.model, cfg.llm_irp)
+    generator = TorchGenerator(lm)
     trials: list[dict] = list(done or [])
     have = {(t["q"], t["seed"]) for t in trials}
     start = time.monotonic()
@@ -115,7 +117,7 @@ def generate(setting: str, questions: list[dict], seeds: int, cfg: SageConfig, l
                 continue
             prompt = build_prompt_ids(lm.tokenizer, item["q"])
             torch.manual_seed(seed)
-            batch = sample_candidates(lm, prompt, rows, max_tokens)
+            batch = generator.generate(GenerationRequest(prompt, rows, max_tokens))
             cands = []
             for c in batch.candidates:
                 text = clean_answer(c.text)

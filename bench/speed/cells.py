@@ -81,6 +81,7 @@ def baseline_cell(lm, n: int, precision: str, name: str | None = None, history=(
 def engine_cell(lm, n: int, per_round: int, precision: str, name: str | None = None, history=(),
                 kind: str | None = None) -> Cell:
     from sage_irp_ros.irp import IRPEngine
+    from sage_irp_ros.options import AnswerOptions
 
     engines: dict[int, Any] = {}
 
@@ -88,11 +89,13 @@ def engine_cell(lm, n: int, per_round: int, precision: str, name: str | None = N
         engine = engines.get(tokens)
         if engine is None:
             engine = engines[tokens] = IRPEngine(lm, timing_irp(n, tokens), use_chat_template=False)
-        _, info = engine.refine(question, history=list(history), max_tokens=tokens, min_new_tokens=tokens,
-                                candidates_per_round=per_round)
-        return {"prefill_s": info["prefill_s"], "decode_s": info["decode_s"], "tokens": info["tokens"],
-                "rounds": info["rounds"], "candidates": info["candidates"],
-                "temperatures": info["temperatures"], "halt_reason": info["halt_reason"]}
+        options = AnswerOptions.resolve(engine.cfg).replace(max_tokens=tokens, min_new_tokens=tokens,
+                                                            candidates_per_round=per_round)
+        info = engine.refine(question, history=list(history), options=options)
+        irp = info.irp
+        return {"prefill_s": irp.prefill_s, "decode_s": irp.decode_s, "tokens": info.tokens,
+                "rounds": irp.rounds, "candidates": irp.candidates,
+                "temperatures": list(irp.temperatures), "halt_reason": irp.halt_reason}
 
     if name is None:
         if n == 1:

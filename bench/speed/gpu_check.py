@@ -7,19 +7,11 @@ One command for a machine with a CUDA GPU (needs only torch and transformers, no
 
 It builds a randomly initialised model with Qwen2.5-0.5B-Instruct's exact architecture in fp16
 (weights do not change speed), then for N = 1, 3, 5, 8 candidates decodes ``--tokens`` tokens per
-candidate in one call with per-row temperatures, in five modes. Three run transformers' ``generate``
-(a logits processor divides row i by its temperature and gathers the untempered log-prob of the sampled
-token), as a reference for the package's loop:
+candidate in one call with per-row temperatures, through the package's one decode loop
+(sage_irp_ros/decode.py: static KV cache, prompt prefilled once for all rows, per-row temperatures,
+untempered log-probs), in two modes:
 
-- ``generate``:         transformers' ``generate`` with its dynamic KV cache, no compilation;
-- ``generate-static``:  ``generate`` with ``cache_implementation="static"`` and ``disable_compile=True``;
-- ``generate-compile``: ``generate`` with ``cache_implementation="static"``; transformers then compiles the
-  forward pass (torch.compile, mode "reduce-overhead" = CUDA graphs) on CUDA;
-
-and two run the package's decode loop (sage_irp_ros/decode.py: static KV cache, prompt prefilled once for
-all rows, per-row temperatures, untempered log-probs):
-
-- ``loop``:             the package's loop, eager (what the package runs);
+- ``loop``:             the loop as the package runs it, eager;
 - ``loop-compile``:     the same loop with its decode step compiled (torch.compile, mode "reduce-overhead"
   on CUDA, the inductor C++ backend on CPU).
 
@@ -61,7 +53,7 @@ except ImportError:  # pragma: no cover
 from bench.record import RESULTS, run_info  # noqa: E402
 
 NAME = "gpu_check"
-MODES = ("generate", "generate-static", "generate-compile", "loop", "loop-compile")
+MODES = ("loop", "loop-compile")
 
 BANDWIDTH_GBS = {"H100 SXM": 3350.0, "H100 PCIe": 2000.0, "H200": 4800.0, "Jetson Orin Nano 8GB": 68.0}
 
@@ -78,30 +70,6 @@ def detect_bandwidth(name: str | None) -> tuple[str | None, float | None]:
     if "ORIN" in upper:
         return "Jetson Orin Nano 8GB", BANDWIDTH_GBS["Jetson Orin Nano 8GB"]
     return None, None
-
-
-class RowTemperature:
-    """Per-row temperature + untempered log-prob of the sampled token (the engine's processor)."""
-
-    def __init__(self, temperatures, device, sync):
-        import torch
-
-        self.t = torch.tensor(temperatures, dtype=torch.float32, device=device)[:, None]
-        self.first_call: float | None = None
-        self.sync = sync
-        self.last = None
-        self.logprobs = []
-
-    def __call__(self, input_ids, scores):
-        import torch
-
-        if self.first_call is None:
-            self.sync()
-            self.first_call = time.perf_counter()
-        if self.last is not None:
-            self.logprobs.append(self.last.gather(1, input_ids[:, -1:]))
-        self.last = torch.log_softmax(scores.float(), dim=-1)
-        return scores / self.t.to(scores.dtype)
 
 
 def measure_copy_bandwidth(torch, device) -> float | None:
@@ -132,6 +100,7 @@ COMPILE_BACKEND = {"backend": None}
 
 def loop_cell(torch, model, mode: str, prompt, temps, tokens: int, sync):
     """``once(max_new)`` for the package's decode loop (eager or with a compiled step)."""
+    from sage_irp_ros.candidates import GenerationRequest
     from sage_irp_ros.decode import decode, step
 
     if mode == "loop-compile" and "step" not in _COMPILED:
@@ -143,8 +112,8 @@ def loop_cell(torch, model, mode: str, prompt, temps, tokens: int, sync):
     def once(max_new: int) -> dict:
         sync()
         start = time.perf_counter()
-        out = decode(model, prompt[0].tolist(), temps, max_new, min_new_tokens=max_new, eos_ids=[],
-                     pad_id=0, step_fn=step_fn)
+        request = GenerationRequest(prompt[0].tolist(), temps, max_new, min_new_tokens=max_new)
+        out = decode(model, request, eos_ids=[], pad_id=0, step_fn=step_fn)
         sync()
         return {"total_s": time.perf_counter() - start, "prefill_s": out.prefill_s, "decode_s": out.decode_s,
                 "new_tokens": out.tokens.shape[1]}
@@ -156,36 +125,14 @@ def run_cell(torch, model, mode: str, n: int, prompt_len: int, tokens: int, reps
     vocab = model.config.vocab_size
     prompt = torch.randint(100, min(vocab, 30000), (1, prompt_len), device=device)
     temps = [round(0.7 - i * 0.16 / n, 6) for i in range(n)]
-    kwargs: dict[str, Any] = dict(do_sample=True, temperature=1.0, top_k=None, top_p=None,
-                                  num_return_sequences=n, max_new_tokens=tokens, min_new_tokens=tokens,
-                                  pad_token_id=0, eos_token_id=model.config.eos_token_id)
-    if mode in ("generate-static", "generate-compile"):
-        kwargs["cache_implementation"] = "static"
-    if mode == "generate-static":
-        kwargs["disable_compile"] = True
-
-    def generate_once(max_new: int) -> dict:
-        proc = RowTemperature(temps, device, sync)
-        sync()
-        start = time.perf_counter()
-        with torch.inference_mode():
-            out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt),
-                                 logits_processor=[proc], **{**kwargs, "max_new_tokens": max_new,
-                                                             "min_new_tokens": max_new})
-        sync()
-        end = time.perf_counter()
-        first = proc.first_call or end
-        new = out.shape[1] - prompt_len
-        return {"total_s": end - start, "prefill_s": first - start, "decode_s": end - first, "new_tokens": new}
-
-    once = loop_cell(torch, model, mode, prompt, temps, tokens, sync) if mode.startswith("loop") else generate_once
+    once = loop_cell(torch, model, mode, prompt, temps, tokens, sync)
     warm = [once(tokens) for _ in range(2 if "compile" in mode else 1)]  # compile happens here
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     runs = [once(tokens) for _ in range(reps)]
     steps = [r["decode_s"] / max(1, r["new_tokens"] - 1) for r in runs]
     step = statistics.median(steps)
-    compiled = getattr(model, "_compiled_call", None) is not None or mode == "loop-compile"
+    compiled = mode == "loop-compile"
     return {"mode": mode, "n": n, "tokens": tokens, "prompt_tokens": prompt_len, "reps": reps,
             "warmup_s": [round(w["total_s"], 3) for w in warm], "compiled": compiled,
             "prefill_ms": 1e3 * statistics.median(r["prefill_s"] for r in runs),
@@ -243,8 +190,6 @@ def main(argv: list[str] | None = None) -> int:
         from sage_irp_ros.quantize import quantize_model
 
         quantize_model(model, args.quant, device)
-        if args.modes == parser.get_default("modes"):  # generate's static/compile paths are not the point here
-            args.modes = "generate,loop,loop-compile"
     wbytes = weight_bytes(model)
     cfg = model.config
     head_dim = cfg.hidden_size // cfg.num_attention_heads

@@ -40,6 +40,7 @@ def child(spec: str) -> dict:
     from sage_irp_ros.config import SageConfig
     from sage_irp_ros.irp import IRPEngine
     from sage_irp_ros.model_loader import load_model
+    from sage_irp_ros.options import AnswerOptions
 
     name, _, pairs = spec.partition(":")
     irp = {k: yaml.safe_load(v) for k, _, v in (p.partition("=") for p in pairs.split(",") if p)}
@@ -48,7 +49,8 @@ def child(spec: str) -> dict:
     before = _rss_mb()
     lm = load_model(cfg.model, cfg.llm_irp, lambda message: None)
     loaded = _rss_mb()
-    IRPEngine(lm, cfg.llm_irp, use_chat_template=False).refine("What is 2+2?", max_tokens=8)
+    IRPEngine(lm, cfg.llm_irp, use_chat_template=False).refine(
+        "What is 2+2?", options=AnswerOptions.resolve(cfg.llm_irp).replace(max_tokens=8))
     answered = _rss_mb()
     return {"variant": name, "rss_before_mb": before, "added_by_load_mb": loaded - before,
             "added_after_one_answer_mb": answered - before, "footprint_mb": lm.footprint_mb}

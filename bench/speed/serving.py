@@ -33,6 +33,7 @@ def child_ready(args) -> None:
     from bench.models import DEMO_QUESTIONS
     from sage_irp_ros.config import SageConfig
     from sage_irp_ros.core import SageCore
+    from sage_irp_ros.options import AnswerOptions
     from sage_irp_ros.questions import parse_question
 
     imported = time.time()
@@ -57,10 +58,11 @@ def child_ready(args) -> None:
     refine = engine.refine
     clock: dict[str, float] = {}
 
-    def timed_refine(*a, **kw):  # force the token count and time the engine alone
+    def timed_refine(question, context="", history=(), options=None):  # force the token count, time the engine
         begin = time.perf_counter()
+        options = options or AnswerOptions.resolve(engine.cfg)
         try:
-            return refine(*a, **{**kw, "min_new_tokens": tokens})
+            return refine(question, context, history, options.replace(min_new_tokens=tokens))
         finally:
             clock["refine_s"] = time.perf_counter() - begin
 
