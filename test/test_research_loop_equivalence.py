@@ -136,7 +136,7 @@ def test_same_tokens_texts_and_decisions_on_fixed_seeds(lm, schedule):
 
 def test_research_energy_is_the_seed_energy():
     from sage_irp_ros.energy import seed_energy
-    from sage_irp_ros.generation import Candidate
+    from sage_irp_ros.candidates import Candidate
 
     for text in ["", "yes", "The answer is 4.", " ".join(["word"] * 50) + ".", "lower case only"]:
         for t in (0.7, 0.647, 0.54):

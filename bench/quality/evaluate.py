@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 from bench.quality.question_set import KINDS
 from sage_irp_ros.energy import ResponseEnergy, repetition, seed_energy
-from sage_irp_ros.generation import Candidate
+from sage_irp_ros.candidates import Candidate
 from sage_irp_ros.selection import Consensus, agreement, best_index, mean_nll, overlap_f1
 
 Rule = Callable[[Sequence[Candidate], float], list[float]]  # energies, lower is better
