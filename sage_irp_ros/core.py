@@ -123,7 +123,12 @@ class SageCore:
     # -- answering --------------------------------------------------------------------------------
     def answer(self, question: Question, *, received: float | None = None, throttled: bool = False,
                cancel: threading.Event | None = None) -> Result:
-        """Answer one question; returns its :class:`Result` (see docs/interface.md). Never raises."""
+        """Answer one question; returns its :class:`Result` (see docs/interface.md). Never raises.
+
+        ``cancel`` stops generation at its next token. When it carries a ``reason`` (a
+        :class:`SageError`, as :class:`sage_irp_ros.worker.Cancel` does), a question cancelled before
+        any answer fails with that code and message; otherwise with ``shutting_down``.
+        """
         received = time.monotonic() if received is None else received
         start = time.monotonic()
         try:
@@ -164,7 +169,7 @@ class SageCore:
             if refined.irp.halt_reason == HALT_DEADLINE:
                 raise SageError(errors.DEADLINE, f"deadline of {options.deadline_s:g} s passed before any answer")
             if refined.irp.halt_reason == HALT_CANCELLED:
-                raise SageError(errors.SHUTTING_DOWN, "generation cancelled: the node is stopping")
+                raise _cancelled(options.cancel)
             raise SageError(errors.INFERENCE_FAILED, "the model produced no answer text")
         inference_s = time.monotonic() - start
         scores = self.snarc.score(q.text, refined.answer, heard, final_energy=refined.irp.best_energy)
@@ -254,12 +259,47 @@ class SageCore:
                       model=self.lm.model_id if self.lm is not None else None, warnings=list(q.warnings),
                       stamp=time.time())
 
+    def refuse(self, q: Question | None, error: SageError, *, question_id: str | None = None,
+               received: float | None = None) -> Result:
+        """The result for a question that never reached inference (queue full, not active ...), counted."""
+        self.stats.record(ok=False, code=error.code)
+        return self.error_result(q, error, question_id=question_id, received=received)
+
+    def status(self) -> dict[str, Any]:
+        """What a front end's status needs from the core: the model, its memory, serving stats, the store.
+
+        Keys as in docs/interface.md "Status JSON": model, device, precision, packed_layers, model_mb,
+        gpu_mem_mb, max_memory_mb, served, errors, refused, consecutive_errors, last, latency,
+        memory_store. Without a model, device and precision are the configured ones.
+        """
+        lm, cfg = self.lm, self.cfg
+        gpu_mb = None
+        if lm is not None and lm.device.type == "cuda":
+            gpu_mb = round(torch.cuda.memory_allocated(lm.device) / 2**20, 1)
+        return {
+            "model": lm.model_id if lm else None,
+            "device": str(lm.device) if lm else cfg.llm_irp.device,
+            "precision": lm.precision if lm else cfg.llm_irp.precision,
+            "packed_layers": lm.packed_layers if lm else None,
+            "model_mb": round(lm.footprint_mb, 1) if lm else None, "gpu_mem_mb": gpu_mb,
+            "max_memory_mb": cfg.llm_irp.max_memory_mb,
+            **self.stats.snapshot(), "memory_store": self.store_status(),
+        }
+
     def store_status(self) -> dict[str, Any]:
         store = self.store
         if store is None:  # not configured yet, or storage disabled with db_path 'none'
             return {"ok": True, "error": None, "path": None, "size_mb": None}
         return {"ok": store.healthy, "error": store.last_error, "path": str(store.path),
                 "size_mb": round(store.size_bytes() / 2**20, 3), "pruned": store.pruned_count}
+
+
+def _cancelled(cancel: threading.Event | None) -> SageError:
+    """Why a cancelled question failed: the canceller's reason, else the process is stopping."""
+    reason = getattr(cancel, "reason", None)
+    if isinstance(reason, SageError):
+        return SageError(reason.code, reason.message)
+    return SageError(errors.SHUTTING_DOWN, "generation cancelled: the node is stopping")
 
 
 def _is_oom(exc: BaseException) -> bool:

@@ -19,13 +19,9 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-import rclpy
-import rclpy.logging
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.exceptions import (InvalidParameterTypeException, InvalidParameterValueException,
-                              ParameterException)
-from rclpy.executors import ExternalShutdownException
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Bool, Float32, String
@@ -34,6 +30,7 @@ from .config import ConfigError, SageConfig, allowed_range, describe_keys
 from .diagnostics_status import Limits, ProbeInfo, Status, build_statuses, metrics
 from .probes.system_probe import SystemProbe
 from .ros_params import descriptor
+from .ros_spin import run_main
 
 NODE_NAME = "sage_diagnostics"
 PARAMETERS = ("diagnostics.backend", "diagnostics.rate_hz", "diagnostics.latency_warn_s",
@@ -54,14 +51,16 @@ class DiagnosticsNode(Node):
 
     def __init__(self, node_name: str = NODE_NAME, *, probe_factory: Optional[ProbeFactory] = None,
                  **node_kwargs: Any):
-        super().__init__(node_name, **node_kwargs)
-        self._config = self._declare_parameters()  # raises ConfigError naming every bad value
+        # What destroy_node reads is set before anything can raise: the context destroys every node
+        # registered with it at shutdown, also one whose constructor failed on a bad parameter.
         # Parameter changes may arrive on another thread (MultiThreadedExecutor): they swap the
         # probe and the timer, so they and the publishing tick take turns.
         self._lock = threading.RLock()
+        self._probe: Any = None
+        super().__init__(node_name, **node_kwargs)
+        self._config = self._declare_parameters()  # raises ConfigError naming every bad value
         self._probe_factory = probe_factory or (
             lambda cfg, threshold: SystemProbe(cfg, threshold))
-        self._probe: Any = None
         self._probe_error: Optional[str] = None
         self._irp: Optional[dict] = None
         self._irp_received: Optional[float] = None
@@ -222,26 +221,8 @@ def make_node(**kwargs: Any) -> DiagnosticsNode:
 
 
 def main(args: Optional[list[str]] = None) -> int:
-    rclpy.init(args=args)
-    node = None
-    code = 0
-    try:
-        node = DiagnosticsNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except (ConfigError, ParameterException) as exc:  # to the ROS logger, not a bare print
-        rclpy.logging.get_logger(NODE_NAME).error(str(exc))
-        code = 2
-    except Exception:
-        if rclpy.ok():
-            raise
-        # SIGINT's handler shut the context while spin built its wait set (RCLError): a clean stop.
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return code
+    """Entry point of ``diagnostics_node``: run the node until Ctrl-C or SIGTERM."""
+    return run_main(DiagnosticsNode, NODE_NAME, args)
 
 
 if __name__ == "__main__":

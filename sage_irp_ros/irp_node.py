@@ -3,24 +3,22 @@
 A thin adapter over :class:`sage_irp_ros.core.SageCore`: configure loads and warms up the model,
 activate accepts questions, deactivate refuses them (queued ones get an error result) after the
 running one finished (bounded), cleanup releases the model, shutdown fails what is pending.
-Inference runs on one worker thread fed by a bounded queue, so subscription callbacks never block
-and a full queue answers ``queue_full`` at once. Topics, QoS, parameters and error codes:
+Inference runs on one :class:`~sage_irp_ros.worker.QuestionWorker` thread fed by a bounded queue, so
+subscription callbacks never block and a full queue answers ``queue_full`` at once. The lifecycle
+state is rclpy's (read through :func:`~sage_irp_ros.ros_compat.lifecycle_state`, never copied); the
+error code of a cancelled question is the core's. Topics, QoS, parameters and error codes:
 docs/interface.md.
 """
 
 from __future__ import annotations
 
 import json
-import queue
 import sys
-import threading
 import time
 import traceback
-from typing import Any
+from typing import Any, NamedTuple
 
 import psutil
-import rclpy
-import rclpy.logging
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.duration import Duration
 from rclpy.lifecycle import LifecycleNodeMixin, LifecycleState, TransitionCallbackReturn
@@ -30,15 +28,17 @@ from std_msgs.msg import Bool, Float32, Float32MultiArray, MultiArrayDimension, 
 from std_srvs.srv import Trigger
 
 from . import errors
-from .config import ConfigError, SageConfig
+from .config import SageConfig
 from .core import SageCore
 from .errors import CLIENT_ERRORS, ModelLoadError, SageError
-from .questions import parse_id, parse_question
-from .ros_compat import guard_change_state
+from .questions import Question, parse_id, parse_question
+from .results import Result
+from .ros_compat import guard_change_state, lifecycle_state
 from .ros_logging import route_to_node
 from .ros_params import IRP_NODE_KEYS, declare_config, validate_update
-from .ros_spin import init_ros, spin_nodes
+from .ros_spin import run_main
 from .throttle_signal import STALE, ThrottleSignal, ThrottleState
+from .worker import Cancel, QuestionWorker
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -57,7 +57,16 @@ THROTTLED_IN = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT,
 SNARC_LABEL = "surprise,novelty,arousal,reward,conflict,total"
 CANCEL_GRACE_S = 2.0      # a cancelled generation stops at its next token; wait this long for it
 CLIENT_LOG_THROTTLE_S = 5.0  # refusals (client errors) log at most one WARN line per this period
-_STOP = object()
+PRIMARY_STATES = ("unconfigured", "inactive", "active")  # the ones a shutdown transition starts from
+STOPPED_STATES = ("shuttingdown", "finalized")
+DEACTIVATED = "the node was deactivated before this question ran"
+
+
+class Pending(NamedTuple):
+    """A question waiting for the worker, with the monotonic time it was received."""
+
+    question: Question
+    received: float
 
 
 class IrpNode(Node, LifecycleNodeMixin):
@@ -68,20 +77,13 @@ class IrpNode(Node, LifecycleNodeMixin):
         # A reentrant group lets get_state and status answer while configure loads the model.
         self._services_group = ReentrantCallbackGroup()
         LifecycleNodeMixin.__init__(self, callback_group=self._services_group)
-        guard_change_state(self)  # Jazzy: an invalid transition would otherwise stop the node
+        # Jazzy: an invalid transition would otherwise stop the node; each transition ends with a status.
+        guard_change_state(self, after=self.publish_status)
         route_to_node(self.get_logger())  # the core's Python logging -> this node's logger, /rosout
         self.cfg = declare_config(self, IRP_NODE_KEYS)  # raises ConfigError naming every bad parameter
         self.core = SageCore(self.cfg, progress=self.get_logger().info)
-        self._queue: queue.Queue = queue.Queue(maxsize=self.cfg.node.queue_size)
-        self._lifecycle, self._state, self._load_error = "unconfigured", "idle", None
-        self._active = threading.Event()
-        self._stopping = threading.Event()  # set by stop(): refusals say shutting_down, not not_active
-        self._cancel = threading.Event()
-        self._idle = threading.Event()  # clear while the worker handles a question
-        self._idle.set()
+        self._error: str | None = None  # why the last configure failed: the status' "error"
         self._throttle = ThrottleSignal()  # the last 'throttled' message, its age, staleness
-        self._status_lock = threading.Lock()
-        self._last_status: dict[str, Any] | None = None
 
         # Per-answer topics are lifecycle publishers (silent unless active); result and status are
         # plain ones: every question gets its result and the status is heard in every state.
@@ -90,6 +92,9 @@ class IrpNode(Node, LifecycleNodeMixin):
         self.pub_snarc = self.create_lifecycle_publisher(Float32MultiArray, "snarc", RELIABLE)
         self.pub_result = self.create_publisher(String, "result", RESULTS)
         self.pub_status = self.create_publisher(String, "status", LATCHED)
+        self._worker: QuestionWorker[Pending] = QuestionWorker(
+            self._answer, self.cfg.node.queue_size, name="sage_irp_worker", on_idle=self.publish_status,
+            on_crash=lambda exc: self.get_logger().error(f"worker: {type(exc).__name__}: {exc}"))
         inputs = MutuallyExclusiveCallbackGroup()
         self.create_subscription(String, "question", self._on_question, BURST, callback_group=inputs)
         self.create_subscription(Bool, "throttled", self._on_throttled, THROTTLED_IN, callback_group=inputs)
@@ -97,103 +102,99 @@ class IrpNode(Node, LifecycleNodeMixin):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._status_timer = self.create_timer(self.cfg.node.status_period_s, self._on_status_timer,
                                                callback_group=self._services_group)
-        self._worker = threading.Thread(target=self._serve, name="sage_irp_worker", daemon=True)
-        self._worker.start()
         if self.cfg.node.autostart:
             self._autostart = self.create_timer(0.0, self._run_autostart, callback_group=self._services_group)
         self.publish_status()
 
     # -- lifecycle --------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._set_state("configuring", "loading")
+        self.publish_status()  # configuring: state loading
         try:
             self.core.reconfigure(self.cfg)
             self.core.load()
         except Exception as exc:  # noqa: BLE001 - every failure is logged, reported and cleaned up
             if isinstance(exc, ModelLoadError):
-                self._load_error = str(exc)
+                self._error = str(exc)
                 self.get_logger().error(f"configure failed: {exc}")
             else:  # warm-up or a library failure (RuntimeError, CUDA OOM ...): keep the traceback
-                self._load_error = f"{type(exc).__name__}: {exc}"
-                self.get_logger().error(f"configure failed: {self._load_error}\n{traceback.format_exc()}")
+                self._error = f"{type(exc).__name__}: {exc}"
+                self.get_logger().error(f"configure failed: {self._error}\n{traceback.format_exc()}")
             self.core.release()  # what load made resident, and the store, are freed again
-            self._set_state("unconfigured", "error")
             return TransitionCallbackReturn.FAILURE
-        self._load_error = None
-        self._set_state("inactive", "idle")
+        self._error = None
         return LifecycleNodeMixin.on_configure(self, state)
 
-    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        result = LifecycleNodeMixin.on_activate(self, state)  # enables answer/salience/snarc
-        self._active.set()
-        self._set_state("active", "ready")
-        return result
-
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._active.clear()
-        self._fail_pending(errors.NOT_ACTIVE, "the node was deactivated before this question ran")
-        self._wait_running("deactivate")
-        self._fail_pending(errors.NOT_ACTIVE, "the node was deactivated before this question ran")
-        result = LifecycleNodeMixin.on_deactivate(self, state)
-        self._set_state("inactive", "idle")
-        return result
+        # Questions arriving from now on are refused: the state machine reads 'deactivating'.
+        self._refuse_pending(errors.NOT_ACTIVE, DEACTIVATED)
+        self._wait_running()
+        self._refuse_pending(errors.NOT_ACTIVE, DEACTIVATED)
+        return LifecycleNodeMixin.on_deactivate(self, state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         if not self.core.release(timeout=self.cfg.node.shutdown_timeout_s + CANCEL_GRACE_S):
             self.get_logger().error("cleanup failed: a generation is still running")
             return TransitionCallbackReturn.FAILURE
-        self._set_state("unconfigured", "idle")
         return LifecycleNodeMixin.on_cleanup(self, state)
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self.stop()
-        return TransitionCallbackReturn.SUCCESS
+        if self._stop_serving():  # not stopped by stop() before: let subscribers get the last results
+            self._wait_results_acked()
+        return LifecycleNodeMixin.on_shutdown(self, state)
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._active.clear()
-        self._fail_pending(errors.NOT_ACTIVE, "the node hit an error")
-        self._set_state("unconfigured", "error")
+        self._refuse_pending(errors.NOT_ACTIVE, "the node hit an error")
+        self._error = f"a lifecycle transition from {state.label} raised"
         return TransitionCallbackReturn.SUCCESS
 
     def _run_autostart(self) -> None:
         self.destroy_timer(self._autostart)
         if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
             self.trigger_activate()
+        self.publish_status()
 
-    def _wait_running(self, why: str) -> bool:
+    def _wait_running(self) -> bool:
         """Wait (node.shutdown_timeout_s) for the running question; then cancel it (CANCEL_GRACE_S)."""
         timeout = self.cfg.node.shutdown_timeout_s
-        if self._idle.wait(timeout):
+        if self._worker.wait_idle(timeout):
             return True
-        self.get_logger().warning(f"{why}: the running question did not finish within "
+        self.get_logger().warning(f"deactivate: the running question did not finish within "
                                   f"node.shutdown_timeout_s = {timeout:g} s; cancelling it")
-        self._cancel.set()
-        return self._idle.wait(CANCEL_GRACE_S)
+        self._worker.cancel(SageError(errors.NOT_ACTIVE, (
+            "the node was deactivated while this question ran (cancelled after node.shutdown_timeout_s)")))
+        return self._worker.wait_idle(CANCEL_GRACE_S)
 
     def stop(self, timeout: float | None = None) -> None:
-        """Stop serving: fail queued questions, cancel the running one, join the worker, close the store.
+        """Stop serving (SIGINT/SIGTERM): fail queued questions, cancel the running one, join the worker,
+        close the store; then the lifecycle shutdown transition, where the state machine allows one.
 
         Takes at most ``timeout`` (default node.shutdown_timeout_s) + CANCEL_GRACE_S + 0.5 s + 2 s.
         """
-        if not self._worker.is_alive():
-            return
-        self._stopping.set()
-        self._active.clear()
-        self._fail_pending(errors.SHUTTING_DOWN, "the node is shutting down")
-        with self._queue.mutex:  # past maxsize if need be: the worker must see it
-            self._queue.queue.append(_STOP)
-            self._queue.unfinished_tasks += 1
-            self._queue.not_empty.notify()
-        self._worker.join(self.cfg.node.shutdown_timeout_s if timeout is None else timeout)
-        if self._worker.is_alive():  # the running generation did not finish in time: cut it short
-            self._cancel.set()
-            self._worker.join(CANCEL_GRACE_S)
-        self._fail_pending(errors.SHUTTING_DOWN, "the node is shutting down")
-        self.core.release(timeout=0.5 if self._worker.is_alive() else None)
-        self._set_state("finalized", "idle")
+        self._stop_serving(timeout)
+        if lifecycle_state(self) in PRIMARY_STATES:  # not in a transition another thread runs
+            try:
+                self.trigger_shutdown()  # -> finalized; on_shutdown finds the worker stopped
+            except Exception as exc:  # noqa: BLE001 - a transition started meanwhile: serving is over anyway
+                self.get_logger().warning(f"lifecycle shutdown not possible: {exc}")
+        self.publish_status()
+        self._wait_results_acked()
+
+    def _stop_serving(self, timeout: float | None = None) -> bool:
+        """Refuse what waits, stop the worker (cancel after ``timeout``), release; False if done before."""
+        if self._worker.stopping:
+            return False
+        for item in self._worker.stop():
+            self._refuse(item.question, SageError(errors.SHUTTING_DOWN, "the node is shutting down"), item.received)
+        self._worker.join(self.cfg.node.shutdown_timeout_s if timeout is None else timeout,
+                          SageError(errors.SHUTTING_DOWN, "generation cancelled: the node is stopping"),
+                          CANCEL_GRACE_S)
+        self.core.release(timeout=0.5 if self._worker.alive else None)
+        return True
+
+    def _wait_results_acked(self) -> None:
         try:  # let subscribers receive the last results before the process goes away
             self.pub_result.wait_for_all_acked(Duration(seconds=2))
-        except Exception:
+        except Exception:  # noqa: BLE001 - the context is already down: nothing left to wait for
             pass
 
     # -- inputs -----------------------------------------------------------------------------------
@@ -206,17 +207,23 @@ class IrpNode(Node, LifecycleNodeMixin):
             return
         for warning in question.warnings:
             self.get_logger().warning(f"question {question.id}: {warning}")
-        if not self._active.is_set():
-            self._refuse(question, self._inactive_error(f"node is {self._lifecycle}, not active"), received)
-            return
-        try:
-            self._queue.put_nowait((question, received))
-        except queue.Full:
-            self._refuse(question, SageError(errors.QUEUE_FULL, (
-                f"{self._queue.qsize()} questions already waiting "
-                f"(node.queue_size = {self._queue.maxsize})")), received)
+        error = self._not_serving("node is {state}, not active")
+        if error is None and not self._worker.submit(Pending(question, received)):
+            error = self._not_serving("node is {state}, not active") or SageError(errors.QUEUE_FULL, (
+                f"{self._worker.depth()} questions already waiting (node.queue_size = {self._worker.maxsize})"))
+        if error is not None:
+            self._refuse(question, error, received)
             return
         self.publish_status()
+
+    def _not_serving(self, message: str) -> SageError | None:
+        """None while active and serving; else the refusal (``message`` may name ``{state}``)."""
+        state = lifecycle_state(self)
+        if self._worker.stopping or state in STOPPED_STATES:
+            return SageError(errors.SHUTTING_DOWN, "the node is shutting down")
+        if state != "active":
+            return SageError(errors.NOT_ACTIVE, message.format(state=state))
+        return None
 
     def _on_throttled(self, msg: Bool) -> None:
         self._throttle.update(bool(msg.data))
@@ -251,7 +258,7 @@ class IrpNode(Node, LifecycleNodeMixin):
         return response
 
     def _on_set_parameters(self, params):
-        new, result = validate_update(self.cfg, params, self._lifecycle)
+        new, result = validate_update(self.cfg, params, lifecycle_state(self))
         if new is not None:
             old, self.cfg = self.cfg, new
             self.core.reconfigure(new)
@@ -261,135 +268,88 @@ class IrpNode(Node, LifecycleNodeMixin):
     def _apply_node_settings(self, old: SageConfig, new: SageConfig) -> None:
         """``node.*`` keys take effect at once: the queue bound and the status period."""
         if new.node.queue_size != old.node.queue_size:
-            with self._queue.mutex:  # questions already waiting stay; the bound applies to new ones
-                self._queue.maxsize = new.node.queue_size
+            self._worker.resize(new.node.queue_size)  # questions already waiting stay
         if new.node.status_period_s != old.node.status_period_s:
             self._status_timer.timer_period_ns = int(new.node.status_period_s * 1e9)
         self.publish_status()
 
-    # -- worker -----------------------------------------------------------------------------------
-    def _serve(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
-                return
-            self._idle.clear()
-            try:
-                self._run(*item)
-            finally:
-                if not self._stopping.is_set():
-                    self._cancel.clear()  # a cancel from deactivate applies to that question only
-                self._idle.set()
-
-    def _run(self, question, received: float) -> None:
-        if not self._active.is_set():
-            self._refuse(question, self._inactive_error("the node was deactivated before this question ran"),
-                         received)
+    # -- the worker's side ------------------------------------------------------------------------
+    def _answer(self, item: Pending, cancel: Cancel) -> None:
+        """Run one queued question on the worker thread: its result, or a refusal if no longer active."""
+        error = self._not_serving(DEACTIVATED)
+        if error is not None:
+            self._refuse(item.question, error, item.received)
             return
-        self._set_state(self._lifecycle, "busy")
-        result = self.core.answer(question, received=received, throttled=self.throttle_state().throttled,
-                                  cancel=self._cancel)
-        if (not result["ok"] and result["error"]["code"] == errors.SHUTTING_DOWN
-                and not self._stopping.is_set()):  # cancelled by deactivate, not by shutdown
-            result = self.core.error_result(question, SageError(errors.NOT_ACTIVE, (
-                "the node was deactivated while this question ran (cancelled after "
-                "node.shutdown_timeout_s)")), received=received)
-        self._publish_result(result)
-        self._set_state(self._lifecycle, "ready" if self._active.is_set() else "idle")
+        self.publish_status()  # busy
+        self._publish_result(self.core.answer(item.question, received=item.received,
+                                              throttled=self.throttle_state().throttled, cancel=cancel))
 
-    def _inactive_error(self, message: str) -> SageError:
-        if self._stopping.is_set():
-            return SageError(errors.SHUTTING_DOWN, "the node is shutting down")
-        return SageError(errors.NOT_ACTIVE, message)
-
-    def _refuse(self, question, error: SageError, received: float, question_id: str | None = None) -> None:
+    def _refuse(self, question: Question | None, error: SageError, received: float,
+                question_id: str | None = None) -> None:
         """A question that never reached inference: counted as refused, its error result published."""
-        self.core.stats.record(ok=False, code=error.code)
-        self._publish_result(self.core.error_result(question, error, question_id=question_id, received=received))
+        self._publish_result(self.core.refuse(question, error, question_id=question_id, received=received))
 
-    def _fail_pending(self, code: str, message: str) -> None:
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if item is _STOP:
-                with self._queue.mutex:
-                    self._queue.queue.appendleft(_STOP)
-                    self._queue.unfinished_tasks += 1
-                    self._queue.not_empty.notify()
-                return
-            question, received = item
-            self._refuse(question, SageError(code, message), received)
+    def _refuse_pending(self, code: str, message: str) -> None:
+        for item in self._worker.take_pending():
+            self._refuse(item.question, SageError(code, message), item.received)
 
-    def _publish_result(self, result: dict[str, Any]) -> None:
-        if result["ok"]:
-            self.pub_answer.publish(String(data=result["answer"]))
-            self.pub_salience.publish(Float32(data=float(result["snarc"]["total"])))
-            values = [float(result["snarc"][k]) for k in SNARC_LABEL.split(",")]
+    def _publish_result(self, result: Result) -> None:
+        """The one place that reads a result: answer/salience/snarc when ok, a log line, the result JSON."""
+        if result.ok:
+            self.pub_answer.publish(String(data=result.answer))
+            self.pub_salience.publish(Float32(data=float(result.snarc.total)))
+            values = [float(getattr(result.snarc, k)) for k in SNARC_LABEL.split(",")]
             array = Float32MultiArray(data=values)
             array.layout.dim = [MultiArrayDimension(label=SNARC_LABEL, size=len(values), stride=len(values))]
             self.pub_snarc.publish(array)
-        elif result["error"]["code"] in CLIENT_ERRORS:  # the client's or the node state's doing
-            self.get_logger().warning(
-                f"question {result['id']} refused: {result['error']['code']}: {result['error']['message']}",
-                throttle_duration_sec=CLIENT_LOG_THROTTLE_S)
+        elif result.error.code in CLIENT_ERRORS:  # the client's or the node state's doing
+            self.get_logger().warning(f"question {result.id} refused: {result.error.code}: {result.error.message}",
+                                      throttle_duration_sec=CLIENT_LOG_THROTTLE_S)
         else:  # an inference-side failure
-            self.get_logger().error(f"question {result['id']}: {result['error']['code']}: "
-                                    f"{result['error']['message']}")
-        self.pub_result.publish(String(data=json.dumps(result, ensure_ascii=False)))
+            self.get_logger().error(f"question {result.id}: {result.error.code}: {result.error.message}")
+        self.pub_result.publish(String(data=result.to_json()))
 
     # -- status -----------------------------------------------------------------------------------
-    def _set_state(self, lifecycle: str, state: str) -> None:
-        with self._status_lock:
-            self._lifecycle, self._state = lifecycle, state
-        self.publish_status()
-
     def _on_status_timer(self) -> None:
         self._update_throttle()
         self.publish_status()
 
+    def _operational_state(self, lifecycle: str) -> str:
+        """idle | loading | ready | busy | error, from the lifecycle state and the worker."""
+        if lifecycle == "configuring":
+            return "loading"
+        if self._worker.busy:
+            return "busy"
+        if lifecycle == "unconfigured" and self._error is not None:
+            return "error"
+        return "ready" if lifecycle == "active" else "idle"
+
     def status(self) -> dict[str, Any]:
-        lm = self.core.lm
-        stats = self.core.stats.snapshot()
+        """The status JSON (docs/interface.md): the core's part plus this node's facts."""
+        lifecycle = lifecycle_state(self)
         throttle = self.throttle_state()
-        gpu_mb = None
-        if lm is not None and lm.device.type == "cuda":
-            import torch
-            gpu_mb = round(torch.cuda.memory_allocated(lm.device) / 2**20, 1)
         return {
-            "node": self.get_name(), "namespace": self.get_namespace(), "lifecycle": self._lifecycle,
-            "state": self._state, "model": lm.model_id if lm else None,
-            "device": str(lm.device) if lm else self.cfg.llm_irp.device,
-            "precision": lm.precision if lm else self.cfg.llm_irp.precision,
-            "packed_layers": lm.packed_layers if lm else None,
-            "queue_depth": self._queue.qsize(), "queue_size": self._queue.maxsize,
+            "node": self.get_name(), "namespace": self.get_namespace(), "lifecycle": lifecycle,
+            "state": self._operational_state(lifecycle), **self.core.status(),
+            "queue_depth": self._worker.depth(), "queue_size": self._worker.maxsize,
             "status_period_s": self._status_timer.timer_period_ns / 1e9,
             "throttled": throttle.throttled, "throttled_signal": throttle.signal,
             "throttled_age_s": None if throttle.age_s is None else round(throttle.age_s, 3),
             "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
-            "gpu_mem_mb": gpu_mb, "model_mb": round(lm.footprint_mb, 1) if lm else None,
-            "max_memory_mb": self.cfg.llm_irp.max_memory_mb, "error": self._load_error,
-            "memory_store": self.core.store_status(), **stats, "stamp": time.time(),
+            "error": self._error, "stamp": time.time(),
         }
 
     def publish_status(self) -> None:
+        """Publish the status now (latched): on every change and on the status timer."""
         try:
             self.pub_status.publish(String(data=json.dumps(self.status())))
-        except Exception:  # publishing after the context shut down: nothing left to tell
+        except Exception:  # noqa: BLE001 - publishing after the context shut down: nothing left to tell
             pass
 
 
 def main(args: list[str] | None = None) -> int:
     """Entry point of ``irp_node``: run the node until Ctrl-C or SIGTERM."""
-    init_ros(args if args is not None else sys.argv)
-    try:
-        node = IrpNode()
-    except ConfigError as exc:  # to the ROS logger (console, log file), not a bare print
-        rclpy.logging.get_logger("sage_irp").error(str(exc))
-        rclpy.try_shutdown()
-        return 2
-    return spin_nodes([node])
+    return run_main(IrpNode, "sage_irp", args)
 
 
 if __name__ == "__main__":

@@ -1,20 +1,29 @@
 """Running nodes in a process: rclpy.init without rclpy's signal handlers, and a clean stop.
 
-``irp_node`` and ``sage_irp run`` spin their nodes here: on SIGINT/SIGTERM each node that has a
-``stop()`` (the IRP node: every pending question gets its error result) is stopped before the
-executor and the context go down, so nothing waiting on a result is left in silence.
+``irp_node``, ``diagnostics_node`` and ``sage_irp run`` spin their nodes here: on SIGINT/SIGTERM each
+node that has a ``stop()`` (the IRP node: every pending question gets its error result) is stopped
+before the executor and the context go down, so nothing waiting on a result is left in silence.
+``run_main`` is a node executable's whole ``main``: an invalid parameter exits 2 with one message.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
+from typing import Callable
 
 import rclpy
+import rclpy.logging
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
+
+from .config import ConfigError
+
+EXIT_INVALID_PARAMETERS = 2
 
 
 def init_ros(args: list[str]) -> None:
@@ -53,3 +62,23 @@ def spin_nodes(nodes: list[Node], stop: threading.Event | None = None) -> int:
         node.destroy_node()
     rclpy.try_shutdown()
     return 0
+
+
+def run_main(make_node: Callable[[], Node], logger_name: str, args: list[str] | None = None) -> int:
+    """A node executable's ``main``: init, build the node, spin until SIGINT/SIGTERM; the exit code.
+
+    A node whose parameters are invalid raises ConfigError (or rclpy's ParameterException) from its
+    constructor: the message goes to the ROS logger, the exit code is 2, no traceback.
+    """
+    init_ros(sys.argv if args is None else args)
+    try:
+        node = make_node()
+    except (ConfigError, ParameterException) as exc:
+        message = str(exc)
+    else:
+        return spin_nodes([node])
+    # Outside the except block: the traceback (and with it the half-built node) is gone, so the
+    # context's shutdown does not destroy a node whose constructor never finished.
+    rclpy.logging.get_logger(logger_name).error(message)
+    rclpy.try_shutdown()
+    return EXIT_INVALID_PARAMETERS

@@ -1,6 +1,7 @@
 """SageCore without ROS: one result per question, history, salient memory, adaptation, failures."""
 
 import sqlite3
+import threading
 
 import pytest
 import torch
@@ -308,3 +309,30 @@ def test_reconfigure_during_warm_up_is_applied_to_the_installed_engine(tiny_mode
         assert core.engine.cfg.irp_iterations == 1
     finally:
         core.release()
+
+
+def test_a_cancelled_question_fails_with_the_cancel_reason(core):
+    from sage_irp_ros.errors import SageError
+    from sage_irp_ros.worker import Cancel
+
+    cancel = Cancel()
+    cancel.request(SageError(errors.NOT_ACTIVE, "deactivated while this question ran"))
+    result = core.answer(Question(text="Tell me a story.", id="cancelled"), cancel=cancel)
+    # cancelled before its first token: the engine halts at once and the result carries the reason
+    assert not result.ok and (result.error.code, result.error.message) == (
+        errors.NOT_ACTIVE, "deactivated while this question ran")
+    plain = threading.Event()
+    plain.set()
+    result = core.answer(Question(text="Tell me a story.", id="stopping"), cancel=plain)
+    assert not result.ok and result.error.code == errors.SHUTTING_DOWN
+
+
+def test_status_has_what_the_status_json_needs(core):
+    status = core.status()
+    assert {"model", "device", "precision", "packed_layers", "model_mb", "gpu_mem_mb", "max_memory_mb",
+            "served", "errors", "refused", "consecutive_errors", "last", "latency", "memory_store"} == set(status)
+    assert status["model"] and status["device"] == "cpu" and status["model_mb"] > 0
+    core.refuse(None, errors.SageError(errors.QUEUE_FULL, "full"), question_id="r1")
+    assert core.status()["refused"] == 1
+    core.release()
+    assert core.status()["model"] is None and core.status()["memory_store"]["path"] is None

@@ -1,0 +1,175 @@
+"""One worker thread behind a bounded queue: the IRP node's serving loop, without ROS.
+
+Subscription callbacks must never block, and one model answers one question at a time, so questions
+wait in a bounded queue that one thread drains. :class:`QuestionWorker` owns that queue (a deque under
+a condition variable), the thread, the item being handled and its :class:`Cancel`. It decides nothing
+about results: whoever submits an item hands it back to ``handle`` (run it) or gets it back from
+:meth:`QuestionWorker.take_pending` / :meth:`QuestionWorker.stop` (refuse it), so every item ends in
+exactly one of the two.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Callable, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Cancel(threading.Event):
+    """A cancel request for one running item that says why (``reason``), so the handler can report it.
+
+    A plain :class:`threading.Event` to whatever polls it (the decode loop stops at its next token);
+    ``reason`` is set before the event, so a reader that sees the event set also sees the reason.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reason: Exception | None = None
+
+    def request(self, reason: Exception) -> None:
+        """Ask the running item to stop, for ``reason`` (the first reason given is kept)."""
+        if self.reason is None:
+            self.reason = reason
+        self.set()
+
+
+class QuestionWorker(Generic[T]):
+    """A bounded FIFO of items served by one thread calling ``handle(item, cancel)``.
+
+    ``handle`` must not raise (it turns every failure into a result); an exception it lets out is
+    passed to ``on_crash`` and the worker goes on with the next item. ``on_idle`` runs after each
+    item, once :attr:`busy` is False again (the node publishes its status there).
+    """
+
+    def __init__(self, handle: Callable[[T, Cancel], None], maxsize: int, *, name: str = "worker",
+                 on_crash: Callable[[BaseException], None] | None = None,
+                 on_idle: Callable[[], None] | None = None):
+        if maxsize < 1:
+            raise ValueError(f"maxsize must be at least 1, not {maxsize}")
+        self._handle = handle
+        self._on_crash = on_crash
+        self._on_idle = on_idle
+        self._maxsize = maxsize
+        self._items: deque[T] = deque()
+        self._cond = threading.Condition()
+        self._cancel: Cancel | None = None  # the running item's, None while idle
+        self._stopping = False
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    # -- state ------------------------------------------------------------------------------------
+    @property
+    def maxsize(self) -> int:
+        """The bound new items are checked against."""
+        return self._maxsize
+
+    def depth(self) -> int:
+        """How many items wait (the running one not included)."""
+        with self._cond:
+            return len(self._items)
+
+    @property
+    def busy(self) -> bool:
+        """True while an item is being handled."""
+        return self._cancel is not None
+
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` was called: nothing is accepted any more."""
+        return self._stopping
+
+    @property
+    def alive(self) -> bool:
+        """True while the worker thread runs."""
+        return self._thread.is_alive()
+
+    # -- feeding ----------------------------------------------------------------------------------
+    def submit(self, item: T) -> bool:
+        """Queue ``item``; False (nothing queued) when the queue is full or the worker is stopping."""
+        with self._cond:
+            if self._stopping or len(self._items) >= self._maxsize:
+                return False
+            self._items.append(item)
+            self._cond.notify()
+            return True
+
+    def resize(self, maxsize: int) -> None:
+        """Change the bound; items already waiting stay, the bound applies to new ones."""
+        if maxsize < 1:
+            raise ValueError(f"maxsize must be at least 1, not {maxsize}")
+        with self._cond:
+            self._maxsize = maxsize
+
+    def take_pending(self) -> list[T]:
+        """Remove and return every waiting item (the caller refuses them); the running one stays."""
+        with self._cond:
+            items = list(self._items)
+            self._items.clear()
+            return items
+
+    # -- the running item ---------------------------------------------------------------------------
+    def cancel(self, reason: Exception) -> bool:
+        """Ask the running item to stop for ``reason``; False when none is running."""
+        with self._cond:
+            cancel = self._cancel
+        if cancel is None:
+            return False
+        cancel.request(reason)
+        return True
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no item is being handled; False when one still is after ``timeout`` seconds."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._cancel is None, timeout)
+
+    # -- stopping ---------------------------------------------------------------------------------
+    def stop(self) -> list[T]:
+        """Stop accepting; the thread ends after the running item. Returns the items that never ran
+        (the caller refuses them). Calling it again returns an empty list."""
+        with self._cond:
+            self._stopping = True
+            pending = list(self._items)
+            self._items.clear()
+            self._cond.notify_all()
+        return pending
+
+    def join(self, timeout: float, cancel_reason: Exception | None = None, grace: float = 0.0) -> bool:
+        """Wait ``timeout`` s for the thread to end (after :meth:`stop`); then, with ``cancel_reason``,
+        cancel the running item for it and wait ``grace`` s more. True when the thread has ended.
+
+        Takes at most ``timeout + grace`` seconds; the thread outlives it only if the running item
+        ignores the cancel.
+        """
+        self._thread.join(timeout)
+        if self._thread.is_alive() and cancel_reason is not None:
+            self.cancel(cancel_reason)
+            self._thread.join(grace)
+        return not self._thread.is_alive()
+
+    def _serve(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._items or self._stopping)
+                if self._stopping:
+                    return
+                item = self._items.popleft()
+                cancel = self._cancel = Cancel()
+            try:
+                self._handle(item, cancel)
+            except Exception as exc:  # noqa: BLE001 - the loop must outlive one bad item
+                self._crashed(exc)
+            finally:
+                with self._cond:
+                    self._cancel = None
+                    self._cond.notify_all()
+            if self._on_idle is not None:
+                try:
+                    self._on_idle()
+                except Exception as exc:  # noqa: BLE001
+                    self._crashed(exc)
+
+    def _crashed(self, exc: Exception) -> None:
+        if self._on_crash is not None:
+            self._on_crash(exc)
