@@ -155,11 +155,11 @@ def test_out_of_memory_while_throttled_retries_the_greedy_row(plain_core, monkey
     real = decode_loop.decode
     calls = []
 
-    def oom_once(model, prompt_ids, temperatures, *args, **kwargs):
-        calls.append(list(temperatures))
+    def oom_once(model, request, **kwargs):
+        calls.append(list(request.temperatures))
         if len(calls) == 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(model, prompt_ids, temperatures, *args, **kwargs)
+        return real(model, request, **kwargs)
 
     monkeypatch.setattr(decode_loop, "decode", oom_once)
     result = plain_core.answer(Question(text="Hi"), throttled=True)
