@@ -1,10 +1,16 @@
 """Typed, validated configuration for the IRP core, loaded from YAML.
 
-One schema serves three front doors: a plain YAML file with the research system's sections
-(``llm_irp:``, ``snarc:``, ``memory:``), a ROS 2 parameters file (``/**: ros__parameters:`` wrapping the
-same sections) and ROS parameters set at run time (flattened ``section.key`` names). Every key is
-declared once, here, with its type, range and description; the ROS node derives its parameter
-descriptors from the same declarations, so the two cannot drift apart.
+One schema (:mod:`sage_irp_ros.config_schema`) serves three front doors: a plain YAML file with sections
+(``model:``, ``llm_irp:``, ``snarc:`` ...), a ROS 2 parameters file (``/**: ros__parameters:`` wrapping
+the same sections) and ROS parameters set at run time (flattened ``section.key`` names). Every key is
+declared once, with its type, range and description; the ROS node derives its parameter descriptors
+from the same declarations, so the two cannot drift apart.
+
+Older names keep working (:data:`ALIASES`): the research system's keys (``llm_irp.irp_iterations``,
+``llm_irp.device``, ``memory.circular_buffer_size`` ...) are permanent aliases of their new names; keys
+this package renamed are accepted for one more release with a warning naming the new key; keys that no
+longer do anything are accepted with a warning saying so. Warnings go to Python ``logging`` (the
+``sage_irp_ros.config`` logger, which the nodes route to ROS).
 
 Validation fails with one :class:`ConfigError` that names every bad key and its allowed range.
 """
@@ -12,6 +18,7 @@ Validation fails with one :class:`ConfigError` that names every bad key and its 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,207 +26,92 @@ from typing import Any, Iterator, Mapping
 
 import yaml
 
-DEVICES = ("auto", "cuda", "cpu")
-PRECISIONS = ("auto", "fp16", "bf16", "fp32")
-ENERGIES = ("consensus", "response", "seed")
-POWER_MODES = ("efficiency", "balanced", "performance")
-PROBE_BACKENDS = ("auto", "jtop", "nvml", "sysfs")
-MEMORY_LIMIT_ACTIONS = ("warn", "error")
-DECODERS = ("auto", "hf", "static")
-WEIGHT_QUANTIZATIONS = ("none", "int8")
+from .config_schema import (DEVICES, ENERGIES, MEMORY_LIMIT_ACTIONS, POWER_MODES, PRECISIONS,  # noqa: F401
+                            PROBE_BACKENDS, SECTIONS, WEIGHT_QUANTIZATIONS, DiagnosticsConfig, HistoryConfig,
+                            IRPConfig, MemoryConfig, ModelConfig, NodeConfig, SnarcConfig, ThrottleConfig)
+
+_LOG = logging.getLogger("sage_irp_ros.config")
+RESEARCH, RENAMED, NO_EFFECT = "research", "renamed", "no effect"
 
 
 class ConfigError(ValueError):
     """A configuration value is unknown or out of range; the message names each key."""
 
 
-def _key(doc: str, *, lo: float | None = None, hi: float | None = None,
-         choices: tuple[str, ...] | None = None, lo_open: bool = False) -> dict[str, Any]:
-    """Field metadata: a one-line description and the allowed range or choices."""
-    return {"doc": doc, "lo": lo, "hi": hi, "choices": choices, "lo_open": lo_open}
-
-
 @dataclass(frozen=True)
-class IRPConfig:
-    """``llm_irp:`` — the research system's keys plus the package's batching, deadline and limits."""
+class Alias:
+    """An older key name: ``new`` is the key it sets (None when it has no effect any more)."""
 
-    irp_iterations: int = field(default=3, metadata=_key(
-        "Candidate answers per question (the research loop's iterations)", lo=1, hi=64))
-    initial_temperature: float = field(default=0.7, metadata=_key(
-        "Sampling temperature of the first candidate", lo=0.0, hi=5.0, lo_open=True))
-    min_temperature: float = field(default=0.54, metadata=_key(
-        "Temperature floor; reaching it halts refinement", lo=0.0, hi=5.0, lo_open=True))
-    temp_reduction: float = field(default=0.053, metadata=_key(
-        "Temperature decrease per candidate", lo=0.0, hi=5.0))
-    max_tokens: int = field(default=150, metadata=_key(
-        "Maximum new tokens per candidate", lo=1, hi=8192))
-    energy_convergence_threshold: float = field(default=0.1, metadata=_key(
-        "Halt when the best energy falls below this", lo=0.0, hi=1.0))
-    energy_plateau_window: int = field(default=3, metadata=_key(
-        "Halt when this many last energies lie within energy_plateau_delta", lo=2, hi=64))
-    energy_plateau_delta: float = field(default=0.05, metadata=_key(
-        "Spread of the last energies that counts as a plateau", lo=0.0, hi=1.0))
-    model_keep_alive: bool = field(default=True, metadata=_key(
-        "Keep the model resident between questions (false: release it after each answer)"))
-    max_memory_mb: int = field(default=0, metadata=_key(
-        "Budget for the loaded model's weights in MB; 0 disables the check", lo=0, hi=1_000_000))
-    memory_limit_action: str = field(default="warn", metadata=_key(
-        "What exceeding max_memory_mb does", choices=MEMORY_LIMIT_ACTIONS))
-    device: str = field(default="auto", metadata=_key("Inference device", choices=DEVICES))
-    precision: str = field(default="auto", metadata=_key(
-        "Weight precision; auto = fp16 on CUDA, bf16 on a CPU with native bf16 (AVX512-BF16/AMX), else fp32",
-        choices=PRECISIONS))
-    enable_thermal_monitoring: bool = field(default=True, metadata=_key(
-        "Follow the 'throttled' topic and use the throttled_* limits while it is true"))
-    thermal_throttle_threshold: float = field(default=85.0, metadata=_key(
-        "Zone temperature in deg C at which the diagnostics node reports throttling", lo=20.0, hi=130.0))
-    pack_cpu_weights: bool = field(default=True, metadata=_key(
-        "On CPU, reorder Linear weights once into oneDNN's blocked layout at load: the same fp32/bf16 "
-        "arithmetic, 1.5-2x faster decoding of several candidates (a tied output head gets its own copy)"))
-    decoder: str = field(default="auto", metadata=_key(
-        "Decode loop: static = the package's own loop (static KV cache, shared prefill, greedy rows at "
-        "temperature 0), hf = transformers' generate; auto = static", choices=DECODERS))
-    weight_quantization: str = field(default="none", metadata=_key(
-        "Linear weights (output head and tied embedding included) as int8 per output channel, LoRA merged "
-        "first: a quarter of fp32's memory; fast on CUDA, slower than fp32 on CPU (docs/performance.md)",
-        choices=WEIGHT_QUANTIZATIONS))
-    power_mode: str = field(default="balanced", metadata=_key(
-        "CPU threads for inference: efficiency = half the cores, balanced = all but one, "
-        "performance = all", choices=POWER_MODES))
-    candidates_per_round: int = field(default=0, metadata=_key(
-        "Candidates sampled together in one generate call; 0 = all at once, 1 = the sequential "
-        "research loop", lo=0, hi=64))
-    energy: str = field(default="consensus", metadata=_key(
-        "Energy that ranks candidates: consensus (agreement with the other candidates, model "
-        "confidence, repetition), response (model confidence, finish, length, repetition) or seed "
-        "(the research formula, dominated by temperature)", choices=ENERGIES))
-    greedy_candidate: bool = field(default=True, metadata=_key(
-        "Add the greedy (temperature 0) continuation as one more row of the first batched call, so "
-        "the pick can never miss the plain greedy answer; off reproduces the research loop's sampling"))
-    deadline_s: float = field(default=0.0, metadata=_key(
-        "Per-question time budget; on expiry the best answer so far is returned. 0 = none",
-        lo=0.0, hi=3600.0))
-    max_question_chars: int = field(default=4000, metadata=_key(
-        "Longest accepted question (characters)", lo=1, hi=1_000_000))
-    throttled_candidates: int = field(default=1, metadata=_key(
-        "Candidates per question while the platform is throttled", lo=1, hi=64))
-    throttled_max_tokens: int = field(default=64, metadata=_key(
-        "Maximum new tokens while the platform is throttled (capped at max_tokens)", lo=1, hi=8192))
-    min_available_memory_mb: int = field(default=256, metadata=_key(
-        "Refuse new questions with out_of_memory while available RAM is below this; 0 = never",
-        lo=0, hi=1_000_000))
-    seed: int = field(default=-1, metadata=_key(
-        "Random seed for sampling; -1 = not seeded", lo=-1, hi=2**31 - 1))
+    old: str
+    new: str | None
+    kind: str  # RESEARCH (permanent, silent), RENAMED (one release, warns) or NO_EFFECT (warns)
+    reason: str = ""
+
+    def warning(self) -> str | None:
+        """The warning logged when this name is used, or None for a permanent research name."""
+        if self.kind == RENAMED:
+            return f"{self.old} is deprecated and will be removed in the next release: use {self.new}"
+        if self.kind == NO_EFFECT:
+            return f"{self.old} is deprecated and has no effect: {self.reason}"
+        return None
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    """``model:`` — which weights to load. Empty ``path`` selects the embedded SmolLM2-135M-Instruct."""
-
-    path: str = field(default="", metadata=_key(
-        "Local Hugging Face folder, or a .gguf file; empty = embedded SmolLM2-135M-Instruct"))
-    gguf_file: str = field(default="", metadata=_key(
-        "GGUF file name inside 'path' when path is a folder holding a GGUF"))
-    adapter_path: str = field(default="", metadata=_key("Local PEFT LoRA adapter folder; empty = none"))
-    merge_adapter: bool = field(default=True, metadata=_key(
-        "Merge the LoRA adapter into the base weights at load (faster decoding)"))
-    cache_dir: str = field(default="", metadata=_key(
-        "Where converted models are cached; empty = $XDG_CACHE_HOME/sage_irp_ros"))
-    warmup: bool = field(default=True, metadata=_key(
-        "Run one short generation after load so the first question is not slower"))
-
-
-@dataclass(frozen=True)
-class SnarcConfig:
-    """``snarc:`` — salience weights and threshold."""
-
-    salience_threshold: float = field(default=0.15, metadata=_key(
-        "An exchange is salient when its weighted total reaches this", lo=0.0, hi=1.0))
-    surprise_weight: float = field(default=0.2, metadata=_key("Weight of surprise", lo=0.0, hi=10.0))
-    novelty_weight: float = field(default=0.2, metadata=_key("Weight of novelty", lo=0.0, hi=10.0))
-    arousal_weight: float = field(default=0.2, metadata=_key("Weight of arousal", lo=0.0, hi=10.0))
-    reward_weight: float = field(default=0.2, metadata=_key("Weight of reward", lo=0.0, hi=10.0))
-    conflict_weight: float = field(default=0.2, metadata=_key("Weight of conflict", lo=0.0, hi=10.0))
-
-    @property
-    def weights(self) -> tuple[float, float, float, float, float]:
-        return (self.surprise_weight, self.novelty_weight, self.arousal_weight,
-                self.reward_weight, self.conflict_weight)
+ALIASES: dict[str, Alias] = {a.old: a for a in (
+    Alias("llm_irp.irp_iterations", "llm_irp.candidates", RESEARCH),
+    Alias("llm_irp.device", "model.device", RESEARCH),
+    Alias("llm_irp.precision", "model.precision", RESEARCH),
+    Alias("llm_irp.max_memory_mb", "model.max_memory_mb", RESEARCH),
+    Alias("llm_irp.model_keep_alive", "model.keep_alive", RESEARCH),
+    Alias("llm_irp.power_mode", "model.power_mode", RESEARCH),
+    Alias("llm_irp.enable_thermal_monitoring", "throttle.enabled", RESEARCH),
+    Alias("llm_irp.thermal_throttle_threshold", "diagnostics.throttle_threshold_c", RESEARCH),
+    Alias("memory.circular_buffer_size", "history.depth", RESEARCH),
+    Alias("llm_irp.weight_quantization", "model.weight_quantization", RENAMED),
+    Alias("llm_irp.pack_cpu_weights", "model.pack_cpu_weights", RENAMED),
+    Alias("llm_irp.memory_limit_action", "model.memory_limit_action", RENAMED),
+    Alias("llm_irp.throttled_max_tokens", "throttle.max_tokens", RENAMED),
+    Alias("node.throttled_timeout_s", "throttle.stale_timeout_s", RENAMED),
+    Alias("memory.max_conversations", "history.max_conversations", RENAMED),
+    Alias("llm_irp.decoder", None, NO_EFFECT, "there is one decode loop"),
+    Alias("llm_irp.throttled_candidates", None, NO_EFFECT,
+          "a throttled question is answered greedily: one row at temperature 0 with throttle.max_tokens"),
+)}
 
 
-@dataclass(frozen=True)
-class MemoryConfig:
-    """``memory:`` — conversation history and the salient-exchange store."""
+def resolve_aliases(flat: Mapping[str, Any]) -> tuple[dict[str, tuple[str, Any]], list[str]]:
+    """Map older key names to their new ones.
 
-    circular_buffer_size: int = field(default=5, metadata=_key(
-        "Earlier exchanges of a conversation kept as context", lo=0, hi=100))
-    verbatim_storage: bool = field(default=True, metadata=_key(
-        "Store question and answer text; false stores SHA-256 digests only"))
-    consolidation_interval: int = field(default=100, metadata=_key(
-        "Every this many stored exchanges, checkpoint the WAL and record a consolidation summary; "
-        "0 = never", lo=0, hi=1_000_000))
-    db_path: str = field(default="", metadata=_key(
-        "SQLite file for salient exchanges; empty = $XDG_DATA_HOME/sage_irp_ros/memory.db; "
-        "'none' disables storage"))
-    max_conversations: int = field(default=1000, metadata=_key(
-        "Conversation histories kept in RAM (least recently used dropped first)", lo=1, hi=1_000_000))
-    max_rows: int = field(default=20_000, metadata=_key(
-        "Retention: keep at most this many stored exchanges (the oldest are deleted at each "
-        "consolidation); 0 = no limit", lo=0, hi=100_000_000))
-    max_age_days: float = field(default=90.0, metadata=_key(
-        "Retention: delete stored exchanges older than this at each consolidation; 0 = keep forever",
-        lo=0.0, hi=36_500.0))
-
-
-@dataclass(frozen=True)
-class NodeConfig:
-    """``node:`` — ROS-side behaviour of the IRP node (ignored by the plain Python API)."""
-
-    autostart: bool = field(default=True, metadata=_key(
-        "Configure and activate by itself, without a lifecycle manager"))
-    queue_size: int = field(default=8, metadata=_key("Questions waiting for inference", lo=1, hi=10_000))
-    status_period_s: float = field(default=1.0, metadata=_key(
-        "Period of the status heartbeat", lo=0.05, hi=3600.0))
-    shutdown_timeout_s: float = field(default=10.0, metadata=_key(
-        "How long shutdown and deactivate wait for the running question before cancelling it",
-        lo=0.0, hi=600.0))
-    throttled_timeout_s: float = field(default=5.0, metadata=_key(
-        "A 'throttled' value older than this is stale: treated as not throttled (status says "
-        "stale); 0 = never stale", lo=0.0, hi=3600.0))
-
-
-@dataclass(frozen=True)
-class DiagnosticsConfig:
-    """``diagnostics:`` — the diagnostics node and its probes."""
-
-    backend: str = field(default="auto", metadata=_key(
-        "Probe backend: auto picks jtop, then NVML, then sysfs", choices=PROBE_BACKENDS))
-    rate_hz: float = field(default=1.0, metadata=_key("Publishing rate of /diagnostics", lo=0.01, hi=100.0))
-    latency_warn_s: float = field(default=10.0, metadata=_key(
-        "IRP inference latency above which the status is WARN", lo=0.0, hi=3600.0))
-    stale_timeout_s: float = field(default=5.0, metadata=_key(
-        "IRP status older than this is STALE", lo=0.1, hi=3600.0))
-    sysfs_root: str = field(default="/", metadata=_key(
-        "Root under which /sys, /proc and /etc are read (a recorded tree in tests)"))
-
-
-SECTIONS: dict[str, type] = {
-    "llm_irp": IRPConfig,
-    "model": ModelConfig,
-    "snarc": SnarcConfig,
-    "memory": MemoryConfig,
-    "node": NodeConfig,
-    "diagnostics": DiagnosticsConfig,
-}
+    Returns ``({key: (name as written, value)}, warnings)``; keys that have no effect are dropped (with
+    their warning). When a key is given under both names, the new name wins (with a warning if the
+    values differ).
+    """
+    updates = {name: (name, value) for name, value in flat.items() if name not in ALIASES}
+    notes: list[str] = []
+    for name, value in flat.items():
+        alias = ALIASES.get(name)
+        if alias is None:
+            continue
+        if alias.warning():
+            notes.append(alias.warning())
+        if alias.new is None:
+            continue
+        if alias.new in updates:
+            if updates[alias.new][1] != value:
+                notes.append(f"{name} and {alias.new} are both set; using {alias.new}: {updates[alias.new][1]!r}")
+            continue
+        updates[alias.new] = (name, value)
+    return updates, notes
 
 
 @dataclass(frozen=True)
 class SageConfig:
     """The whole configuration: one frozen dataclass per YAML section."""
 
-    llm_irp: IRPConfig = field(default_factory=IRPConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    llm_irp: IRPConfig = field(default_factory=IRPConfig)
+    throttle: ThrottleConfig = field(default_factory=ThrottleConfig)
     snarc: SnarcConfig = field(default_factory=SnarcConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     node: NodeConfig = field(default_factory=NodeConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
@@ -263,21 +155,25 @@ class SageConfig:
         return cls.from_mapping(data)
 
     def with_updates(self, flat: Mapping[str, Any]) -> "SageConfig":
-        """Return a copy with ``section.key`` values replaced; every value is checked."""
+        """Return a copy with ``section.key`` values replaced (older names accepted); every value is checked."""
+        updates, notes = resolve_aliases(flat)
+        for note in notes:
+            _LOG.warning(note)
         sections = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
         problems: list[str] = []
-        for dotted, value in flat.items():
+        for dotted, (written, value) in updates.items():
+            label = dotted if written == dotted else f"{written} (now {dotted})"
             section, _, key = dotted.partition(".")
             spec = SECTIONS.get(section)
             fields_ = {f.name: f for f in dataclasses.fields(spec)} if spec else {}
             if key not in fields_:
                 allowed = ", ".join(fields_) if fields_ else ", ".join(SECTIONS)
-                problems.append(f"{dotted}: unknown key (allowed: {allowed})")
+                problems.append(f"{label}: unknown key (allowed: {allowed})")
                 continue
             try:
                 sections[section][key] = _coerce(fields_[key], value)
             except ConfigError as exc:
-                problems.append(f"{dotted}: {exc}")
+                problems.append(f"{label}: {exc}")
         built = {name: SECTIONS[name](**values) for name, values in sections.items()}
         problems += _cross_checks(built["llm_irp"])
         if problems:
@@ -320,8 +216,9 @@ def describe_keys() -> Iterator[tuple[str, dataclasses.Field]]:
 
 
 def allowed_range(f: dataclasses.Field) -> str:
-    """Human-readable allowed values of a key, for messages and docs."""
+    """Human-readable allowed values of a key (and its off value), for messages and docs."""
     meta = f.metadata
+    off = f" ({meta['off']})" if meta.get("off") else ""
     if meta.get("choices"):
         return "one of " + ", ".join(meta["choices"])
     if f.type in ("bool", bool):
@@ -330,7 +227,12 @@ def allowed_range(f: dataclasses.Field) -> str:
     if lo is None and hi is None:
         return "a string"
     left = "(" if meta.get("lo_open") else "["
-    return f"{left}{lo}, {hi}]"
+    return f"{left}{lo}, {hi}]{off}"
+
+
+def coerce(name: str, value: Any) -> Any:
+    """``value`` converted to key ``name``'s type and range-checked; raises ConfigError."""
+    return _coerce(dict(describe_keys())[name], value)
 
 
 def _coerce(f: dataclasses.Field, value: Any) -> Any:

@@ -1,12 +1,18 @@
-"""Configuration: research keys accepted, every bad value named with its allowed range."""
+"""Configuration: sections by concern, older names accepted, every bad value named with its allowed range."""
 
+import logging
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
-from sage_irp_ros.config import ConfigError, SageConfig, describe_keys, unwrap_ros_parameters
+from sage_irp_ros.config import (ALIASES, NO_EFFECT, RENAMED, RESEARCH, ConfigError, SageConfig, describe_keys,
+                                 unwrap_ros_parameters)
+from sage_irp_ros.config_docs import generated_section, parameter_table
 
 ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data" / "config"
 RESEARCH_EDGE = {
     "llm_irp": {"irp_iterations": 3, "initial_temperature": 0.7, "min_temperature": 0.54,
                 "temp_reduction": 0.053, "max_tokens": 150, "energy_convergence_threshold": 0.1,
@@ -20,31 +26,119 @@ RESEARCH_EDGE = {
 }
 
 
-def test_research_edge_configuration_is_accepted():
-    cfg = SageConfig.from_mapping(RESEARCH_EDGE)
-    assert cfg.llm_irp.irp_iterations == 3
+def _effective(section: str, key: str, cfg: SageConfig):
+    """The value a key (new or older name) has in ``cfg``."""
+    name = f"{section}.{key}"
+    alias = ALIASES.get(name)
+    return cfg.flat()[alias.new if alias else name]
+
+
+def test_research_edge_configuration_is_accepted(caplog):
+    with caplog.at_level(logging.WARNING, logger="sage_irp_ros"):
+        cfg = SageConfig.from_mapping(RESEARCH_EDGE)
+    assert not caplog.records  # research names are permanent: no deprecation warning
+    assert cfg.llm_irp.candidates == 3
     assert cfg.llm_irp.temp_reduction == pytest.approx(0.053)
-    assert cfg.llm_irp.thermal_throttle_threshold == 85.0
+    assert (cfg.model.device, cfg.model.precision, cfg.model.max_memory_mb) == ("cuda", "fp16", 1200)
+    assert cfg.model.keep_alive and cfg.model.power_mode == "efficiency" and cfg.throttle.enabled
+    assert cfg.diagnostics.throttle_threshold_c == 85.0
     assert cfg.snarc.weights == (0.2,) * 5
-    assert cfg.memory.circular_buffer_size == 5
+    assert cfg.history.depth == 5
+
+
+def test_research_edge_optimized_file_loads_with_its_values():
+    data = yaml.safe_load((DATA / "edge_optimized.yaml").read_text())
+    cfg = SageConfig.from_yaml(DATA / "edge_optimized.yaml")
+    for section, values in data.items():
+        for key, value in values.items():
+            assert _effective(section, key, cfg) == pytest.approx(value), f"{section}.{key}"
+    # The shipped edge.yaml keeps those values; its device/precision are auto (cuda/fp16 on a Jetson).
+    edge = SageConfig.from_yaml(ROOT / "config" / "edge.yaml")
+    assert (edge.model.device, edge.model.precision) == ("auto", "auto")
+    edge = edge.with_updates({"model.device": "cuda", "model.precision": "fp16"})
+    for section, values in data.items():
+        for key in values:
+            assert _effective(section, key, edge) == _effective(section, key, cfg), f"{section}.{key}"
+
+
+def test_previous_release_edge_yaml_loads_to_the_same_config_as_the_new_one(caplog):
+    with caplog.at_level(logging.WARNING, logger="sage_irp_ros"):
+        old = SageConfig.from_yaml(DATA / "edge_previous_release.yaml")
+    assert old == SageConfig.from_yaml(ROOT / "config" / "edge.yaml")
+    text = caplog.text
+    assert "llm_irp.throttled_max_tokens is deprecated and will be removed in the next release: " \
+           "use throttle.max_tokens" in text
+    assert "llm_irp.throttled_candidates is deprecated and has no effect" in text
 
 
 @pytest.mark.parametrize("name", ["edge.yaml", "desktop.yaml"])
-def test_shipped_params_files_load_as_core_config(name):
-    cfg = SageConfig.from_yaml(ROOT / "config" / name)
-    assert cfg.llm_irp.device == "auto"
+def test_shipped_params_files_use_only_current_names(name, caplog):
+    with caplog.at_level(logging.WARNING, logger="sage_irp_ros"):
+        cfg = SageConfig.from_yaml(ROOT / "config" / name)
+    assert cfg.model.device == "auto"
+    assert not caplog.records
+    data = unwrap_ros_parameters(yaml.safe_load((ROOT / "config" / name).read_text()))
+    assert not [f"{s}.{k}" for s, vals in data.items() for k in vals if f"{s}.{k}" in ALIASES]
+
+
+@pytest.mark.parametrize("old,new,value", [
+    (a.old, a.new, SageConfig().flat()[a.new]) for a in ALIASES.values() if a.new])
+def test_every_older_name_sets_its_new_key(old, new, value):
+    changed = {bool: lambda v: not v, int: lambda v: v + 1, float: lambda v: v + 1.0,
+               str: lambda v: v}[type(value)](value)
+    if isinstance(value, str):  # a choice: pick another allowed value
+        field = dict(describe_keys())[new]
+        changed = next(c for c in field.metadata["choices"] if c != value)
+    section, _, key = old.partition(".")
+    assert SageConfig.from_mapping({section: {key: changed}}).flat()[new] == changed
+
+
+def test_renamed_key_warns_naming_the_new_key(caplog):
+    with caplog.at_level(logging.WARNING, logger="sage_irp_ros.config"):
+        cfg = SageConfig.from_mapping({"llm_irp": {"pack_cpu_weights": False}, "memory": {"max_conversations": 7}})
+    assert not cfg.model.pack_cpu_weights and cfg.history.max_conversations == 7
+    assert "llm_irp.pack_cpu_weights is deprecated and will be removed in the next release: " \
+           "use model.pack_cpu_weights" in caplog.text
+    assert "memory.max_conversations is deprecated" in caplog.text and "use history.max_conversations" in caplog.text
+
+
+@pytest.mark.parametrize("key,value", [("decoder", "hf"), ("throttled_candidates", 2)])
+def test_keys_without_effect_are_accepted_with_a_warning(key, value, caplog):
+    with caplog.at_level(logging.WARNING, logger="sage_irp_ros.config"):
+        cfg = SageConfig.from_mapping({"llm_irp": {key: value}})
+    assert cfg == SageConfig()
+    assert f"llm_irp.{key} is deprecated and has no effect" in caplog.text
+
+
+def test_new_name_wins_over_older_name_with_a_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="sage_irp_ros.config"):
+        cfg = SageConfig.from_mapping({"llm_irp": {"device": "cuda"}, "model": {"device": "cpu"}})
+    assert cfg.model.device == "cpu"
+    assert "llm_irp.device and model.device are both set; using model.device: 'cpu'" in caplog.text
+
+
+def test_aliases_are_classified():
+    kinds = {a.kind for a in ALIASES.values()}
+    assert kinds == {RESEARCH, RENAMED, NO_EFFECT}
+    current = {name for name, _ in describe_keys()}
+    assert not set(ALIASES) & current
+    assert all(a.new in current for a in ALIASES.values() if a.new)
 
 
 @pytest.mark.parametrize("section,key,value,fragment", [
     ("llm_irp", "initial_temperature", -0.1, "(0.0, 5.0]"),
-    ("llm_irp", "irp_iterations", 0, "[1, 64]"),
-    ("llm_irp", "device", "tpu", "one of auto, cuda, cpu"),
-    ("llm_irp", "precision", "int4", "one of auto, fp16, bf16, fp32"),
+    ("llm_irp", "candidates", 0, "[1, 64]"),
+    ("model", "device", "tpu", "one of auto, cuda, cpu"),
+    ("model", "precision", "int4", "one of auto, fp16, bf16, fp32"),
     ("llm_irp", "energy_convergence_threshold", 1.5, "[0.0, 1.0]"),
     ("snarc", "salience_threshold", -0.2, "[0.0, 1.0]"),
     ("snarc", "novelty_weight", -1.0, "[0.0, 10.0]"),
-    ("llm_irp", "model_keep_alive", "yes", "true or false"),
-    ("llm_irp", "irp_iterations", 2.5, "whole number"),
+    ("model", "keep_alive", "yes", "true or false"),
+    ("llm_irp", "candidates", 2.5, "whole number"),
+    ("llm_irp", "deadline_s", -1.0, "(0 = no deadline)"),
+    # older names are named as written, with the new name
+    ("llm_irp", "irp_iterations", 0, "[1, 64]"),
+    ("llm_irp", "device", "tpu", "(now model.device): 'tpu' is not allowed"),
 ])
 def test_bad_value_names_key_and_range(section, key, value, fragment):
     with pytest.raises(ConfigError) as err:
@@ -81,21 +175,29 @@ def test_yaml_errors_are_clear(tmp_path):
         SageConfig.from_yaml(tmp_path / "missing.yaml")
 
 
-def test_every_key_is_documented():
+def test_every_key_has_a_one_line_doc():
     for name, field in describe_keys():
-        assert field.metadata.get("doc"), name
+        assert field.metadata.get("doc") and "\n" not in field.metadata["doc"], name
+
+
+def test_halting_keys_say_they_act_between_rounds():
+    fields = dict(describe_keys())
+    for name in ("llm_irp.energy_convergence_threshold", "llm_irp.energy_plateau_window",
+                 "llm_irp.energy_plateau_delta"):
+        assert "acts only when candidates_per_round is below candidates" in fields[name].metadata["doc"], name
+
+
+def test_interface_md_parameter_table_is_generated_from_the_schema():
     interface = (ROOT / "docs" / "interface.md").read_text()
-    missing = [name for name, _ in describe_keys() if f"`{name}`" not in interface]
-    assert not missing, f"docs/interface.md does not document {missing}"
+    assert generated_section(interface) == parameter_table(), \
+        "docs/interface.md is stale: run python -m sage_irp_ros.config_docs docs/interface.md"
 
 
-def test_interface_md_says_when_each_irp_node_parameter_applies():
-    import re
-
+def test_interface_md_says_when_each_parameter_applies():
     from sage_irp_ros.ros_params import IRP_NODE_KEYS, when_applied
 
     interface = (ROOT / "docs" / "interface.md").read_text()
     rows = {m.group(1): m.group(2) for m in re.finditer(
-        r"^\| `([a-z_]+\.[a-z_]+)` \| [^|]* \| [^|]* \| (live|configure|read-only) \|", interface, re.M)}
-    assert set(rows) == set(IRP_NODE_KEYS)
-    assert {name: when_applied(name) for name in IRP_NODE_KEYS} == rows
+        r"^\| `([a-z_]+\.[a-z_0-9]+)` \| [^|]* \| [^|]* \| (live|configure|read-only) \|", interface, re.M)}
+    assert set(rows) == {name for name, _ in describe_keys()}
+    assert {name: when_applied(name) for name in IRP_NODE_KEYS} == {n: rows[n] for n in IRP_NODE_KEYS}
