@@ -1,4 +1,4 @@
-"""Do ``llm_irp.decoder: hf`` (generate) and ``static`` (sage_irp_ros/decode.py) draw the same candidates?
+"""Do the ``hf`` decode path (generate) and ``static`` (sage_irp_ros/decode.py) draw the same candidates?
 
     .venv/bin/python -m bench.decoder_agreement [QUESTIONS]    # first QUESTIONS held-out questions, default 30
 
@@ -10,6 +10,7 @@ candidates under each. docs/performance.md quotes the result.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 
@@ -26,9 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     questions = load_questions("heldout")[:int(argv[0]) if argv else 30]
     lms = {}
+    loaded = load_model(SageConfig().model, lambda message: None)
     for decoder in ("hf", "static"):
-        cfg = SageConfig.from_mapping({"llm_irp": {"decoder": decoder}})
-        lms[decoder] = load_model(cfg.model, cfg.llm_irp, lambda message: None)
+        lms[decoder] = dataclasses.replace(loaded, decoder=decoder)
     rows = [0.0, 0.7, 0.66, 0.62, 0.58, 0.54]
     same = total = 0
     correct = {decoder: 0 for decoder in lms}

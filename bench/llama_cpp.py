@@ -135,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
-                        help="an engine configuration, e.g. int8:weight_quantization=int8,decoder=static "
-                             "(llm_irp keys; repeatable; default: one variant with the defaults)")
+                        help="an engine configuration, e.g. int8:weight_quantization=int8 "
+                             "(model keys; repeatable; default: one variant with the defaults)")
     args = parser.parse_args(argv)
     if not available():
         print(SKIP_MESSAGE)
@@ -151,9 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     variants = {}
     for spec in args.variant or ["defaults:"]:
         name, _, pairs = spec.partition(":")
-        irp = {k: yaml.safe_load(v) for k, _, v in (p.partition("=") for p in pairs.split(",") if p)}
-        cfg = SageConfig.from_mapping({"llm_irp": irp})
-        variants[name] = load_model(cfg.model, cfg.llm_irp, lambda message: None)
+        model = {k: yaml.safe_load(v) for k, _, v in (p.partition("=") for p in pairs.split(",") if p)}
+        cfg = SageConfig.from_mapping({"model": model})
+        variants[name] = load_model(cfg.model, lambda message: None)
     print(f"load average before {os.getloadavg()}", file=sys.stderr)
     result = compare(variants, args.reps, args.tokens, lambda m: print(m, file=sys.stderr))
     print(f"load average after {os.getloadavg()}")

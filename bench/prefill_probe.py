@@ -40,8 +40,8 @@ def main(argv=None) -> int:
     from sage_irp_ros.prompts import seed_prompt
 
     apply_power_mode("balanced")
-    cfg = SageConfig.from_mapping({"llm_irp": {"precision": args.precision}})
-    lm = load_model(cfg.model, cfg.llm_irp, lambda message: None)
+    cfg = SageConfig.from_mapping({"model": {"precision": args.precision}})
+    lm = load_model(cfg.model, lambda message: None)
     tok, model, n, length = lm.tokenizer, lm.model, args.n, args.tokens
     temps = [0.7 - i * 0.16 / n for i in range(n)]
 

@@ -38,7 +38,7 @@ class SageCore:
         self._progress = progress or log.info
         self.lm: LoadedModel | None = None
         self.engine: IRPEngine | None = None
-        self.history = ConversationHistory(cfg.memory.circular_buffer_size, cfg.memory.max_conversations,
+        self.history = ConversationHistory(cfg.history.depth, cfg.history.max_conversations,
                                            heard_window=SURPRISE_WINDOW)
         self.snarc = SnarcScorer(cfg.snarc)
         self.store: MemoryStore | None = None
@@ -58,9 +58,9 @@ class SageCore:
         :meth:`reconfigure` while loading are applied to the engine that is installed.
         """
         cfg = self.cfg
-        apply_power_mode(cfg.llm_irp.power_mode)
+        apply_power_mode(cfg.model.power_mode)
         previous = self.lm
-        lm = load_model(cfg.model, cfg.llm_irp, self._progress)
+        lm = load_model(cfg.model, self._progress)
         try:
             if cfg.model.warmup:
                 self._progress(f"warm-up generation took {IRPEngine(lm, cfg.llm_irp).warm_up():.2f} s")
@@ -102,7 +102,7 @@ class SageCore:
         with self._state_lock:
             self.cfg = cfg
             self.snarc = SnarcScorer(cfg.snarc)
-            self.history.resize(cfg.memory.circular_buffer_size, cfg.memory.max_conversations)
+            self.history.resize(cfg.history.depth, cfg.history.max_conversations)
             if self.store is not None:
                 self.store.set_policy(cfg.memory)
             if self.lm is not None:
@@ -147,9 +147,9 @@ class SageCore:
         deadline = received + deadline_s if deadline_s else None
         if deadline is not None and time.monotonic() >= deadline:
             raise SageError(errors.DEADLINE, f"deadline of {deadline_s:g} s passed while the question was queued")
-        adapt = throttled and irp_cfg.enable_thermal_monitoring
-        options = {"max_iterations": irp_cfg.throttled_candidates if adapt else q.max_iterations,
-                   "max_tokens": min(irp_cfg.throttled_max_tokens, irp_cfg.max_tokens) if adapt else None,
+        adapt = throttled and self.cfg.throttle.enabled
+        options = {"max_iterations": 1 if adapt else q.max_iterations,
+                   "max_tokens": min(self.cfg.throttle.max_tokens, irp_cfg.max_tokens) if adapt else None,
                    "deadline": deadline, "cancel": cancel,
                    "greedy_candidate": False if adapt else None}  # throttled: only the sampled candidates
         # Prompt history: only the question's own named conversation (none without one). Surprise's
@@ -161,7 +161,7 @@ class SageCore:
             try:
                 response, info = self._refine_with_oom_retry(engine, q, history, options)
             finally:
-                if not irp_cfg.model_keep_alive:
+                if not self.cfg.model.keep_alive:
                     self.release_model_only()
         if not response:
             if info["halt_reason"] == HALT_DEADLINE:
@@ -188,7 +188,7 @@ class SageCore:
             if not _is_oom(exc):
                 raise
             _free_memory()
-            fewer = max(1, (options["max_iterations"] or self.cfg.llm_irp.irp_iterations) // 2)
+            fewer = max(1, (options["max_iterations"] or self.cfg.llm_irp.candidates) // 2)
             log.warning("out of memory during generation; retrying once with %d candidate(s), one per round",
                         fewer)
             try:
@@ -203,7 +203,7 @@ class SageCore:
 
     def _engine(self) -> IRPEngine:
         if self.engine is None:
-            if self.lm is not None or self.cfg.llm_irp.model_keep_alive:
+            if self.lm is not None or self.cfg.model.keep_alive:
                 raise SageError(errors.MODEL_NOT_LOADED, "no model is loaded (configure the node first)")
             try:  # keep_alive false: load for this question, release after it
                 self.load()

@@ -113,10 +113,10 @@ def sample_candidates(lm: LoadedModel, prompt_ids: Sequence[int], temperatures: 
     """
     tokenizer = lm.tokenizer
     rows = len(temperatures)
-    static = getattr(lm, "decoder", "hf") == "static"  # llm_irp.decoder: the package's own loop (decode.py)
+    static = getattr(lm, "decoder", "hf") == "static"  # the package's own loop (decode.py)
     if static and hf_compat.cache_argument(lm.model) is None:  # a model whose forward takes no KV cache
         hf_compat.warn_once(f"decoder:{type(lm.model).__name__}", f"{type(lm.model).__name__} takes no KV "
-                            "cache argument: llm_irp.decoder falls back to transformers' generate")
+                            "cache argument: falling back to transformers' generate")
         static = False
     if static:
         from .decode import decode

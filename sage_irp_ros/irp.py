@@ -110,7 +110,7 @@ class IRPEngine:
                     f"prompt is {len(prompt_ids)} tokens; with max_tokens {max_tokens} it exceeds the "
                     f"model's context window of {self.lm.context_window} tokens"))
             history.pop(0)
-        schedule = temperature_schedule(self.cfg, max_iterations or self.cfg.irp_iterations)
+        schedule = temperature_schedule(self.cfg, max_iterations or self.cfg.candidates)
         per_round = candidates_per_round if candidates_per_round is not None else self.cfg.candidates_per_round
         return IRPState(question=question, context=context, prompt_ids=prompt_ids, schedule=schedule,
                         max_tokens=max_tokens, round_size=per_round or len(schedule),

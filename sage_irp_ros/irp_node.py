@@ -224,19 +224,19 @@ class IrpNode(Node, LifecycleNodeMixin):
             self.publish_status()
 
     def throttle_state(self) -> ThrottleState:
-        """Throttled or not (stale after node.throttled_timeout_s: not), and why."""
-        return self._throttle.state(self.cfg.node.throttled_timeout_s)
+        """Throttled or not (stale after throttle.stale_timeout_s: not), and why."""
+        return self._throttle.state(self.cfg.throttle.stale_timeout_s)
 
     def _update_throttle(self) -> bool:
         """Log a change of the effective throttle state; True when it changed."""
-        change = self._throttle.changed(self.cfg.node.throttled_timeout_s)
+        change = self._throttle.changed(self.cfg.throttle.stale_timeout_s)
         if change is None:
             return False
         before, now = change
         if now.signal == STALE:
             self.get_logger().warning(
-                f"no 'throttled' message for {now.age_s:.1f} s (node.throttled_timeout_s = "
-                f"{self.cfg.node.throttled_timeout_s:g} s): treating the platform as not throttled")
+                f"no 'throttled' message for {now.age_s:.1f} s (throttle.stale_timeout_s = "
+                f"{self.cfg.throttle.stale_timeout_s:g} s): treating the platform as not throttled")
         elif now.throttled:
             self.get_logger().warning("platform throttled: using throttled_* limits")
         elif before.throttled:
@@ -360,8 +360,8 @@ class IrpNode(Node, LifecycleNodeMixin):
         return {
             "node": self.get_name(), "namespace": self.get_namespace(), "lifecycle": self._lifecycle,
             "state": self._state, "model": lm.model_id if lm else None,
-            "device": str(lm.device) if lm else self.cfg.llm_irp.device,
-            "precision": lm.precision if lm else self.cfg.llm_irp.precision,
+            "device": str(lm.device) if lm else self.cfg.model.device,
+            "precision": lm.precision if lm else self.cfg.model.precision,
             "packed_layers": lm.packed_layers if lm else None,
             "queue_depth": self._queue.qsize(), "queue_size": self._queue.maxsize,
             "status_period_s": self._status_timer.timer_period_ns / 1e9,
@@ -369,7 +369,7 @@ class IrpNode(Node, LifecycleNodeMixin):
             "throttled_age_s": None if throttle.age_s is None else round(throttle.age_s, 3),
             "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
             "gpu_mem_mb": gpu_mb, "model_mb": round(lm.footprint_mb, 1) if lm else None,
-            "max_memory_mb": self.cfg.llm_irp.max_memory_mb, "error": self._load_error,
+            "max_memory_mb": self.cfg.model.max_memory_mb, "error": self._load_error,
             "memory_store": self.core.store_status(), **stats, "stamp": time.time(),
         }
 

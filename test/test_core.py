@@ -18,7 +18,7 @@ RESULT_KEYS = {"id", "conversation", "question", "ok", "answer", "error", "snarc
 def core(tiny_model_dir, tmp_path):
     cfg = SageConfig.from_mapping({
         "model": {"path": str(tiny_model_dir)},
-        "llm_irp": {"max_tokens": 8, "irp_iterations": 3, "min_available_memory_mb": 0},
+        "llm_irp": {"max_tokens": 8, "candidates": 3, "min_available_memory_mb": 0},
         "snarc": {"salience_threshold": 0.0},  # everything is salient: every answer is stored
         "memory": {"db_path": str(tmp_path / "memory.db"), "consolidation_interval": 2}})
     core = SageCore(cfg)
@@ -111,8 +111,8 @@ def test_exchanges_without_conversation_are_stored_as_unnamed(core):
 def test_throttled_uses_fewer_candidates_and_tokens(core):
     result = core.answer(Question(text="Hi"), throttled=True)
     assert result["irp"]["candidates"] == 1 and result["irp"]["throttled"]
-    core.reconfigure(SageConfig.from_mapping({**_mapping(core), "llm_irp": {
-        **_mapping(core)["llm_irp"], "enable_thermal_monitoring": False}}))
+    core.reconfigure(SageConfig.from_mapping({**_mapping(core), "throttle": {
+        **_mapping(core)["throttle"], "enabled": False}}))
     assert core.answer(Question(text="Hi"), throttled=True)["irp"]["candidates"] == 4
 
 
@@ -125,7 +125,7 @@ def test_memory_floor_refuses_with_out_of_memory(core):
 
 
 def test_generation_failure_is_a_result_and_serving_continues(core, monkeypatch):
-    # the default decoder (llm_irp.decoder: auto = the package's loop, sage_irp_ros/decode.py)
+    # the package's decode loop (sage_irp_ros/decode.py)
     import sage_irp_ros.decode as decode_loop
 
     real = decode_loop.decode
@@ -159,8 +159,8 @@ def test_out_of_memory_retries_once_with_fewer_candidates(core, monkeypatch):
 
 
 def test_keep_alive_false_releases_the_model_after_each_answer(core):
-    core.reconfigure(SageConfig.from_mapping({**_mapping(core), "llm_irp": {
-        **_mapping(core)["llm_irp"], "model_keep_alive": False}}))
+    core.reconfigure(SageConfig.from_mapping({**_mapping(core), "model": {
+        **_mapping(core)["model"], "keep_alive": False}}))
     assert core.answer(Question(text="Hi"))["ok"] and core.lm is None
     assert core.answer(Question(text="Hi again"))["ok"] and core.lm is None
 
@@ -209,8 +209,8 @@ def test_history_bounds_apply_at_once(core):
     for i in range(3):
         core.answer(Question(text=f"Turn {i}?", conversation="c1"))
     core.answer(Question(text="Other?", conversation="c2"))
-    core.reconfigure(SageConfig.from_mapping({**_mapping(core), "memory": {
-        **_mapping(core)["memory"], "circular_buffer_size": 1, "max_conversations": 1}}))
+    core.reconfigure(SageConfig.from_mapping({**_mapping(core), "history": {
+        **_mapping(core)["history"], "depth": 1, "max_conversations": 1}}))
     assert len(core.history) == 1 and core.history.get("c1") == []  # c1 was least recently used
     core.answer(Question(text="Again?", conversation="c2"))
     assert core.answer(Question(text="And?", conversation="c2"))["irp"]["history_used"] == 1
@@ -232,9 +232,9 @@ def test_a_warm_up_failure_releases_the_model_it_loaded(tmp_path):
 
 
 def test_reconfigure_during_warm_up_is_applied_to_the_installed_engine(tiny_model_dir, tmp_path):
-    base = {"model": {"path": str(tiny_model_dir)}, "llm_irp": {"irp_iterations": 3},
+    base = {"model": {"path": str(tiny_model_dir)}, "llm_irp": {"candidates": 3},
             "memory": {"db_path": "none"}}
-    changed = SageConfig.from_mapping({**base, "llm_irp": {"irp_iterations": 1}})
+    changed = SageConfig.from_mapping({**base, "llm_irp": {"candidates": 1}})
     holder = {}
 
     def progress(line: str) -> None:
@@ -244,6 +244,6 @@ def test_reconfigure_during_warm_up_is_applied_to_the_installed_engine(tiny_mode
     core = holder["core"] = SageCore(SageConfig.from_mapping(base), progress=progress)
     core.load()
     try:
-        assert core.engine.cfg.irp_iterations == 1
+        assert core.engine.cfg.candidates == 1
     finally:
         core.release()
