@@ -1,4 +1,4 @@
-"""Conversation histories: the last ``memory.circular_buffer_size`` exchanges of each named conversation.
+"""Conversation histories: the last ``history.depth`` exchanges of each named conversation.
 
 A question is in a conversation only when its caller names one (the ``conversation`` field). A robot
 has many askers that know nothing of each other (behaviour trees, operators, scripts), so a question
@@ -6,7 +6,7 @@ without a conversation id gets no history and leaves none: nothing it asks reach
 prompt.
 
 Bounded twice: each conversation keeps a fixed number of exchanges, and only the most recently used
-``memory.max_conversations`` conversations are kept, so a flood of new ids cannot grow memory.
+``history.max_conversations`` conversations are kept, so a flood of new ids cannot grow memory.
 
 Besides the histories, the node-wide window of the last few exchanges heard (in any conversation, or in
 none) is kept for SNARC surprise of questions without a conversation: it is scored against what the

@@ -41,7 +41,7 @@ class SageCore:
         self._progress = progress or log.info
         self.lm: LoadedModel | None = None
         self.engine: IRPEngine | None = None
-        self.history = ConversationHistory(cfg.memory.circular_buffer_size, cfg.memory.max_conversations,
+        self.history = ConversationHistory(cfg.history.depth, cfg.history.max_conversations,
                                            heard_window=SURPRISE_WINDOW)
         self.snarc = SnarcScorer(cfg.snarc)
         self.store: MemoryStore | None = None
@@ -61,9 +61,9 @@ class SageCore:
         :meth:`reconfigure` while loading are applied to the engine that is installed.
         """
         cfg = self.cfg
-        apply_power_mode(cfg.llm_irp.power_mode)
+        apply_power_mode(cfg.model.power_mode)
         previous = self.lm
-        lm = load_model(cfg.model, cfg.llm_irp, self._progress)
+        lm = load_model(cfg.model, self._progress)
         try:
             if cfg.model.warmup:
                 self._progress(f"warm-up generation took {IRPEngine(lm, cfg.llm_irp).warm_up():.2f} s")
@@ -105,7 +105,7 @@ class SageCore:
         with self._state_lock:
             self.cfg = cfg
             self.snarc = SnarcScorer(cfg.snarc)
-            self.history.resize(cfg.memory.circular_buffer_size, cfg.memory.max_conversations)
+            self.history.resize(cfg.history.depth, cfg.history.max_conversations)
             if self.store is not None:
                 self.store.set_policy(cfg.memory)
             if self.lm is not None:
@@ -150,7 +150,8 @@ class SageCore:
         self._check_memory_floor()
         if q.reset and q.conversation is not None:  # without one there is no history to clear
             self.history.reset(q.conversation)
-        options = AnswerOptions.resolve(irp_cfg, q, throttled=throttled, received=received, cancel=cancel)
+        options = AnswerOptions.resolve(irp_cfg, q, throttled=throttled, throttle=self.cfg.throttle, received=received,
+                                        cancel=cancel)
         if options.deadline is not None and time.monotonic() >= options.deadline:
             raise SageError(errors.DEADLINE,
                             f"deadline of {options.deadline_s:g} s passed while the question was queued")
@@ -163,7 +164,7 @@ class SageCore:
             try:
                 refined = self._refine_with_oom_retry(engine, q, history, options)
             finally:
-                if not irp_cfg.model_keep_alive:
+                if not self.cfg.model.keep_alive:
                     self.release_model_only()
         if not refined.answer:
             if refined.irp.halt_reason == HALT_DEADLINE:
@@ -203,7 +204,7 @@ class SageCore:
 
     def _engine(self) -> IRPEngine:
         if self.engine is None:
-            if self.lm is not None or self.cfg.llm_irp.model_keep_alive:
+            if self.lm is not None or self.cfg.model.keep_alive:
                 raise SageError(errors.MODEL_NOT_LOADED, "no model is loaded (configure the node first)")
             try:  # keep_alive false: load for this question, release after it
                 self.load()
@@ -278,11 +279,11 @@ class SageCore:
             gpu_mb = round(torch.cuda.memory_allocated(lm.device) / 2**20, 1)
         return {
             "model": lm.model_id if lm else None,
-            "device": str(lm.device) if lm else cfg.llm_irp.device,
-            "precision": lm.precision if lm else cfg.llm_irp.precision,
+            "device": str(lm.device) if lm else cfg.model.device,
+            "precision": lm.precision if lm else cfg.model.precision,
             "packed_layers": lm.packed_layers if lm else None,
             "model_mb": round(lm.footprint_mb, 1) if lm else None, "gpu_mem_mb": gpu_mb,
-            "max_memory_mb": cfg.llm_irp.max_memory_mb,
+            "max_memory_mb": cfg.model.max_memory_mb,
             **self.stats.snapshot(), "memory_store": self.store_status(),
         }
 

@@ -26,16 +26,15 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Bool, Float32, String
 
-from .config import ConfigError, SageConfig, allowed_range, describe_keys
+from .config import ConfigError, SageConfig
+from .config_schema import LIVE
 from .diagnostics_status import Limits, ProbeInfo, Status, build_statuses, metrics
 from .probes.system_probe import SystemProbe
 from .ros_params import descriptor
 from .ros_spin import run_main
 
 NODE_NAME = "sage_diagnostics"
-PARAMETERS = ("diagnostics.backend", "diagnostics.rate_hz", "diagnostics.latency_warn_s",
-              "diagnostics.stale_timeout_s", "diagnostics.sysfs_root",
-              "llm_irp.thermal_throttle_threshold", "llm_irp.max_memory_mb")
+PARAMETERS = DIAGNOSTICS_NODE_KEYS
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
 _LEVEL_BYTES = {0: DiagnosticStatus.OK, 1: DiagnosticStatus.WARN, 2: DiagnosticStatus.ERROR,
@@ -80,25 +79,8 @@ class DiagnosticsNode(Node):
         self._tick()  # at start: throttled and /diagnostics without waiting a whole period
 
     def _declare_parameters(self) -> SageConfig:
-        defaults = SageConfig().flat()
-        fields = dict(describe_keys())
-        values, problems = {}, []
-        for name in PARAMETERS:
-            f = fields[name]
-            try:
-                values[name] = self.declare_parameter(name, defaults[name], descriptor(name, f)).value
-            except (InvalidParameterValueException, InvalidParameterTypeException) as exc:
-                is_float = f.type in ("float", float)
-                hint = (" (write floats with a decimal point, e.g. 5.0)"
-                        if is_float and isinstance(exc, InvalidParameterTypeException) else "")
-                problems.append(f"{name}: allowed {allowed_range(f)}{hint}")
-        try:
-            config = SageConfig().with_updates(values)
-        except ConfigError as exc:  # values of the right type but not allowed (e.g. a backend name)
-            problems += [line.strip() for line in str(exc).splitlines()[1:]]
-        if problems:
-            raise ConfigError("invalid parameters:\n  " + "\n  ".join(problems))
-        return config
+        # Every parameter of this node applies live; older names in a params file still work.
+        return declare_config(self, PARAMETERS, applies=dict.fromkeys(PARAMETERS, LIVE))
 
     # -- probe -----------------------------------------------------------------------------------
     def _open_probe(self) -> None:
@@ -106,7 +88,7 @@ class DiagnosticsNode(Node):
             self._probe.close()
         try:
             self._probe = self._probe_factory(self._config.diagnostics,
-                                              self._config.llm_irp.thermal_throttle_threshold)
+                                              self._config.diagnostics.throttle_threshold_c)
             self._probe_error = None
         except Exception as exc:  # noqa: BLE001 - report it as an ERROR status instead of dying
             self._probe = None
@@ -133,9 +115,9 @@ class DiagnosticsNode(Node):
             self.destroy_timer(self._timer)
             self._timer = self.create_timer(1.0 / config.diagnostics.rate_hz, self._tick)
         if (config.diagnostics.backend, config.diagnostics.sysfs_root,
-                config.llm_irp.thermal_throttle_threshold) != (
+                config.diagnostics.throttle_threshold_c) != (
                 old.diagnostics.backend, old.diagnostics.sysfs_root,
-                old.llm_irp.thermal_throttle_threshold):
+                old.diagnostics.throttle_threshold_c):
             self._open_probe()
 
     # -- IRP status --------------------------------------------------------------------------------
@@ -176,8 +158,8 @@ class DiagnosticsNode(Node):
                          sysfs_root=cfg.diagnostics.sysfs_root, error=error)
         limits = Limits(latency_warn_s=cfg.diagnostics.latency_warn_s,
                         stale_timeout_s=cfg.diagnostics.stale_timeout_s,
-                        max_memory_mb=cfg.llm_irp.max_memory_mb,
-                        throttle_threshold_c=cfg.llm_irp.thermal_throttle_threshold)
+                        max_memory_mb=cfg.model.max_memory_mb,
+                        throttle_threshold_c=cfg.diagnostics.throttle_threshold_c)
         age = None if self._irp_received is None else time.monotonic() - self._irp_received
         hardware_id = getattr(probe, "hardware_id", "") or "unknown"
         statuses = build_statuses(self.get_name(), snap, self._irp, age, info, limits, hardware_id)
@@ -187,7 +169,7 @@ class DiagnosticsNode(Node):
         self._diag_pub.publish(array)
 
         # Every tick, so readers can tell a live signal from a dead publisher (the IRP node's
-        # node.throttled_timeout_s); unknown (probe failing) is published as false.
+        # throttle.stale_timeout_s); unknown (probe failing) is published as false.
         throttled = bool(snap is not None and snap.throttle.throttled)
         self._throttled_pub.publish(Bool(data=throttled))
         if throttled != self._last_throttled:

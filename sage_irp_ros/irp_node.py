@@ -231,19 +231,19 @@ class IrpNode(Node, LifecycleNodeMixin):
             self.publish_status()
 
     def throttle_state(self) -> ThrottleState:
-        """Throttled or not (stale after node.throttled_timeout_s: not), and why."""
-        return self._throttle.state(self.cfg.node.throttled_timeout_s)
+        """Throttled or not (stale after throttle.stale_timeout_s: not), and why."""
+        return self._throttle.state(self.cfg.throttle.stale_timeout_s)
 
     def _update_throttle(self) -> bool:
         """Log a change of the effective throttle state; True when it changed."""
-        change = self._throttle.changed(self.cfg.node.throttled_timeout_s)
+        change = self._throttle.changed(self.cfg.throttle.stale_timeout_s)
         if change is None:
             return False
         before, now = change
         if now.signal == STALE:
             self.get_logger().warning(
-                f"no 'throttled' message for {now.age_s:.1f} s (node.throttled_timeout_s = "
-                f"{self.cfg.node.throttled_timeout_s:g} s): treating the platform as not throttled")
+                f"no 'throttled' message for {now.age_s:.1f} s (throttle.stale_timeout_s = "
+                f"{self.cfg.throttle.stale_timeout_s:g} s): treating the platform as not throttled")
         elif now.throttled:
             self.get_logger().warning("platform throttled: using throttled_* limits")
         elif before.throttled:

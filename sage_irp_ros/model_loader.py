@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-from .config import IRPConfig, ModelConfig
+from .config import ModelConfig
 from .cpu_packing import pack_linear_weights, packed_bytes
 from .quantize import quantize_model
 from .embedded_model import EMBEDDED_NAME, converted_gguf, embedded_gguf
@@ -45,8 +45,8 @@ class LoadedModel:
     context_window: int
     key: tuple = field(default=(), repr=False)
     over_budget: bool = False
-    packed_layers: int = 0  # Linear layers in oneDNN's blocked layout (llm_irp.pack_cpu_weights)
-    quantized_layers: int = 0  # Linear layers holding int8 weights (llm_irp.weight_quantization)
+    packed_layers: int = 0  # Linear layers in oneDNN's blocked layout (model.pack_cpu_weights)
+    quantized_layers: int = 0  # Linear layers holding int8 weights (model.weight_quantization)
 
     @property
     def precision(self) -> str:
@@ -62,7 +62,7 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError("llm_irp.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+        raise ModelLoadError("model.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
     return torch.device(device)
 
 
@@ -93,7 +93,7 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
 
 
 def apply_power_mode(power_mode: str) -> int:
-    """Set torch's CPU threads from ``llm_irp.power_mode``; returns the thread count used."""
+    """Set torch's CPU threads from ``model.power_mode``; returns the thread count used."""
     cores = os.cpu_count() or 1
     threads = {"efficiency": max(1, cores // 2), "balanced": max(1, cores - 1),
                "performance": cores}[power_mode]
@@ -101,16 +101,15 @@ def apply_power_mode(power_mode: str) -> int:
     return threads
 
 
-def load_model(model_cfg: ModelConfig, irp_cfg: IRPConfig,
-               progress: Callable[[str], None] | None = None) -> LoadedModel:
+def load_model(model_cfg: ModelConfig, progress: Callable[[str], None] | None = None) -> LoadedModel:
     """Load (or return the resident copy of) the configured model. Raises ModelLoadError only."""
     say = progress or log.info
-    device = resolve_device(irp_cfg.device)
-    dtype = resolve_dtype(irp_cfg.precision, device)
+    device = resolve_device(model_cfg.device)
+    dtype = resolve_dtype(model_cfg.precision, device)
     folder, gguf = _locate(model_cfg)
     adapter = _check_adapter(model_cfg.adapter_path)
-    quant = irp_cfg.weight_quantization
-    pack = irp_cfg.pack_cpu_weights and device.type == "cpu" and quant == "none"
+    quant = model_cfg.weight_quantization
+    pack = model_cfg.pack_cpu_weights and device.type == "cpu" and quant == "none"
     key = (_identity(folder), _identity(gguf), _identity(adapter), model_cfg.merge_adapter,
            str(device), str(dtype), pack, quant)
     with _cache_lock:
@@ -133,12 +132,12 @@ def load_model(model_cfg: ModelConfig, irp_cfg: IRPConfig,
         if quant != "none":  # after the adapter merge: the merged weights are what gets quantised
             quantized, why_not = quantize_model(model, quant, device)
             say(f"{quant} weights in {quantized} Linear layers" if quantized else
-                f"llm_irp.weight_quantization: weights left as they were ({why_not})")
+                f"model.weight_quantization: weights left as they were ({why_not})")
         if device.type == "cpu":
             if pack:  # before _make_resident: reordering copies the weights out of the file anyway
                 packed, why_not = pack_linear_weights(model)
                 say(f"packed {packed} Linear layers for oneDNN" if packed else
-                    f"llm_irp.pack_cpu_weights: weights left unpacked ({why_not})")
+                    f"model.pack_cpu_weights: weights left unpacked ({why_not})")
             _make_resident(model)
             _return_freed_memory()
         if tokenizer.pad_token_id is None:
@@ -148,7 +147,7 @@ def load_model(model_cfg: ModelConfig, irp_cfg: IRPConfig,
             footprint_mb=footprint_mb(model), load_s=time.monotonic() - start,
             context_window=int(getattr(model.config, "max_position_embeddings", 0) or 2048), key=key,
             packed_layers=packed, quantized_layers=quantized)
-        _check_budget(loaded, irp_cfg)
+        _check_budget(loaded, model_cfg)
         _cache[key] = loaded
         say(f"model {model_id} ready: {loaded.footprint_mb:.0f} MB in {loaded.load_s:.1f} s")
         return loaded
@@ -270,13 +269,13 @@ def _attach_adapter(model, adapter: Path, merge: bool, base: Path):
     return peft_model.merge_and_unload() if merge else peft_model
 
 
-def _check_budget(loaded: LoadedModel, irp_cfg: IRPConfig) -> None:
-    budget = irp_cfg.max_memory_mb
+def _check_budget(loaded: LoadedModel, model_cfg: ModelConfig) -> None:
+    budget = model_cfg.max_memory_mb
     if not budget or loaded.footprint_mb <= budget:
         return
-    message = (f"model {loaded.model_id} needs {loaded.footprint_mb:.0f} MB, over llm_irp.max_memory_mb "
+    message = (f"model {loaded.model_id} needs {loaded.footprint_mb:.0f} MB, over model.max_memory_mb "
                f"= {budget} MB")
-    if irp_cfg.memory_limit_action == "error":
-        raise ModelLoadError(message + " (llm_irp.memory_limit_action: error)")
+    if model_cfg.memory_limit_action == "error":
+        raise ModelLoadError(message + " (model.memory_limit_action: error)")
     loaded.over_budget = True
     log.warning(message)

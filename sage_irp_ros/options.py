@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from .config import IRPConfig
+from .config import IRPConfig, ThrottleConfig
 from .questions import Question
 
 
@@ -41,8 +41,10 @@ class AnswerOptions:
 
     @classmethod
     def resolve(cls, cfg: IRPConfig, question: Question | None = None, *, throttled: bool = False,
-                received: float | None = None, cancel: threading.Event | None = None) -> "AnswerOptions":
-        """The options for ``question`` under ``cfg``; ``throttled`` is the platform's throttle state.
+                throttle: ThrottleConfig | None = None, received: float | None = None,
+                cancel: threading.Event | None = None) -> "AnswerOptions":
+        """The options for ``question`` under ``cfg``; ``throttled`` is the platform's throttle state and
+        ``throttle`` what it changes (default: the ``throttle:`` section's defaults).
 
         The deadline is ``received`` (when the question arrived, ``time.monotonic()``) plus the
         question's ``deadline_s``, else ``cfg.deadline_s``; none without ``received`` or a budget.
@@ -50,10 +52,11 @@ class AnswerOptions:
         deadline_s = (question.deadline_s if question is not None else None) or cfg.deadline_s or None
         deadline = received + deadline_s if deadline_s and received is not None else None
         common: dict[str, Any] = {"deadline": deadline, "deadline_s": deadline_s, "cancel": cancel}
-        if throttled and cfg.enable_thermal_monitoring:
-            return cls(iterations=0, max_tokens=min(cfg.throttled_max_tokens, cfg.max_tokens), greedy=True,
+        throttle = throttle or ThrottleConfig()
+        if throttled and throttle.enabled:
+            return cls(iterations=0, max_tokens=min(throttle.max_tokens, cfg.max_tokens), greedy=True,
                        throttled=True, **common)
-        iterations = (question.max_iterations if question is not None else None) or cfg.irp_iterations
+        iterations = (question.max_iterations if question is not None else None) or cfg.candidates
         return cls(iterations=iterations, max_tokens=cfg.max_tokens,
                    candidates_per_round=cfg.candidates_per_round, greedy=cfg.greedy_candidate, **common)
 

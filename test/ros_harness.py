@@ -57,8 +57,8 @@ STATE_IDS = {State.PRIMARY_STATE_UNCONFIGURED: "unconfigured", State.PRIMARY_STA
 FAST_PARAMS: dict[str, Any] = {
     "llm_irp.max_tokens": 8,
     "llm_irp.min_available_memory_mb": 0,
-    "llm_irp.power_mode": "efficiency",
-    "llm_irp.device": "cpu",
+    "model.power_mode": "efficiency",
+    "model.device": "cpu",
     "node.status_period_s": 0.5,
 }
 START_TIMEOUT = 90.0  # importing torch + transformers and loading on a busy 2-core machine

@@ -271,8 +271,8 @@ def test_history_bounds_apply_at_once(core):
     for i in range(3):
         core.answer(Question(text=f"Turn {i}?", conversation="c1"))
     core.answer(Question(text="Other?", conversation="c2"))
-    core.reconfigure(SageConfig.from_mapping({**_mapping(core), "memory": {
-        **_mapping(core)["memory"], "circular_buffer_size": 1, "max_conversations": 1}}))
+    core.reconfigure(SageConfig.from_mapping({**_mapping(core), "history": {
+        **_mapping(core)["history"], "depth": 1, "max_conversations": 1}}))
     assert len(core.history) == 1 and core.history.get("c1") == []  # c1 was least recently used
     core.answer(Question(text="Again?", conversation="c2"))
     assert core.answer(Question(text="And?", conversation="c2")).irp.history_used == 1
@@ -294,9 +294,9 @@ def test_a_warm_up_failure_releases_the_model_it_loaded(tmp_path):
 
 
 def test_reconfigure_during_warm_up_is_applied_to_the_installed_engine(tiny_model_dir, tmp_path):
-    base = {"model": {"path": str(tiny_model_dir)}, "llm_irp": {"irp_iterations": 3},
+    base = {"model": {"path": str(tiny_model_dir)}, "llm_irp": {"candidates": 3},
             "memory": {"db_path": "none"}}
-    changed = SageConfig.from_mapping({**base, "llm_irp": {"irp_iterations": 1}})
+    changed = SageConfig.from_mapping({**base, "llm_irp": {"candidates": 1}})
     holder = {}
 
     def progress(line: str) -> None:
@@ -306,7 +306,7 @@ def test_reconfigure_during_warm_up_is_applied_to_the_installed_engine(tiny_mode
     core = holder["core"] = SageCore(SageConfig.from_mapping(base), progress=progress)
     core.load()
     try:
-        assert core.engine.cfg.irp_iterations == 1
+        assert core.engine.cfg.candidates == 1
     finally:
         core.release()
 

@@ -1,4 +1,4 @@
-"""oneDNN weight packing on CPU (llm_irp.pack_cpu_weights): same answers, loud fallback."""
+"""oneDNN weight packing on CPU (model.pack_cpu_weights): same answers, loud fallback."""
 
 import logging
 import os
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason
 
 
 def _load(path, pack=True, precision="fp32", **model):
-    return load_on_cpu({"precision": precision, "pack_cpu_weights": pack}, path=str(path), **model)
+    return load_on_cpu(path=str(path), precision=precision, pack_cpu_weights=pack, **model)
 
 
 def _logits(lm):

@@ -182,8 +182,8 @@ def test_int8_linear_error_is_bounded_by_half_a_step_per_weight():
 
 
 def test_int8_model_keeps_logits_close_and_shares_head_with_embedding(tiny_plain_model_dir):
-    fp32 = load_on_cpu(path=str(tiny_plain_model_dir), llm_irp={"pack_cpu_weights": False})
-    int8 = load_on_cpu(path=str(tiny_plain_model_dir), llm_irp={"weight_quantization": "int8"})
+    fp32 = load_on_cpu(path=str(tiny_plain_model_dir), pack_cpu_weights=False)
+    int8 = load_on_cpu(path=str(tiny_plain_model_dir), weight_quantization="int8")
     assert int8.quantized_layers == 2 * 7 + 1 and int8.packed_layers == 0
     head, embed = int8.model.get_output_embeddings(), int8.model.get_input_embeddings()
     assert head.qweight is embed.qweight  # one int8 table for the tied head and the embedding
@@ -195,9 +195,9 @@ def test_int8_model_keeps_logits_close_and_shares_head_with_embedding(tiny_plain
 
 def test_lora_is_merged_before_quantising(tiny_model_dir, tiny_adapter_dir):
     merged = load_on_cpu(path=str(tiny_model_dir), adapter_path=str(tiny_adapter_dir),
-                         llm_irp={"pack_cpu_weights": False})
-    base = load_on_cpu(path=str(tiny_model_dir), llm_irp={"pack_cpu_weights": False})
+                         pack_cpu_weights=False)
+    base = load_on_cpu(path=str(tiny_model_dir), pack_cpu_weights=False)
     quant = load_on_cpu(path=str(tiny_model_dir), adapter_path=str(tiny_adapter_dir),
-                        llm_irp={"weight_quantization": "int8"})
+                        weight_quantization="int8")
     want, got, plain = prompt_logits(merged), prompt_logits(quant), prompt_logits(base)
     assert (got - want).abs().max() < 0.25 * (plain - want).abs().max()  # the adapter's effect survives

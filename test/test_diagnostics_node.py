@@ -210,7 +210,7 @@ def test_in_process_node_with_namespace_and_parameters(domain):
         Parameter("diagnostics.backend", value="sysfs"),
         Parameter("diagnostics.sysfs_root", value=str(SYSFS / "orin_nano_jp6")),
         Parameter("diagnostics.rate_hz", value=10.0),
-        Parameter("llm_irp.thermal_throttle_threshold", value=45.0)])
+        Parameter("diagnostics.throttle_threshold_c", value=45.0)])
     obs.executor.add_node(node)
     try:
         assert node.get_name() == "sage_diagnostics" and node.get_namespace() == "/robot"
@@ -233,7 +233,7 @@ def test_in_process_node_with_namespace_and_parameters(domain):
         assert not result.successful and "not allowed" in result.reason
         result = node.set_parameters([Parameter("diagnostics.rate_hz", value=500.0)])[0]
         assert not result.successful
-        threshold = Parameter("llm_irp.thermal_throttle_threshold", value=85.0)
+        threshold = Parameter("diagnostics.throttle_threshold_c", value=85.0)
         assert node.set_parameters([threshold])[0].successful
         assert obs.spin_until(lambda: obs.throttled[-1:] == [False], timeout=10)
         assert node.set_parameters([Parameter("diagnostics.rate_hz", value=2.0)])[0].successful

@@ -4,6 +4,7 @@ scripts/test_matrix.sh runs this file on transformers 4.57.6 and the main suite 
 major versions are covered by the same assertions.
 """
 
+import dataclasses
 import logging
 
 import pytest
@@ -18,8 +19,8 @@ from sage_irp_ros.model_loader import load_model
 
 
 def _loaded(model_dir):
-    cfg = SageConfig.from_mapping({"model": {"path": str(model_dir)}, "llm_irp": {"device": "cpu"}})
-    return load_model(cfg.model, cfg.llm_irp)
+    cfg = SageConfig.from_mapping({"model": {"path": str(model_dir), "device": "cpu"}})
+    return load_model(cfg.model)
 
 
 class ForwardLog:
@@ -87,9 +88,8 @@ def test_model_without_cache_argument_is_said_once(caplog):
 def test_dtype_argument_matches_the_version(tiny_model_dir):
     kwargs = hf_compat.dtype_kwargs(torch.float16)
     assert list(kwargs) == ["dtype" if hf_compat.TRANSFORMERS_VERSION >= hf_compat.Version("4.56") else "torch_dtype"]
-    cfg = SageConfig.from_mapping({"model": {"path": str(tiny_model_dir)},
-                                   "llm_irp": {"device": "cpu", "precision": "bf16"}})
-    lm = load_model(cfg.model, cfg.llm_irp)
+    cfg = SageConfig.from_mapping({"model": {"path": str(tiny_model_dir), "device": "cpu", "precision": "bf16"}})
+    lm = load_model(cfg.model)
     assert next(lm.model.parameters()).dtype == torch.bfloat16
 
 

@@ -20,10 +20,10 @@ from tiny_models import build_tiny_model
 
 def _engine(model_dir, energy=None, **irp):
     """An engine on a tiny fp32 model; the greedy row is off unless asked for (scripted energy streams)."""
-    irp = {"greedy_candidate": False, "precision": "fp32", **irp}
-    cfg = SageConfig.from_mapping({"model": {"path": str(model_dir)},
-                                   "llm_irp": {"max_tokens": 6, "device": "cpu", **irp}})
-    return IRPEngine(load_model(cfg.model, cfg.llm_irp), cfg.llm_irp, energy=energy)
+    irp = {"greedy_candidate": False, **irp}
+    cfg = SageConfig.from_mapping({"model": {"path": str(model_dir), "device": "cpu", "precision": "fp32"},
+                                   "llm_irp": {"max_tokens": 6, **irp}})
+    return IRPEngine(load_model(cfg.model), cfg.llm_irp, energy=energy)
 
 
 def _options(engine, **changes):
@@ -38,20 +38,20 @@ def _spread_energy():
 
 
 @pytest.mark.parametrize("irp,expected", [
-    ({"irp_iterations": 3}, [0.7, 0.647, 0.594]),                    # edge: 0.541 never reaches 0.54
-    ({"irp_iterations": 5, "temp_reduction": 0.04}, [0.7, 0.66, 0.62, 0.58]),  # floor after 4 steps
-    ({"irp_iterations": 7, "temp_reduction": 0.04}, [0.7, 0.66, 0.62, 0.58]),
-    ({"irp_iterations": 3, "initial_temperature": 0.54}, [0.54]),
-    ({"irp_iterations": 4, "temp_reduction": 0.0}, [0.7, 0.7, 0.7, 0.7]),
+    ({"candidates": 3}, [0.7, 0.647, 0.594]),                    # edge: 0.541 never reaches 0.54
+    ({"candidates": 5, "temp_reduction": 0.04}, [0.7, 0.66, 0.62, 0.58]),  # floor after 4 steps
+    ({"candidates": 7, "temp_reduction": 0.04}, [0.7, 0.66, 0.62, 0.58]),
+    ({"candidates": 3, "initial_temperature": 0.54}, [0.54]),
+    ({"candidates": 4, "temp_reduction": 0.0}, [0.7, 0.7, 0.7, 0.7]),
 ])
 def test_temperature_schedule(irp, expected):
     cfg = SageConfig.from_mapping({"llm_irp": irp}).llm_irp
-    assert temperature_schedule(cfg, cfg.irp_iterations) == pytest.approx(expected)
+    assert temperature_schedule(cfg, cfg.candidates) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("irp,halt", [
-    ({"irp_iterations": 3}, "max_iterations"),
-    ({"irp_iterations": 5, "temp_reduction": 0.04}, "temperature_floor"),
+    ({"candidates": 3}, "max_iterations"),
+    ({"candidates": 5, "temp_reduction": 0.04}, "temperature_floor"),
 ])
 def test_batched_and_sequential_agree(tiny_model_dir, irp, halt):
     runs = {}
@@ -77,7 +77,7 @@ def test_sequential_halts_on_plateau_between_rounds(tiny_model_dir):
 
 def test_convergence_halts_and_keeps_best(tiny_model_dir):
     values = iter([0.4, 0.05, 0.3])
-    engine = _engine(tiny_model_dir, energy=lambda c, t0: next(values), irp_iterations=3, candidates_per_round=1)
+    engine = _engine(tiny_model_dir, energy=lambda c, t0: next(values), candidates=3, candidates_per_round=1)
     state = engine.init_state("What is 2+2?")
     steps = 0
     while not engine.halt(state):

@@ -34,7 +34,7 @@ def shared(boom_model_dir, tmp_path_factory):
     running = RunningNode(tmp, params={
         "model.path": str(boom_model_dir), "memory.db_path": str(tmp / "memory.db"),
         "node.queue_size": QUEUE_SIZE, "llm_irp.max_question_chars": MAX_CHARS,
-        "memory.circular_buffer_size": 5})
+        "history.depth": 5})
     yield running
     try:
         running.tester.assert_no_duplicates()
@@ -204,7 +204,7 @@ def test_status_reports_the_cpu_weights_packed_for_onednn(t):
     status = t.wait_status(lambda s: s["model"] is not None, 10)
     native_bf16 = cpu_has_native_bf16()  # precision auto: bf16 where the CPU multiplies bf16 natively
     assert status["device"] == "cpu" and status["precision"] == ("bf16" if native_bf16 else "fp32")
-    assert status["packed_layers"] > 0  # llm_irp.pack_cpu_weights defaults to true
+    assert status["packed_layers"] > 0  # model.pack_cpu_weights defaults to true
 
 
 def test_out_of_memory_below_the_available_ram_floor(t):
@@ -232,19 +232,19 @@ def test_invalid_parameter_is_rejected_at_set_time_with_the_reason(t):
     assert "llm_irp.initial_temperature" in res.reason and "out of range" in res.reason
     (res,) = t.set_parameters({"llm_irp.min_temperature": 0.9})  # above initial_temperature 0.7
     assert not res.successful and "llm_irp.min_temperature" in res.reason
-    (res,) = t.set_parameters({"llm_irp.device": "tpu"})
-    assert not res.successful and "llm_irp.device" in res.reason
+    (res,) = t.set_parameters({"model.device": "tpu"})
+    assert not res.successful and "model.device" in res.reason
     result = _ok(t.ask("What is 2+2?"))
     assert result["irp"]["temperatures"][0] == pytest.approx(0.7)  # nothing was applied
 
 
 def test_valid_parameter_takes_effect_at_the_next_question(t):
-    (res,) = t.set_parameters({"llm_irp.irp_iterations": 1})
+    (res,) = t.set_parameters({"llm_irp.candidates": 1})
     assert res.successful, res.reason
     try:
         assert _ok(t.ask("What is 2+2?"))["irp"]["iterations"] == 1  # sampled candidates
     finally:
-        (res,) = t.set_parameters({"llm_irp.irp_iterations": 3})
+        (res,) = t.set_parameters({"llm_irp.candidates": 3})
         assert res.successful
     assert _ok(t.ask("What is 2+2?"))["irp"]["candidates"] >= 2
 

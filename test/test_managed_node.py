@@ -95,18 +95,18 @@ def test_parameters_apply_live_or_are_refused_with_a_reason(slow_model_dir, tmp_
         names = set(_list_parameters(t))
         assert "node.queue_size" in names and "model.path" in names
         assert not [n for n in names if n.startswith("diagnostics.")]  # the diagnostics node's keys
-        assert "llm_irp.thermal_throttle_threshold" not in names
+        assert "diagnostics.throttle_threshold_c" not in names
 
         # read-only and configure-time keys are refused with a reason while active
         (res,) = t.set_parameters({"node.autostart": False})
         assert not res.successful and "read-only" in res.reason
         (res,) = t.set_parameters({"model.path": str(tmp_path / "other")})
         assert not res.successful and "model.path" in res.reason and "configure" in res.reason
-        (res,) = t.set_parameters({"llm_irp.device": "cpu"})  # the value it has: nothing to refuse
+        (res,) = t.set_parameters({"model.device": "cpu"})  # the value it has: nothing to refuse
         assert res.successful, res.reason
 
-        # memory.circular_buffer_size: the history bound changes at once
-        (res,) = t.set_parameters({"memory.circular_buffer_size": 1})
+        # history.depth: the history bound changes at once
+        (res,) = t.set_parameters({"history.depth": 1})
         assert res.successful, res.reason
         used = [_ok(t.ask(f"Turn {i}?", conversation="c", max_iterations=1, deadline_s=0.5))["irp"]["history_used"]
                 for i in range(3)]
@@ -165,7 +165,7 @@ def test_configure_failure_in_warm_up_is_reported_released_and_retried(tiny_mode
         t.wait_status(lambda s: s["state"] == "loading", 30, "configure running", mark)
         # set while configuring: a live key is applied to the engine configure installs (the warm-up
         # window itself is hit deterministically in test_core.py); a configure-time key is refused
-        (res,) = t.set_parameters({"llm_irp.irp_iterations": 1})
+        (res,) = t.set_parameters({"llm_irp.candidates": 1})
         assert res.successful, res.reason
         (res,) = t.set_parameters({"model.path": str(short)})
         assert not res.successful and "configure" in res.reason  # configuring, then inactive
@@ -241,8 +241,8 @@ def test_answer_topics_are_lifecycle_publishers_status_and_result_are_not(tmp_pa
 def test_throttled_from_volatile_and_latched_publishers_goes_stale(tiny_plain_model_dir, tmp_path, ros_env):
     # the plain tiny model: its greedy row (all a throttled answer is) has text; the chat one's is blank
     node = RunningNode(tmp_path, env=ros_env, params={
-        "model.path": str(tiny_plain_model_dir), "memory.db_path": "none", "llm_irp.irp_iterations": 3,
-        "node.throttled_timeout_s": 2.0})
+        "model.path": str(tiny_plain_model_dir), "memory.db_path": "none", "llm_irp.candidates": 3,
+        "throttle.stale_timeout_s": 2.0})
     t = node.tester
     ns = node.proc.namespace
     try:
@@ -252,7 +252,7 @@ def test_throttled_from_volatile_and_latched_publishers_goes_stale(tiny_plain_mo
         timer = t.node.create_timer(0.2, lambda: volatile.publish(Bool(data=True)))
         t.wait_status(lambda s: s["throttled"] and s["throttled_signal"] == "fresh", 30, "throttled")
         assert _ok(t.ask("What is 2+2?"))["irp"]["candidates"] == 1
-        # the publisher goes quiet: after node.throttled_timeout_s the value is stale -> not throttled
+        # the publisher goes quiet: after throttle.stale_timeout_s the value is stale -> not throttled
         t.node.destroy_timer(timer)
         mark = t.status_mark()
         status = t.wait_status(lambda s: s["throttled_signal"] == "stale", 30, "a stale throttled", mark)

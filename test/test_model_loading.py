@@ -62,28 +62,26 @@ def test_missing_adapter_folder_is_named(tiny_model_dir, tmp_path):
 def test_memory_budget_error_and_warning(tiny_model_dir, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(tiny_model_dir, copy)
-    cfg = SageConfig.from_mapping({"model": {"path": str(copy)},
-                                   "llm_irp": {"max_memory_mb": 1, "memory_limit_action": "error"}})
-    small_budget = cfg.llm_irp
+    cfg = SageConfig.from_mapping({"model": {"path": str(copy), "max_memory_mb": 1, "memory_limit_action": "error"}})
+    small_budget = cfg.model
     # The tiny model is well under 1 MB, so build a budget it exceeds by making the check strict:
-    lm = load_model(cfg.model, cfg.llm_irp)
+    lm = load_model(cfg.model)
     assert not lm.over_budget and lm.footprint_mb < 1
     release(lm)
     big = build_tiny_model(tmp_path / "big", layers=40)  # ~1.3 MB of weights
-    cfg = SageConfig.from_mapping({"model": {"path": str(big)},
-                                   "llm_irp": {"max_memory_mb": 1, "memory_limit_action": "error"}})
-    with pytest.raises(ModelLoadError, match="over llm_irp.max_memory_mb = 1 MB"):
-        load_model(cfg.model, cfg.llm_irp)
-    cfg = SageConfig.from_mapping({"model": {"path": str(big)}, "llm_irp": {"max_memory_mb": 1}})
-    assert load_model(cfg.model, cfg.llm_irp).over_budget
+    cfg = SageConfig.from_mapping({"model": {"path": str(big), "max_memory_mb": 1, "memory_limit_action": "error"}})
+    with pytest.raises(ModelLoadError, match="over model.max_memory_mb = 1 MB"):
+        load_model(cfg.model)
+    cfg = SageConfig.from_mapping({"model": {"path": str(big), "max_memory_mb": 1}})
+    assert load_model(cfg.model).over_budget
     assert small_budget.max_memory_mb == 1
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
 def test_cuda_requested_without_cuda_is_a_clear_error(tiny_model_dir):
-    cfg = SageConfig.from_mapping({"model": {"path": str(tiny_model_dir)}, "llm_irp": {"device": "cuda"}})
+    cfg = SageConfig.from_mapping({"model": {"path": str(tiny_model_dir), "device": "cuda"}})
     with pytest.raises(ModelLoadError, match="no CUDA device is available"):
-        load_model(cfg.model, cfg.llm_irp)
+        load_model(cfg.model)
 
 
 def test_auto_precision_is_bf16_only_on_a_cpu_with_native_bf16(monkeypatch):

@@ -375,7 +375,7 @@ def test_context_overflow_truncates_history_first_then_refuses(short_context_mod
     assert _prompt_tokens(short_context_model_dir, too_big) + max_tokens > CONTEXT
     node = RunningNode(tmp_path, env=ros_env, params={
         "model.path": str(short_context_model_dir), "memory.db_path": "none",
-        "llm_irp.max_tokens": max_tokens, "memory.circular_buffer_size": 5})
+        "llm_irp.max_tokens": max_tokens, "history.depth": 5})
     t = node.tester
     try:
         used = [_ok(t.ask(f"What is {i}+{i}?", conversation="ctx"))["irp"]["history_used"] for i in range(5)]

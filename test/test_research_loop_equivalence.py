@@ -45,7 +45,7 @@ STREAMS = {
 @pytest.fixture(scope="module")
 def lm(tiny_plain_model_dir):
     cfg = SageConfig.from_mapping({"model": {"path": str(tiny_plain_model_dir)}, "llm_irp": {"device": "cpu"}})
-    return load_model(cfg.model, cfg.llm_irp)
+    return load_model(cfg.model)
 
 
 def _irp_cfg(schedule, **extra):
@@ -60,7 +60,7 @@ def _scripted(values):
 
 
 def _baseline(lm, cfg, **kwargs):
-    return ResearchIRP(lm.model, lm.tokenizer, iterations=cfg.irp_iterations,
+    return ResearchIRP(lm.model, lm.tokenizer, iterations=cfg.candidates,
                        initial_temperature=cfg.initial_temperature, min_temperature=cfg.min_temperature,
                        temp_reduction=cfg.temp_reduction, max_tokens=cfg.max_tokens,
                        convergence_threshold=cfg.energy_convergence_threshold,
@@ -97,10 +97,10 @@ def test_schedules_match_the_research_floats():
                 "seven": ([0.7, 0.647, 0.594, 0.541], "temperature_floor")}
     for name, (temps, floor_halt) in expected.items():
         cfg = _irp_cfg(SCHEDULES[name])
-        assert temperature_schedule(cfg, cfg.irp_iterations) == pytest.approx(temps, abs=1e-9)
+        assert temperature_schedule(cfg, cfg.candidates) == pytest.approx(temps, abs=1e-9)
         # research floats: T - dT in plain float arithmetic, halting on T <= T_min
         t, research = cfg.initial_temperature, []
-        for _ in range(cfg.irp_iterations):
+        for _ in range(cfg.candidates):
             research.append(t)
             t = max(cfg.min_temperature, t - cfg.temp_reduction)
             if t <= cfg.min_temperature:

@@ -122,13 +122,19 @@ def test_options_resolve_config_and_question_once():
         plain.iterations = 1  # frozen
 
 
+def _throttle(**keys):
+    return SageConfig.from_mapping({"throttle": keys}).throttle
+
+
 def test_throttled_options_are_the_greedy_row_alone():
-    cfg = _irp(irp_iterations=3, max_tokens=100, throttled_max_tokens=64, greedy_candidate=False)
-    throttled = AnswerOptions.resolve(cfg, Question(text="q", max_iterations=9), throttled=True)
+    cfg = _irp(candidates=3, max_tokens=100, greedy_candidate=False)
+    throttled = AnswerOptions.resolve(cfg, Question(text="q", max_iterations=9), throttled=True,
+                                      throttle=_throttle(max_tokens=64))
     assert (throttled.iterations, throttled.greedy, throttled.max_tokens, throttled.rows) == (0, True, 64, 1)
     assert throttled.throttled
-    assert AnswerOptions.resolve(_irp(max_tokens=20, throttled_max_tokens=64), throttled=True).max_tokens == 20
-    off = AnswerOptions.resolve(_irp(enable_thermal_monitoring=False, irp_iterations=3), throttled=True)
+    assert AnswerOptions.resolve(_irp(max_tokens=20), throttled=True, throttle=_throttle(max_tokens=64)
+                                 ).max_tokens == 20
+    off = AnswerOptions.resolve(_irp(candidates=3), throttled=True, throttle=_throttle(enabled=False))
     assert not off.throttled and off.iterations == 3
 
 

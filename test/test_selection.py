@@ -106,8 +106,8 @@ def test_named_rules():
 # -- the greedy row on a tiny real model ---------------------------------------------------------------
 @pytest.fixture(scope="module")
 def lm(tiny_model_dir):
-    cfg = SageConfig.from_mapping({"model": {"path": str(tiny_model_dir)}, "llm_irp": {"device": "cpu"}})
-    return load_model(cfg.model, cfg.llm_irp)
+    cfg = SageConfig.from_mapping({"model": {"path": str(tiny_model_dir), "device": "cpu"}})
+    return load_model(cfg.model)
 
 
 def test_zero_temperature_row_is_greedy_decoding(lm):
@@ -127,7 +127,7 @@ def test_zero_temperature_row_is_greedy_decoding(lm):
 
 
 def test_engine_adds_one_greedy_row_to_the_first_round(lm):
-    cfg = SageConfig.from_mapping({"llm_irp": {"irp_iterations": 3, "max_tokens": 6, "device": "cpu",
+    cfg = SageConfig.from_mapping({"llm_irp": {"candidates": 3, "max_tokens": 6,
                                                "candidates_per_round": 1, "energy_plateau_delta": 0.0,
                                                "energy_convergence_threshold": 0.0}}).llm_irp
     assert cfg.greedy_candidate  # on by default

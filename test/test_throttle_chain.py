@@ -19,7 +19,7 @@ def test_tripped_alert_reduces_candidates_until_it_clears(tiny_plain_model_dir, 
     assert (root / ALERT).parent.joinpath("type").read_text().strip() == "gpu-throttle-alert"
     (root / ALERT).write_text("1\n")
     # the plain tiny model: its greedy row (all a throttled answer is) has text; the chat one's is blank
-    irp = RunningNode(tmp_path, params={"model.path": str(tiny_plain_model_dir), "llm_irp.irp_iterations": 3})
+    irp = RunningNode(tmp_path, params={"model.path": str(tiny_plain_model_dir), "llm_irp.candidates": 3})
     log = open(tmp_path / "diagnostics.log", "w")
     diagnostics = subprocess.Popen(
         [sys.executable, "-m", "sage_irp_ros.diagnostics_node", "--ros-args", "-r",

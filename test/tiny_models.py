@@ -79,8 +79,8 @@ def build_lora_adapter(base: Path, out: Path, *, rank: int = 4, seed: int = 1,
     return Path(out)
 
 
-def load_on_cpu(llm_irp: dict | None = None, **model):
-    """``load_model`` as a test uses it: the given ``model:`` keys on the CPU, plus any ``llm_irp:`` keys.
+def load_on_cpu(**model):
+    """``load_model`` as a test uses it: the given ``model:`` keys, on the CPU unless they say otherwise.
 
     fp32 unless the test asks otherwise: ``precision: auto`` means bf16 on CPUs with native bf16, and a
     test's arithmetic must not depend on the machine it runs on.
@@ -88,9 +88,8 @@ def load_on_cpu(llm_irp: dict | None = None, **model):
     from sage_irp_ros.config import SageConfig
     from sage_irp_ros.model_loader import load_model
 
-    irp = {"device": "cpu", "precision": "fp32", **(llm_irp or {})}
-    cfg = SageConfig.from_mapping({"model": model, "llm_irp": irp})
-    return load_model(cfg.model, cfg.llm_irp)
+    cfg = SageConfig.from_mapping({"model": {"device": "cpu", "precision": "fp32", **model}})
+    return load_model(cfg.model)
 
 
 def prompt_logits(lm, text: str = "What is 2+2?") -> torch.Tensor:

@@ -6,7 +6,7 @@ Builds the weight matrices of one decoding step of the named architecture (every
 gate, up, down projections and the output head, as separate tensors so they stream from memory as in
 the model) and times multiplying them by 1, 2, 3, 5, 8 and 40 rows: ``F.linear`` on the plain weights
 (PyTorch's default CPU path) against ``cpu_packing.PackedLinear`` for several layout hints. This is the
-measurement behind ``llm_irp.pack_cpu_weights`` and ``cpu_packing.ROWS_HINT`` (docs/performance.md).
+measurement behind ``model.pack_cpu_weights`` and ``cpu_packing.ROWS_HINT`` (docs/performance.md).
 Prints a markdown table and writes ``linear_kernels.json`` (median ms per row count and layout, the
 machine, versions and git commit) into ``--out``.
 """

@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     result = {"run": run_info(argv, f"bench.quality.{NAME}"), "half": args.half, "neutral_prompt": NEUTRAL,
               "settings": {}}
     torch.set_num_threads(args.threads)
-    cfg = SageConfig.from_mapping({"llm_irp": {"device": "cpu", "precision": "fp32"}})  # as the dumps
-    lm = load_model(cfg.model, cfg.llm_irp)
+    cfg = SageConfig.from_mapping({"model": {"device": "cpu", "precision": "fp32"}})  # as the dumps
+    lm = load_model(cfg.model)
     eos = lm.tokenizer.eos_token_id
     neutral = build_prompt_ids(lm.tokenizer, NEUTRAL)
     for setting in (("short", "edge") if args.setting == "both" else (args.setting,)):

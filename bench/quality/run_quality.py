@@ -9,15 +9,8 @@ Settings (each question on its own, no history, the chat prompt the node uses):
   short  5 sampled candidates at 0.70 -> 0.54, 32 new tokens, plus the greedy (T = 0) row
   edge   config/edge.yaml: its schedule (0.7, 0.647, 0.594), 150 new tokens, plus the greedy row
 
-    python -m bench.quality.run_quality                       # both settings, then the report
-    python -m bench.quality.run_quality --setting short --seeds 2   # one setting's generation + report
-    python -m bench.quality.run_quality --from-dump           # re-evaluate the dumps in --out only
-    python -m bench.quality.run_quality --from-dump --update-docs   # ... and rewrite docs/performance.md's tables
-    python -m bench.quality.run_quality --setting short --half heldout --out /tmp/bf16 \\
-        --set llm_irp.precision=bf16 --compare bench/results  # paired against the fp32 dumps
-    python -m bench.quality.run_quality --merge /tmp/a /tmp/b # union of dumps from parallel runs, then report
-    python -m bench.quality.run_quality --half heldout --seeds 1 --setting short --out /tmp/q \\
-        --set llm_irp.weight_quantization=int8                # a quick accuracy check of a config
+    lm = load_model(cfg.model)
+    generator = TorchGenerator(lm)
 
 Outputs in ``--out`` (default bench/results): quality_dump_<setting>.json.gz (the candidates),
 run_quality.json (the summary, with the machine, versions and git commit: ``bench.record``) and
@@ -56,12 +49,12 @@ def setting_plan(setting: str) -> tuple[list[float], int]:
         return list(SHORT_TEMPERATURES), 32
     if setting == "edge":
         irp = SageConfig.from_yaml(EDGE_YAML).llm_irp
-        return temperature_schedule(irp, irp.irp_iterations), irp.max_tokens
+        return temperature_schedule(irp, irp.candidates), irp.max_tokens
     raise ValueError(f"unknown setting {setting!r}")
 
 
 def parse_overrides(pairs: list[str]) -> dict:
-    """``["llm_irp.precision=bf16", ...]`` -> nested mapping for SageConfig.from_mapping (YAML-typed values)."""
+    """``["model.precision=bf16", ...]`` -> nested mapping for SageConfig.from_mapping (YAML-typed values)."""
     nested: dict = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -99,7 +92,7 @@ def generate(setting: str, questions: list[dict], seeds: int, cfg: SageConfig, l
     """
     temps, max_tokens = setting_plan(setting)
     rows = [*temps, 0.0]
-    lm = load_model(cfg.model, cfg.llm_irp)
+    lm = load_model(cfg.model)
     generator = TorchGenerator(lm)
     trials: list[dict] = list(done or [])
     have = {(t["q"], t["seed"]) for t in trials}
@@ -187,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--questions", type=int, default=0, help="first N questions of the half (0 = all)")
     parser.add_argument("--seeds", type=int, default=0, help="seeds per question (default: short 2, edge 1)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="configuration override, e.g. llm_irp.precision=bf16 (repeatable)")
+                        help="configuration override, e.g. model.precision=bf16 (repeatable)")
     parser.add_argument("--from-dump", action="store_true", help="evaluate the dumps in --out, no generation")
     parser.add_argument("--fresh", action="store_true",
                         help="generate every trial again (default: keep the trials of a matching dump in --out)")
@@ -211,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
             if paths:
                 write_dump(merge_dumps(paths), dump_path(out, setting))
     elif not args.from_dump:
-        cfg = SageConfig.from_mapping({"llm_irp": {"device": "cpu"}, **parse_overrides(args.set)})
+        cfg = SageConfig.from_mapping({"model": {"device": "cpu"}, **parse_overrides(args.set)})
         questions = load_questions(args.half)
         if args.questions:
             questions = questions[:args.questions]

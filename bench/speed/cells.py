@@ -43,7 +43,7 @@ def timing_irp(n: int, tokens: int, **extra):
     from sage_irp_ros.config import SageConfig
 
     return SageConfig.from_mapping({"llm_irp": {
-        "irp_iterations": n, "initial_temperature": 0.7, "min_temperature": 0.54,
+        "candidates": n, "initial_temperature": 0.7, "min_temperature": 0.54,
         "temp_reduction": round(0.16 / n, 9), "max_tokens": tokens, "energy": "seed",
         "energy_convergence_threshold": 0.0, "energy_plateau_delta": 0.0, "greedy_candidate": False,
         **extra}}).llm_irp

@@ -16,7 +16,7 @@ untempered log-probs), in two modes:
   on CUDA, the inductor C++ backend on CPU).
 
 ``--quant int8`` stores the Linear weights (head and tied embedding included) as int8 per output channel
-(sage_irp_ros/quantize.py, ``llm_irp.weight_quantization: int8``) before measuring; the floor then counts
+(sage_irp_ros/quantize.py, ``model.weight_quantization: int8``) before measuring; the floor then counts
 int8 bytes. ``--modes loop,loop-compile --quant int8 --dtype bf16`` is the quantised + compiled path.
 
 Reported per cell: prefill ms, decode ms per step (one step = one new token for each of the N rows),
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ns", default="1,3,5,8")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
     parser.add_argument("--quant", default="none", choices=("none", "int8"),
-                        help="int8: Linear weights int8 per channel (llm_irp.weight_quantization)")
+                        help="int8: Linear weights int8 per channel (model.weight_quantization)")
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--reps", type=int, default=3)

@@ -143,8 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
                         help="an engine configuration, e.g. int8:weight_quantization=int8 "
-                             "(llm_irp keys; repeatable; default: one variant with the defaults)")
-    parser.add_argument("--out", default="", help="output folder (default bench/results)")
+        model = {k: yaml.safe_load(v) for k, _, v in (p.partition("=") for p in pairs.split(",") if p)}
+        cfg = SageConfig.from_mapping({"model": model})
+        variants[name] = load_model(cfg.model, lambda message: None)
+    before = list(os.getloadavg())
+    print(f"load average before {before}", file=sys.stderr)
     args = parser.parse_args(argv)
     run = run_info(argv, f"bench.speed.{NAME}")
     if not available():
@@ -161,9 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     variants = {}
     for spec in args.variant or ["defaults:"]:
         name, _, pairs = spec.partition(":")
-        irp = {k: yaml.safe_load(v) for k, _, v in (p.partition("=") for p in pairs.split(",") if p)}
-        cfg = SageConfig.from_mapping({"llm_irp": irp})
-        variants[name] = load_model(cfg.model, cfg.llm_irp, lambda message: None)
+        model = {k: yaml.safe_load(v) for k, _, v in (p.partition("=") for p in pairs.split(",") if p)}
+        cfg = SageConfig.from_mapping({"model": model})
+        variants[name] = load_model(cfg.model, lambda message: None)
     before = list(os.getloadavg())
     print(f"load average before {before}", file=sys.stderr)
     result = compare(variants, args.reps, args.tokens, lambda m: print(m, file=sys.stderr))

@@ -43,11 +43,11 @@ def child(spec: str) -> dict:
     from sage_irp_ros.options import AnswerOptions
 
     name, _, pairs = spec.partition(":")
-    irp = {k: yaml.safe_load(v) for k, _, v in (p.partition("=") for p in pairs.split(",") if p)}
-    cfg = SageConfig.from_mapping({"llm_irp": irp})
+    model = {k: yaml.safe_load(v) for k, _, v in (p.partition("=") for p in pairs.split(",") if p)}
+    cfg = SageConfig.from_mapping({"model": model})
     torch.set_num_threads(1)
     before = _rss_mb()
-    lm = load_model(cfg.model, cfg.llm_irp, lambda message: None)
+    lm = load_model(cfg.model, lambda message: None)
     loaded = _rss_mb()
     IRPEngine(lm, cfg.llm_irp, use_chat_template=False).refine(
         "What is 2+2?", options=AnswerOptions.resolve(cfg.llm_irp).replace(max_tokens=8))

@@ -76,9 +76,9 @@ def bench_smollm2(cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, 
 
     # -- in-process timing tables. The engine runs on the model as the package loads it (weights
     # packed for oneDNN on CPU); the research loop on plain weights, as the research code loaded them.
-    def load(**irp):  # fp32 unless asked: the tables name their precision (auto is bf16 on some CPUs)
-        settings_ = SageConfig.from_mapping({"llm_irp": {"precision": "fp32", **irp}})
-        return load_model(settings_.model, settings_.llm_irp, lambda message: None)
+    def load(**model):  # fp32 unless asked: the tables name their precision (auto is bf16 on some CPUs)
+        settings_ = SageConfig.from_mapping({"model": {"precision": "fp32", **model}})
+        return load_model(settings_.model, lambda message: None)
 
     lm, plain = load(), load(pack_cpu_weights=False)
     out["model"] = {"id": lm.model_id, "footprint_mb": lm.footprint_mb, "dtype": str(lm.dtype),
@@ -118,8 +118,8 @@ def bench_smollm2(cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, 
         loras = {}
         for merge in (True, False):
             lcfg = SageConfig.from_mapping({"model": {"path": str(folder), "adapter_path": str(adapter_dir),
-                                                      "merge_adapter": merge}, "llm_irp": {"precision": "fp32"}})
-            loras[merge] = load_model(lcfg.model, lcfg.llm_irp, lambda message: None)
+                                                      "merge_adapter": merge, "precision": "fp32"}})
+            loras[merge] = load_model(lcfg.model, lambda message: None)
         out["tables"]["lora"] = run_cells([
             engine_cell(lm, MAIN_N, MAIN_N, "fp32", "plain base model, batched 5 x 1"),
             engine_cell(loras[True], MAIN_N, MAIN_N, "fp32", "LoRA merged, batched 5 x 1"),
@@ -246,7 +246,7 @@ def bench_qwen(cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any
                            dtype=dtype, footprint_mb=weight_bytes(m) / 2**20, load_s=build_s,
                            context_window=32768)
 
-    def packed_copy(m):  # what load_model does on CPU (llm_irp.pack_cpu_weights, the default)
+    def packed_copy(m):  # what load_model does on CPU (model.pack_cpu_weights, the default)
         m = copy.deepcopy(m)
         pack_linear_weights(m)
         return m
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", choices=("smollm2", "qwen05b-shape", "both"), default="both")
     parser.add_argument("--out", default=str(RESULTS), help="output folder (default bench/results)")
     parser.add_argument("--power-mode", default="balanced", choices=("efficiency", "balanced", "performance"),
-                        help="torch threads as the package sets them (llm_irp.power_mode; default balanced = "
+                        help="torch threads as the package sets them (model.power_mode; default balanced = "
                              "cores - 1, the package default)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (overrides --power-mode)")
     add_update_docs_flag(parser, "results")

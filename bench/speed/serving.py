@@ -40,9 +40,8 @@ def child_ready(args) -> None:
     n, tokens = args.n, args.tokens
     db_dir = Path(tempfile.mkdtemp(prefix="bench-db-"))
     cfg = SageConfig.from_mapping({
-        "llm_irp": {"irp_iterations": n, "temp_reduction": round(0.16 / n, 9), "max_tokens": tokens,
-                    "power_mode": args.power_mode, "precision": args.precision},
-        "model": {"cache_dir": args.cache_dir},
+        "llm_irp": {"candidates": n, "temp_reduction": round(0.16 / n, 9), "max_tokens": tokens},
+        "model": {"cache_dir": args.cache_dir, "power_mode": args.power_mode, "precision": args.precision},
         "memory": {"db_path": str(db_dir / "memory.db")}})
     core = SageCore(cfg, progress=lambda message: None)
     start = time.perf_counter()

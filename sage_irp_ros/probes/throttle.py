@@ -10,7 +10,7 @@ signal                                         level      source
 ``soctherm_oc`` ``ocN_event_cnt`` increased    throttled  held for ``oc_hold_s`` after the increase
 NVML HwSlowdown / HwThermal / SwThermal /      throttled  clock-event reasons bitmask
 HwPowerBrake
-zone temperature >= ``threshold_c``            throttled  ``llm_irp.thermal_throttle_threshold``
+zone temperature >= ``threshold_c``            throttled  ``diagnostics.throttle_threshold_c``
 ``intel_powerclamp`` injecting idle            throttled  ``cur_state > 0`` (x86)
 ``hot-surface-alert`` tripped                  warn       skin temperature alert (Jetson)
 NVML SwPowerCap                                warn       power limit holds clocks down
