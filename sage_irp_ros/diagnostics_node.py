@@ -21,7 +21,6 @@ from typing import Any, Callable, Optional
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Bool, Float32, String
@@ -30,7 +29,7 @@ from .config import ConfigError, SageConfig
 from .config_schema import LIVE
 from .diagnostics_status import Limits, ProbeInfo, Status, build_statuses, metrics
 from .probes.system_probe import SystemProbe
-from .ros_params import descriptor
+from .ros_params import DIAGNOSTICS_NODE_KEYS, declare_config
 from .ros_spin import run_main
 
 NODE_NAME = "sage_diagnostics"

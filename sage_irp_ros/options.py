@@ -2,7 +2,7 @@
 
 Every default is filled in :meth:`AnswerOptions.resolve`, nowhere else; the engine reads the
 resolved values as they are. While the platform is throttled (with thermal monitoring on) a question
-is answered by the greedy row alone: one row at temperature 0 with ``throttled_max_tokens``, the
+is answered by the greedy row alone: one row at temperature 0 with ``throttle.max_tokens``, the
 strongest single answer the model gives, and no sampled rows. After running out of memory the core
 retries once with :meth:`AnswerOptions.reduced`.
 """

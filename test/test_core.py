@@ -139,12 +139,10 @@ def test_throttled_answers_with_the_greedy_row_only(plain_core):
     greedy = [c for c in state.candidates if c.temperature == 0.0]
     assert len(state.candidates) == 4 and len(greedy) == 1
     assert result.answer == greedy[0].text and not engine.get_result(state).irp.throttled
-    core.reconfigure(SageConfig.from_mapping({**_mapping(core), "llm_irp": {
-        **_mapping(core)["llm_irp"], "throttled_max_tokens": 2}}))
+    core.reconfigure(core.cfg.with_updates({"throttle.max_tokens": 2}))
     short = core.answer(Question(text="What is 2+2?"), throttled=True)
     assert short.irp.candidates == 1 and 0 < short.timing.tokens <= 2
-    core.reconfigure(SageConfig.from_mapping({**_mapping(core), "llm_irp": {
-        **_mapping(core)["llm_irp"], "enable_thermal_monitoring": False}}))
+    core.reconfigure(core.cfg.with_updates({"throttle.enabled": False}))
     normal = core.answer(Question(text="Hi"), throttled=True)
     assert normal.irp.candidates == 4 and not normal.irp.throttled and normal.irp.iterations == 3
 
@@ -221,8 +219,7 @@ def test_out_of_memory_retries_once_with_fewer_candidates(core, monkeypatch):
 
 
 def test_keep_alive_false_releases_the_model_after_each_answer(core):
-    core.reconfigure(SageConfig.from_mapping({**_mapping(core), "llm_irp": {
-        **_mapping(core)["llm_irp"], "model_keep_alive": False}}))
+    core.reconfigure(core.cfg.with_updates({"model.keep_alive": False}))
     assert core.answer(Question(text="Hi")).ok and core.lm is None
     assert core.answer(Question(text="Hi again")).ok and core.lm is None
 

@@ -4,7 +4,6 @@ scripts/test_matrix.sh runs this file on transformers 4.57.6 and the main suite 
 major versions are covered by the same assertions.
 """
 
-import dataclasses
 import logging
 
 import pytest

@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from sage_irp_ros.config import SageConfig
+from sage_irp_ros.config import SageConfig, ThrottleConfig
 from sage_irp_ros.energy import ResponseEnergy, repetition, seed_energy
 from sage_irp_ros.errors import TOO_LONG, SageError
 from sage_irp_ros.candidates import Candidate, GenerationRequest
@@ -114,8 +114,8 @@ def test_cancel_stops_generation(tiny_model_dir):
 
 def test_greedy_row_alone_is_one_round_on_an_empty_schedule(tiny_model_dir):
     """Throttled options: no schedule, one greedy row; halting waits for it, and nothing is sampled."""
-    engine = _engine(tiny_model_dir, irp_iterations=3, throttled_max_tokens=4)  # greedy_candidate off: no matter
-    options = AnswerOptions.resolve(engine.cfg, throttled=True)
+    engine = _engine(tiny_model_dir, candidates=3)  # greedy_candidate off: no matter
+    options = AnswerOptions.resolve(engine.cfg, throttled=True, throttle=ThrottleConfig(max_tokens=4))
     state = engine.init_state("What is 2+2?", options=options)
     assert state.schedule == [] and not engine.halt(state)
     assert [c.temperature for c in engine.step(state)] == [0.0]

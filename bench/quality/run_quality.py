@@ -9,8 +9,15 @@ Settings (each question on its own, no history, the chat prompt the node uses):
   short  5 sampled candidates at 0.70 -> 0.54, 32 new tokens, plus the greedy (T = 0) row
   edge   config/edge.yaml: its schedule (0.7, 0.647, 0.594), 150 new tokens, plus the greedy row
 
-    lm = load_model(cfg.model)
-    generator = TorchGenerator(lm)
+    python -m bench.quality.run_quality                       # both settings, then the report
+    python -m bench.quality.run_quality --setting short --seeds 2   # one setting's generation + report
+    python -m bench.quality.run_quality --from-dump           # re-evaluate the dumps in --out only
+    python -m bench.quality.run_quality --from-dump --update-docs   # ... and rewrite docs/performance.md's tables
+    python -m bench.quality.run_quality --setting short --half heldout --out /tmp/bf16 \\
+        --set model.precision=bf16 --compare bench/results  # paired against the fp32 dumps
+    python -m bench.quality.run_quality --merge /tmp/a /tmp/b # union of dumps from parallel runs, then report
+    python -m bench.quality.run_quality --half heldout --seeds 1 --setting short --out /tmp/q \\
+        --set model.weight_quantization=int8                # a quick accuracy check of a config
 
 Outputs in ``--out`` (default bench/results): quality_dump_<setting>.json.gz (the candidates),
 run_quality.json (the summary, with the machine, versions and git commit: ``bench.record``) and
@@ -204,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
             if paths:
                 write_dump(merge_dumps(paths), dump_path(out, setting))
     elif not args.from_dump:
-        cfg = SageConfig.from_mapping({"model": {"device": "cpu"}, **parse_overrides(args.set)})
+        cfg = SageConfig.from_mapping({"llm_irp": {"device": "cpu"}, **parse_overrides(args.set)})
         questions = load_questions(args.half)
         if args.questions:
             questions = questions[:args.questions]

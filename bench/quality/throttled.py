@@ -1,9 +1,9 @@
 """Answer quality while throttled: the greedy row alone against one sample, on the held-out half.
 
 While the platform is throttled the node answers with one row: the greedy (T = 0) continuation, at most
-``throttled_max_tokens`` tokens. The alternative it replaced was one sample at the first temperature
+``throttle.max_tokens`` tokens. The alternative it replaced was one sample at the first temperature
 (0.7) with the same token cap. Both are read from the stored candidate dumps of ``bench.quality.run_quality``
-(no generation): a row's first ``throttled_max_tokens`` tokens are exactly what a decode capped there
+(no generation): a row's first ``throttle.max_tokens`` tokens are exactly what a decode capped there
 draws (greedy is deterministic; a sample's prefix has the capped sample's distribution).
 
     python -m bench.quality.throttled                 # writes bench/results/throttled.json
@@ -39,7 +39,7 @@ def capped_scores(dump: dict, tokenizer, temperature: float, cap: int, answers: 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cap", type=int, default=64, help="throttled_max_tokens (default: the package's)")
+    parser.add_argument("--cap", type=int, default=64, help="throttle.max_tokens (default: the package's)")
     parser.add_argument("--dumps", default=str(RESULTS), help="folder with quality_dump_<setting>.json.gz")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)

@@ -143,11 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
                         help="an engine configuration, e.g. int8:weight_quantization=int8 "
-        model = {k: yaml.safe_load(v) for k, _, v in (p.partition("=") for p in pairs.split(",") if p)}
-        cfg = SageConfig.from_mapping({"model": model})
-        variants[name] = load_model(cfg.model, lambda message: None)
-    before = list(os.getloadavg())
-    print(f"load average before {before}", file=sys.stderr)
+                             "(model keys; repeatable; default: one variant with the defaults)")
+    parser.add_argument("--out", default="", help="output folder (default bench/results)")
     args = parser.parse_args(argv)
     run = run_info(argv, f"bench.speed.{NAME}")
     if not available():
