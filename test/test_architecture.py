@@ -1,0 +1,27 @@
+"""docs/architecture.md names every module of the package, and only modules that exist."""
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "sage_irp_ros"
+
+
+def _modules() -> set[str]:
+    return {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"}
+
+
+def _named(text: str) -> set[str]:
+    """Module names on the page (``core.py``, ``examples/ask_tree.py``); tests are not modules."""
+    return {n for n in re.findall(r"\b(?:[a-z_]+/)?[a-z_]+\.py\b", text) if not n.split("/")[-1].startswith("test_")}
+
+
+def test_every_module_is_on_the_map_and_nothing_else():
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    modules, named = _modules(), _named(text)
+    basenames = {n.split("/")[-1] for n in named}
+    missing = sorted(m for m in modules if m not in named and m.split("/")[-1] not in basenames)
+    assert not missing, f"docs/architecture.md does not name: {missing}"
+    module_basenames = {m.split("/")[-1] for m in modules}
+    stale = sorted(n for n in named if n not in modules and n.split("/")[-1] not in module_basenames)
+    assert not stale, f"docs/architecture.md names modules that do not exist: {stale}"
