@@ -56,7 +56,7 @@ class AnswerOptions:
         if throttled and throttle.enabled:
             return cls(iterations=0, max_tokens=min(throttle.max_tokens, cfg.max_tokens), greedy=True,
                        throttled=True, **common)
-        iterations = (question.max_iterations if question is not None else None) or cfg.candidates
+        iterations = (question.candidates if question is not None else None) or cfg.candidates
         return cls(iterations=iterations, max_tokens=cfg.max_tokens,
                    candidates_per_round=cfg.candidates_per_round, greedy=cfg.greedy_candidate, **common)
 

@@ -17,9 +17,9 @@ from typing import Any
 
 from .errors import INVALID_INPUT, TOO_LONG, SageError
 
-FIELDS = ("id", "question", "text", "conversation", "context", "max_iterations", "deadline_s", "reset")
+FIELDS = ("id", "question", "text", "conversation", "context", "candidates", "max_iterations", "deadline_s", "reset")
 MAX_ID_CHARS = 128
-MAX_ITERATIONS = 64
+MAX_CANDIDATES = 64
 MAX_DEADLINE_S = 3600.0
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 # The id of a message too big (or too broken) to parse, read from a bounded prefix only: clients such
@@ -40,7 +40,7 @@ class Question:
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     conversation: str | None = None
     context: str = ""
-    max_iterations: int | None = None
+    candidates: int | None = None  # sampled candidates (llm_irp.candidates for this question)
     deadline_s: float | None = None
     reset: bool = False
     warnings: list[str] = field(default_factory=list)
@@ -115,11 +115,16 @@ def _from_json(text: str, max_chars: int) -> Question:
     if "context" in data:
         context = _typed(data["context"], str, "context")
         question.context = _clean_text(context, "context", max_chars) if context.strip() else ""
-    if "max_iterations" in data:
-        value = _typed(data["max_iterations"], int, "max_iterations")
-        if not 1 <= value <= MAX_ITERATIONS:
-            raise SageError(INVALID_INPUT, f"max_iterations must be in [1, {MAX_ITERATIONS}], got {value}")
-        question.max_iterations = value
+    for name in ("candidates", "max_iterations"):  # max_iterations: the older name, still accepted
+        if name not in data:
+            continue
+        value = _typed(data[name], int, name)
+        if not 1 <= value <= MAX_CANDIDATES:
+            raise SageError(INVALID_INPUT, f"{name} must be in [1, {MAX_CANDIDATES}], got {value}")
+        if question.candidates is not None and question.candidates != value:
+            raise SageError(INVALID_INPUT, f"'candidates' ({question.candidates}) and its older name "
+                                           f"'max_iterations' ({value}) disagree: send one of them")
+        question.candidates = value
     if "deadline_s" in data:
         value = _typed(data["deadline_s"], float, "deadline_s")
         if not (math.isfinite(value) and 0 < value <= MAX_DEADLINE_S):

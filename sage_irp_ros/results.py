@@ -26,6 +26,17 @@ def _known(cls: type[_T], data: Mapping[str, Any]) -> _T:
     return cls(**{k: v for k, v in data.items() if k in names})
 
 
+class _Record:
+    """``to_dict``/``from_dict`` of a flat dataclass part of the result (unknown keys ignored)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]):
+        return _known(cls, data)
+
+
 @dataclass(frozen=True)
 class ResultError:
     """Why a question has no answer: a stable code (:mod:`sage_irp_ros.errors`) and a message."""
@@ -42,7 +53,7 @@ class ResultError:
 
 
 @dataclass(frozen=True)
-class Timing:
+class Timing(_Record):
     """Where the question's time went; ``tokens`` counts every generated token of every candidate."""
 
     queued_s: float = 0.0
@@ -59,16 +70,9 @@ class Timing:
                    total_s=round(now - received, 6), tokens=tokens,
                    tokens_per_s=round(tokens / inference_s, 3) if inference_s > 0 else 0.0)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Timing":
-        return _known(cls, data)
-
 
 @dataclass(frozen=True)
-class IRPSummary:
+class IRPSummary(_Record):
     """The result's ``irp`` object: how the answer was chosen among the candidates.
 
     ``iterations`` counts the schedule's sampled candidates; ``candidates``, ``energies`` and
@@ -89,13 +93,6 @@ class IRPSummary:
     prefill_s: float = 0.0
     decode_s: float = 0.0
     scoring_s: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "IRPSummary":
-        return _known(cls, data)
 
 
 @dataclass(frozen=True)

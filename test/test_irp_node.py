@@ -68,7 +68,7 @@ def test_plain_text_question_gets_a_result_with_a_generated_id(t):
 
 def test_json_question_echoes_id_and_fields(t):
     result = t.ask("How does compression affect meaning?", qid="json-1", conversation="conv-json",
-                   context="Answer briefly.", max_iterations=2)
+                   context="Answer briefly.", candidates=2)
     _ok(result)
     assert (result["id"], result["conversation"]) == ("json-1", "conv-json")
     assert result["question"] == "How does compression affect meaning?"

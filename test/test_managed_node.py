@@ -108,7 +108,7 @@ def test_parameters_apply_live_or_are_refused_with_a_reason(slow_model_dir, tmp_
         # history.depth: the history bound changes at once
         (res,) = t.set_parameters({"history.depth": 1})
         assert res.successful, res.reason
-        used = [_ok(t.ask(f"Turn {i}?", conversation="c", max_iterations=1, deadline_s=0.5))["irp"]["history_used"]
+        used = [_ok(t.ask(f"Turn {i}?", conversation="c", candidates=1, deadline_s=0.5))["irp"]["history_used"]
                 for i in range(3)]
         assert used == [0, 1, 1]
 

@@ -27,9 +27,18 @@ def test_reset_without_conversation_is_a_warning():
 def test_json_fields_and_text_alias():
     q = parse_question('{"id": "a1", "text": "Hi", "conversation": "c", "context": "ctx", '
                        '"max_iterations": 2, "deadline_s": 1.5, "reset": true, "extra": 1}', 100)
-    assert (q.id, q.text, q.conversation, q.context, q.max_iterations, q.deadline_s, q.reset) == (
+    assert (q.id, q.text, q.conversation, q.context, q.candidates, q.deadline_s, q.reset) == (
         "a1", "Hi", "c", "ctx", 2, 1.5, True)
     assert q.warnings == ["ignored unknown fields: extra"]
+
+
+def test_candidates_and_its_older_name_max_iterations():
+    assert parse_question('{"question": "Hi", "candidates": 4}', 100).candidates == 4
+    assert parse_question('{"question": "Hi", "max_iterations": 4}', 100).candidates == 4
+    assert parse_question('{"question": "Hi", "candidates": 4, "max_iterations": 4}', 100).candidates == 4
+    with pytest.raises(SageError) as err:
+        parse_question('{"question": "Hi", "candidates": 4, "max_iterations": 2}', 100)
+    assert err.value.code == INVALID_INPUT and "disagree" in err.value.message
 
 
 @pytest.mark.parametrize("raw,code,fragment", [
@@ -41,6 +50,7 @@ def test_json_fields_and_text_alias():
     ('{"id": "x"}', INVALID_INPUT, "no 'question' field"),
     ('{"question": 5}', INVALID_INPUT, "field 'question' must be a string"),
     ('{"question": "q", "max_iterations": "3"}', INVALID_INPUT, "'max_iterations' must be an integer"),
+    ('{"question": "q", "candidates": 0}', INVALID_INPUT, "candidates must be in [1, 64]"),
     ('{"question": "q", "max_iterations": -1}', INVALID_INPUT, "max_iterations must be in [1, 64]"),
     ('{"question": "q", "max_iterations": 100000}', INVALID_INPUT, "max_iterations must be in"),
     ('{"question": "q", "deadline_s": 0}', INVALID_INPUT, "deadline_s must be in"),

@@ -112,7 +112,7 @@ def test_options_resolve_config_and_question_once():
     assert (plain.iterations, plain.max_tokens, plain.candidates_per_round, plain.greedy) == (3, 100, 2, True)
     assert plain.deadline is None and plain.deadline_s == 5.0 and not plain.throttled and plain.rows == 4
     cancel = threading.Event()
-    asked = AnswerOptions.resolve(cfg, Question(text="q", max_iterations=7, deadline_s=2.0), received=100.0,
+    asked = AnswerOptions.resolve(cfg, Question(text="q", candidates=7, deadline_s=2.0), received=100.0,
                                   cancel=cancel)
     assert (asked.iterations, asked.deadline, asked.deadline_s, asked.cancel) == (7, 102.0, 2.0, cancel)
     assert AnswerOptions.resolve(cfg, Question(text="q"), received=100.0).deadline == 105.0
@@ -128,7 +128,7 @@ def _throttle(**keys):
 
 def test_throttled_options_are_the_greedy_row_alone():
     cfg = _irp(candidates=3, max_tokens=100, greedy_candidate=False)
-    throttled = AnswerOptions.resolve(cfg, Question(text="q", max_iterations=9), throttled=True,
+    throttled = AnswerOptions.resolve(cfg, Question(text="q", candidates=9), throttled=True,
                                       throttle=_throttle(max_tokens=64))
     assert (throttled.iterations, throttled.greedy, throttled.max_tokens, throttled.rows) == (0, True, 64, 1)
     assert throttled.throttled
