@@ -1,3 +1,17 @@
+# Copyright 2026 The sage_irp_ros Authors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """The IRP node over real DDS: the node runs in its own process, this test process talks to it
 with its own rclpy Context on a random ROS_DOMAIN_ID with localhost discovery.
 
@@ -249,67 +263,6 @@ def test_valid_parameter_takes_effect_at_the_next_question(t):
     assert _ok(t.ask("What is 2+2?"))["irp"]["candidates"] >= 2
 
 
-def _get_parameters(tester, names):
-    """The named parameters' values on the node under test (rclpy's parameter client)."""
-    import threading
-
-    from rclpy.parameter import parameter_value_to_python
-    from rclpy.parameter_client import AsyncParameterClient
-
-    client = AsyncParameterClient(tester.node, tester.target)
-    assert client.wait_for_services(timeout_sec=10.0)
-    future = client.get_parameters(list(names))
-    done = threading.Event()
-    future.add_done_callback(lambda _: done.set())
-    assert done.wait(10.0), "get_parameters did not answer"
-    return dict(zip(names, (parameter_value_to_python(v) for v in future.result().values)))
-
-
-def test_params_file_with_older_names_sets_the_new_parameters(tiny_model_dir, tmp_path):
-    """A params file of the previous release (and the research names) works: ``ros2 param get`` of the new
-    names shows the values it set, the deprecated names are warned about, the old names are not listed."""
-    params = tmp_path / "old_names.yaml"
-    params.write_text(
-        "/**:\n  ros__parameters:\n"
-        "    llm_irp: {irp_iterations: 2, device: cpu, precision: fp32, pack_cpu_weights: false,\n"
-        "              throttled_max_tokens: 12, decoder: hf, throttled_candidates: 2}\n"
-        "    memory: {circular_buffer_size: 2, max_conversations: 9, db_path: none}\n"
-        "    node: {throttled_timeout_s: 3.0}\n")
-    node = RunningNode(tmp_path, name="old_names", params_file=params, params={"model.path": str(tiny_model_dir)})
-    try:
-        want = {"llm_irp.candidates": 2, "model.device": "cpu", "model.precision": "fp32",
-                "model.pack_cpu_weights": False, "throttle.max_tokens": 12, "history.depth": 2,
-                "history.max_conversations": 9, "throttle.stale_timeout_s": 3.0}
-        assert _get_parameters(node.tester, list(want)) == want
-        assert _ok(node.tester.ask("What is 2+2?"))["irp"]["iterations"] == 2  # the effective value
-        log = node.proc.log()
-        assert "llm_irp.pack_cpu_weights is deprecated and will be removed in the next release: " \
-               "use model.pack_cpu_weights" in log
-        assert "node.throttled_timeout_s is deprecated" in log and "use throttle.stale_timeout_s" in log
-        assert "llm_irp.decoder is deprecated and has no effect" in log
-        assert "llm_irp.throttled_candidates is deprecated and has no effect" in log
-        assert "llm_irp.irp_iterations" not in log  # a research name: permanent, no warning
-        names = set(_list_names(node.tester))
-        assert "llm_irp.candidates" in names and not names & {"llm_irp.irp_iterations", "llm_irp.decoder"}
-    finally:
-        node.close()
-
-
-def _list_names(tester):
-    """Every parameter name the node declares."""
-    import threading
-
-    from rclpy.parameter_client import AsyncParameterClient
-
-    client = AsyncParameterClient(tester.node, tester.target)
-    assert client.wait_for_services(timeout_sec=10.0)
-    future = client.list_parameters()
-    done = threading.Event()
-    future.add_done_callback(lambda _: done.set())
-    assert done.wait(10.0), "list_parameters did not answer"
-    return list(future.result().result.names)
-
-
 # -- conversation history ---------------------------------------------------------------------------
 def test_history_changes_the_prompt_and_reset_clears_it(t):
     conv = "history-1"
@@ -436,14 +389,3 @@ def test_lifecycle_transitions_from_another_process(slow_model_dir, tmp_path, ro
     finally:
         rc = node.close()
     assert rc == 0, node.proc.log()[-3000:]
-
-
-def test_bad_params_file_exits_with_code_2_naming_the_key(tmp_path, ros_env):
-    params = tmp_path / "bad.yaml"
-    params.write_text("/**:\n  ros__parameters:\n    llm_irp:\n      max_tokens: 0\n"
-                      "    node:\n      queue_size: 20000\n", encoding="utf-8")
-    proc = subprocess.run([sys.executable, "-m", "sage_irp_ros.irp_node", "--ros-args", "--params-file",
-                           str(params)], env=ros_env, capture_output=True, text=True, timeout=START_TIMEOUT)
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "llm_irp.max_tokens" in proc.stderr and "node.queue_size" in proc.stderr
-    assert "Traceback" not in proc.stderr
