@@ -35,6 +35,7 @@ import torch
 from .config import ModelConfig
 from .cpu_packing import pack_linear_weights, packed_bytes
 from .quantize import quantize_model
+from .torch_kernels import cpu_has_native_bf16
 from .embedded_model import EMBEDDED_NAME, converted_gguf, embedded_gguf
 from .errors import ModelLoadError
 
@@ -78,19 +79,6 @@ def resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError("model.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
     return torch.device(device)
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (x86 AVX512-BF16, which every AMX-BF16 CPU also has).
-
-    There oneDNN's bf16 kernels read half the bytes of fp32 and run about 2x faster; without it bf16 is
-    emulated and slower than fp32 (docs/performance.md, "Fast decode").
-    """
-    probe = getattr(getattr(torch, "cpu", None), "_is_avx512_bf16_supported", None)
-    try:
-        return bool(probe()) if probe is not None else False
-    except Exception:  # a private torch helper: absent or failing means "not known to be native"
-        return False
 
 
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:

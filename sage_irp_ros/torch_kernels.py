@@ -18,7 +18,9 @@ The fast paths call operators that are not part of PyTorch's public API:
 
 - ``torch.ops.mkldnn._reorder_linear_weight`` and ``torch.ops.mkldnn._linear_pointwise``: a Linear whose
   weight is reordered once into oneDNN's blocked layout (``cpu_packing``);
-- ``torch._weight_int8pack_mm``: the weight-only int8 matrix product (``quantize``).
+- ``torch._weight_int8pack_mm``: the weight-only int8 matrix product (``quantize``);
+- ``torch.cpu._is_avx512_bf16_supported``: whether the CPU multiplies bf16 natively (``precision: auto``;
+  a probe only: absent or failing means "not known to be native", on any torch).
 
 A private operator may change its signature or its numbers, or disappear, in any torch release, so every
 such call goes through this module: on a torch inside ``TESTED_TORCH`` (and where the operator exists) the
@@ -118,3 +120,16 @@ def int8_weight_mm_kernel() -> Callable[[torch.Tensor, torch.Tensor, torch.Tenso
     resolved once by the caller, so the per-step cost is the kernel's own.
     """
     return _int8_weight_mm_plain if unavailable("int8_weight_mm") else torch._weight_int8pack_mm
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (x86 AVX512-BF16, which every AMX-BF16 CPU also has).
+
+    There oneDNN's bf16 kernels read half the bytes of fp32 and run about 2x faster; without it bf16 is
+    emulated and slower than fp32 (docs/performance.md, "Fast decode").
+    """
+    probe = getattr(getattr(torch, "cpu", None), "_is_avx512_bf16_supported", None)  # private, any torch
+    try:
+        return bool(probe()) if probe is not None else False
+    except Exception:  # a private torch helper: absent or failing means "not known to be native"
+        return False

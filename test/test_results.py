@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -160,3 +162,12 @@ def test_reduced_options_after_running_out_of_memory():
     assert AnswerOptions.resolve(_irp(irp_iterations=1)).reduced().iterations == 1
     greedy_only = AnswerOptions.resolve(_irp(), throttled=True)
     assert greedy_only.reduced() == greedy_only
+
+
+def test_the_seam_types_selection_and_results_import_no_torch():
+    """A remote generator, the benchmarks' analysis and a torch-free install use these without torch."""
+    modules = ("candidates", "selection", "energy", "results", "options", "questions", "worker")
+    code = ("import sys\n" + "".join(f"import sage_irp_ros.{m}\n" for m in modules)
+            + "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
