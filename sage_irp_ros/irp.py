@@ -15,7 +15,7 @@
 """The IRP engine for a language model: init_state / step / energy / halt / get_result.
 
 Candidates are sampled along the research system's annealed temperature schedule, in rounds of
-``candidates_per_round`` rows per generate call; halting is checked between rounds. With one
+``candidates_per_round`` rows per generation call; halting is checked between rounds. With one
 candidate per round this is exactly the research loop (sample, score, keep the best, cool, check
 halt); with all candidates in one round it is one batched call, several times faster.
 
