@@ -26,14 +26,13 @@ from __future__ import annotations
 import shutil
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from ros_harness import START_TIMEOUT, RunningNode
+from test_memory_store import spawn_locker
 
 
 def _ok(result):
@@ -91,21 +90,6 @@ def test_context_overflow_truncates_history_first_then_refuses(short_context_mod
 
 
 # -- SQLite faults --------------------------------------------------------------------------------------
-def _spawn_locker(db: Path) -> subprocess.Popen:
-    """Another process holding an exclusive write lock on ``db`` until it reads a line."""
-    code = ("import sqlite3, sys\n"
-            "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-            "c.execute('BEGIN EXCLUSIVE')\n"
-            "print('locked', flush=True)\n"
-            "sys.stdin.readline()\n"
-            "c.execute('COMMIT')\n"
-            "print('released', flush=True)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(db)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "locked"
-    return proc
-
-
 def _stored_ids(db: Path) -> set[str]:
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -121,7 +105,7 @@ def test_sqlite_locked_by_another_process(tiny_model_dir, tmp_path, ros_env):
     try:
         _ok(t.ask("Before the lock?", qid="db-0"))
         assert _stored_ids(db) == {"db-0"}
-        locker = _spawn_locker(db)
+        locker = spawn_locker(db)
         mark = t.status_mark()
         for i in (1, 2):
             _ok(t.ask("While locked?", qid=f"db-{i}", timeout=20))  # answers keep flowing

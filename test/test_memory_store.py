@@ -55,13 +55,15 @@ def ids(store: MemoryStore, **filters) -> list[str]:
 
 
 def spawn_locker(db: Path) -> subprocess.Popen:
-    """Another process that holds an exclusive write lock on ``db`` until it reads a line."""
+    """Another process that holds an exclusive write lock on ``db`` until it reads a line (then prints
+    ``released``)."""
     code = ("import sqlite3, sys\n"
             "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
             "c.execute('BEGIN EXCLUSIVE')\n"
             "print('locked', flush=True)\n"
             "sys.stdin.readline()\n"
-            "c.execute('COMMIT')\n")
+            "c.execute('COMMIT')\n"
+            "print('released', flush=True)\n")
     proc = subprocess.Popen([sys.executable, "-c", code, str(db)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "locked"
