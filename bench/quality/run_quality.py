@@ -27,10 +27,10 @@ Settings (each question on its own, no history, the chat prompt the node uses):
     python -m bench.quality.run_quality --setting short --seeds 2   # one setting's generation + report
     python -m bench.quality.run_quality --from-dump           # re-evaluate the dumps in --out only
     python -m bench.quality.run_quality --from-dump --update-docs   # ... and rewrite docs/performance.md's tables
-    python -m bench.quality.run_quality --setting short --half heldout --out /tmp/bf16 \\
+    python -m bench.quality.run_quality --setting short --half heldout --out bf16-run \\
         --set model.precision=bf16 --compare bench/results  # paired against the fp32 dumps
-    python -m bench.quality.run_quality --merge /tmp/a /tmp/b # union of dumps from parallel runs, then report
-    python -m bench.quality.run_quality --half heldout --seeds 1 --setting short --out /tmp/q \\
+    python -m bench.quality.run_quality --merge run-a run-b # union of dumps from parallel runs, then report
+    python -m bench.quality.run_quality --half heldout --seeds 1 --setting short --out q-run \\
         --set model.weight_quantization=int8                # a quick accuracy check of a config
 
 Outputs in ``--out`` (default bench/results): quality_dump_<setting>.json.gz (the candidates),
