@@ -247,6 +247,7 @@ def _cache(args: argparse.Namespace, ros_args: list[str]) -> int:
     from pathlib import Path
 
     from .embedded_model import default_cache_dir
+    from .int4_loader import folder_format
     from .model_cache import clear, entries
 
     folder = Path(args.dir).expanduser() if args.dir else default_cache_dir()
@@ -256,7 +257,7 @@ def _cache(args: argparse.Namespace, ros_args: list[str]) -> int:
         return 0
     found = entries(folder)
     for path, size in found:
-        print(f"{size / 2**20:8.0f} MB  {path}")
+        print(f"{size / 2**20:8.0f} MB  {folder_format(path):8s}  {path}")
     print(f"{len(found)} cached models, {sum(s for _, s in found) / 2**20:.0f} MB in {folder}")
     return 0
 

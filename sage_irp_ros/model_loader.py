@@ -14,8 +14,9 @@
 
 """Load a causal language model once and keep it resident (keep-alive).
 
-Sources: a local Hugging Face folder, a GGUF file (converted once to a cached safetensors folder),
-or either of those plus a PEFT LoRA adapter (optionally merged for decoding speed). With no path the
+Sources: a local Hugging Face folder, a GGUF file (converted once to a cached folder: its own 4-bit blocks
+for ``weight_quantization: int4``, else de-quantised safetensors), or either of those plus a PEFT LoRA
+adapter (optionally merged for decoding speed; merged before any quantisation). With no path the
 embedded SmolLM2-135M-Instruct is used. Loaded models are cached in-process by their identity, so
 re-configuring a node with the same settings returns the resident model instead of loading again.
 """
@@ -35,8 +36,10 @@ import torch
 from .config import ModelConfig
 from .cpu_packing import pack_linear_weights, packed_bytes
 from .quantize import quantize_model
-from .torch_kernels import cpu_has_native_bf16
-from .embedded_model import EMBEDDED_NAME, converted_gguf, embedded_gguf
+from .torch_kernels import cpu_has_native_bf16, int4_unavailable
+from .embedded_model import EMBEDDED_NAME, converted_gguf, default_cache_dir, embedded_gguf
+from .int4 import int4_layers, quantize_model_int4
+from .int4_loader import converted_int4, load_int4_folder
 from .errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -61,7 +64,8 @@ class LoadedModel:
     key: tuple = field(default=(), repr=False)
     over_budget: bool = False
     packed_layers: int = 0  # Linear layers in oneDNN's blocked layout (model.pack_cpu_weights)
-    quantized_layers: int = 0  # Linear layers holding int8 weights (model.weight_quantization)
+    quantized_layers: int = 0  # Linear layers holding int8/int4 weights (model.weight_quantization)
+    weight_quantization: str = "none"  # what model.weight_quantization resolved to
 
     @property
     def precision(self) -> str:
@@ -94,6 +98,18 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     return _DTYPES[precision]
 
 
+def resolve_quantization(mode: str, device: torch.device) -> str:
+    """``auto`` is int4 on CPU where PyTorch's int4 kernel is usable, else none (CUDA: unmeasured yet)."""
+    if mode != "auto":
+        return mode
+    if device.type != "cpu":
+        return "none"
+    why = int4_unavailable(device)
+    if why:
+        log.warning("model.weight_quantization auto: full-width weights (%s)", why)
+    return "none" if why else "int4"
+
+
 def apply_power_mode(power_mode: str) -> int:
     """Set torch's CPU threads from ``model.power_mode``; returns the thread count used."""
     cores = os.cpu_count() or 1
@@ -110,7 +126,7 @@ def load_model(model_cfg: ModelConfig, progress: Callable[[str], None] | None = 
     dtype = resolve_dtype(model_cfg.precision, device)
     folder, gguf = _locate(model_cfg)
     adapter = _check_adapter(model_cfg.adapter_path)
-    quant = model_cfg.weight_quantization
+    quant = resolve_quantization(model_cfg.weight_quantization, device)
     pack = model_cfg.pack_cpu_weights and device.type == "cpu" and quant == "none"
     key = (_identity(folder), _identity(gguf), _identity(adapter), model_cfg.merge_adapter,
            str(device), str(dtype), pack, quant)
@@ -120,19 +136,26 @@ def load_model(model_cfg: ModelConfig, progress: Callable[[str], None] | None = 
             say(f"model {cached.model_id} already resident on {device}: not reloading")
             return cached
         start = time.monotonic()
-        if gguf is not None:
-            cache_dir = Path(model_cfg.cache_dir).expanduser() if model_cfg.cache_dir else None
+        cache_dir = Path(model_cfg.cache_dir).expanduser() if model_cfg.cache_dir else default_cache_dir()
+        blocks = quant == "int4" and gguf is not None and adapter is None  # the GGUF's own 4-bit blocks
+        if blocks:
+            folder = converted_int4(gguf, cache_dir, say)
+        elif gguf is not None:
             folder = converted_gguf(gguf, cache_dir, say)
         say(f"loading model from {folder} ({dtype}, {device})")
-        model, tokenizer = _from_pretrained(folder, dtype, device)
+        model, tokenizer = load_int4_folder(folder, dtype, device) if blocks else _from_pretrained(folder, dtype, device)
         model_id = EMBEDDED_NAME if not model_cfg.path else Path(model_cfg.path).name
         if adapter is not None:
             model = _attach_adapter(model, adapter, model_cfg.merge_adapter, folder)
             model_id += f"+{adapter.name}" + ("(merged)" if model_cfg.merge_adapter else "")
         model.eval()
         packed = quantized = 0
-        if quant != "none":  # after the adapter merge: the merged weights are what gets quantised
-            quantized, why_not = quantize_model(model, quant, device)
+        if blocks:
+            quantized = len(int4_layers(model))
+            say(f"int4 weights in {quantized} Linear layers, from the GGUF's blocks")
+        elif quant != "none":  # after the adapter merge: the merged weights are what gets quantised
+            quantizer = quantize_model_int4 if quant == "int4" else (lambda m, d: quantize_model(m, quant, d))
+            quantized, why_not = quantizer(model, device)
             say(f"{quant} weights in {quantized} Linear layers" if quantized else
                 f"model.weight_quantization: weights left as they were ({why_not})")
         if device.type == "cpu":
@@ -148,7 +171,7 @@ def load_model(model_cfg: ModelConfig, progress: Callable[[str], None] | None = 
             model=model, tokenizer=tokenizer, model_id=model_id, device=device, dtype=dtype,
             footprint_mb=footprint_mb(model), load_s=time.monotonic() - start,
             context_window=int(getattr(model.config, "max_position_embeddings", 0) or 2048), key=key,
-            packed_layers=packed, quantized_layers=quantized)
+            packed_layers=packed, quantized_layers=quantized, weight_quantization=quant if quantized else "none")
         _check_budget(loaded, model_cfg)
         _cache[key] = loaded
         say(f"model {model_id} ready: {loaded.footprint_mb:.0f} MB in {loaded.load_s:.1f} s")

@@ -19,6 +19,9 @@ The fast paths call operators that are not part of PyTorch's public API:
 - ``torch.ops.mkldnn._reorder_linear_weight`` and ``torch.ops.mkldnn._linear_pointwise``: a Linear whose
   weight is reordered once into oneDNN's blocked layout (``cpu_packing``);
 - ``torch._weight_int8pack_mm``: the weight-only int8 matrix product (``quantize``);
+- ``torch._weight_int4pack_mm_for_cpu`` / ``torch.ops.aten._convert_weight_to_int4pack_for_cpu`` (CPU) and
+  ``torch._weight_int4pack_mm`` / ``torch._convert_weight_to_int4pack`` (CUDA, sm80+: the tinygemm kernel):
+  the weight-only int4 product with one scale and zero per group of input columns (``int4``);
 - ``torch.cpu._is_avx512_bf16_supported``: whether the CPU multiplies bf16 natively (``precision: auto``;
   a probe only: absent or failing means "not known to be native", on any torch).
 
@@ -28,8 +31,8 @@ caller gets the operator itself; elsewhere it gets the plain path (``nn.Linear``
 product through public ops) and one log line says which kernel was skipped and why. A new private kernel
 (for example the int4 ones, ``torch._weight_int4pack_mm_for_cpu`` and
 ``torch.ops.aten._convert_weight_to_int4pack_for_cpu``) is added here the same way: an entry in
-``TESTED_TORCH``, a check through ``unavailable`` and a thin call, so ``cpu_packing`` / ``quantize`` never
-name ``torch._*`` or ``torch.ops`` themselves.
+``TESTED_TORCH``, a check through ``unavailable`` and a thin call, so ``cpu_packing`` / ``quantize`` / ``int4``
+never name ``torch._*`` or ``torch.ops`` themselves.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ log = logging.getLogger(__name__)
 TESTED_TORCH: dict[str, SpecifierSet] = {
     "onednn_linear": SpecifierSet(">=2.13,<2.14"),
     "int8_weight_mm": SpecifierSet(">=2.13,<2.14"),
+    "int4_weight_mm": SpecifierSet(">=2.13,<2.14"),
 }
 
 _logged: set[str] = set()
@@ -67,6 +71,11 @@ def _missing(kernel: str) -> str:
         return ""
     if kernel == "int8_weight_mm":
         return "" if hasattr(torch, "_weight_int8pack_mm") else "this torch build has no _weight_int8pack_mm"
+    if kernel == "int4_weight_mm":
+        if not hasattr(torch, "_weight_int4pack_mm_for_cpu") or _op_overload(
+                "aten", "_convert_weight_to_int4pack_for_cpu") is None:
+            return "this torch build has no CPU int4 kernel (_weight_int4pack_mm_for_cpu)"
+        return ""
     raise KeyError(f"unknown kernel {kernel!r}; known: {sorted(TESTED_TORCH)}")
 
 
@@ -120,6 +129,41 @@ def int8_weight_mm_kernel() -> Callable[[torch.Tensor, torch.Tensor, torch.Tenso
     resolved once by the caller, so the per-step cost is the kernel's own.
     """
     return _int8_weight_mm_plain if unavailable("int8_weight_mm") else torch._weight_int8pack_mm
+
+
+# -- weight-only int4 product (int4) ---------------------------------------------------------------------
+INT4_ACTIVATION = torch.bfloat16  # the dtype both int4 kernels take activations (and scales) in
+
+
+def int4_unavailable(device: torch.device) -> str:
+    """'' when the int4 kernel may be used on ``device``; otherwise why not."""
+    why = unavailable("int4_weight_mm")
+    if why or device.type == "cpu":
+        return why
+    if device.type != "cuda":
+        return f"no int4 kernel for {device.type} devices"
+    if not hasattr(torch, "_weight_int4pack_mm") or not hasattr(torch, "_convert_weight_to_int4pack"):
+        return "this torch build has no CUDA int4 kernel (_weight_int4pack_mm)"
+    if torch.cuda.get_device_capability(device) < (8, 0):
+        return "the CUDA int4 kernel needs compute capability 8.0 or newer (Ampere, Jetson Orin)"
+    return ""
+
+
+def int4_pack(q: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The kernel's layout of ``q`` (uint8 [out, in], values 0..15), on ``device`` (an opaque tensor)."""
+    if device.type == "cpu":
+        return torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).contiguous(), 1)
+    nibbles = (q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8).to(device)  # the CUDA packer takes two per byte
+    tiles = next(t for t in (8, 4, 2) if q.shape[1] % (16 * t) == 0)
+    return torch._convert_weight_to_int4pack(nibbles.contiguous(), tiles)
+
+
+def int4_mm(x: torch.Tensor, packed: torch.Tensor, group_size: int, scales_zeros: torch.Tensor) -> torch.Tensor:
+    """``x [rows, in] (bf16) -> [rows, out]`` with ``w = (q - 8) * scale + zero`` per group of ``group_size``
+    input columns; ``scales_zeros`` is ``[in / group_size, out, 2]`` (scale, zero) in bf16."""
+    if x.device.type == "cpu":
+        return torch._weight_int4pack_mm_for_cpu(x, packed, group_size, scales_zeros)
+    return torch._weight_int4pack_mm(x, packed, group_size, scales_zeros)
 
 
 def cpu_has_native_bf16() -> bool:

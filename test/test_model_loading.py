@@ -83,10 +83,11 @@ def test_memory_budget_error_and_warning(tiny_model_dir, tmp_path):
     assert not lm.over_budget and lm.footprint_mb < 1
     release(lm)
     big = build_tiny_model(tmp_path / "big", layers=40)  # ~1.3 MB of weights
-    cfg = SageConfig.from_mapping({"model": {"path": str(big), "max_memory_mb": 1, "memory_limit_action": "error"}})
+    cfg = SageConfig.from_mapping({"model": {"path": str(big), "max_memory_mb": 1, "memory_limit_action": "error",
+                                             "weight_quantization": "none"}})
     with pytest.raises(ModelLoadError, match="over model.max_memory_mb = 1 MB"):
         load_model(cfg.model)
-    cfg = SageConfig.from_mapping({"model": {"path": str(big), "max_memory_mb": 1}})
+    cfg = SageConfig.from_mapping({"model": {"path": str(big), "max_memory_mb": 1, "weight_quantization": "none"}})
     assert load_model(cfg.model).over_budget
     assert small_budget.max_memory_mb == 1
 

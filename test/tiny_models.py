@@ -96,13 +96,15 @@ def build_lora_adapter(base: Path, out: Path, *, rank: int = 4, seed: int = 1,
 def load_on_cpu(**model):
     """``load_model`` as a test uses it: the given ``model:`` keys, on the CPU unless they say otherwise.
 
-    fp32 unless the test asks otherwise: ``precision: auto`` means bf16 on CPUs with native bf16, and a
-    test's arithmetic must not depend on the machine it runs on.
+    fp32 full-width weights unless the test asks otherwise: ``precision: auto`` means bf16 on CPUs with
+    native bf16 and ``weight_quantization: auto`` int4 where PyTorch's int4 kernel is usable, and a test's
+    arithmetic must not depend on the machine it runs on.
     """
     from sage_irp_ros.config import SageConfig
     from sage_irp_ros.model_loader import load_model
 
-    cfg = SageConfig.from_mapping({"model": {"device": "cpu", "precision": "fp32", **model}})
+    cfg = SageConfig.from_mapping({"model": {"device": "cpu", "precision": "fp32", "weight_quantization": "none",
+                                             **model}})
     return load_model(cfg.model)
 
 
