@@ -138,6 +138,11 @@ class Q8Linear(nn.Module):
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, device: torch.device):
         super().__init__()
         self.out_features, self.in_features = q.shape
+        self.reason = torch_kernels.int4_unavailable(device)
+        if self.reason:  # one de-quantised copy, as Int4Linear does without the kernel
+            blocks = q.reshape(q.shape[0], -1, 32).float() * scale.float()[..., None]
+            self.register_buffer("weight", blocks.reshape(q.shape).to(device=device, dtype=dtype))
+            return
         shifted = q.to(torch.int16) + 128
         d = scale.float()
         high = Int4Weight((shifted >> 4).to(torch.uint8), (16 * d).half(), (-128 * d).half())
@@ -146,7 +151,7 @@ class Q8Linear(nn.Module):
         self.low = Int4Linear(low, None, dtype, device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.high(x) + self.low(x)
+        return F.linear(x, self.weight) if self.reason else self.high(x) + self.low(x)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, weight=int8 blocks of 32"
@@ -188,7 +193,8 @@ class Q8Embedding(nn.Module):
 
 def int4_layers(model: nn.Module) -> list[nn.Module]:
     """The model's 4-bit Linear layers and 8-bit heads (a head's two 4-bit products count as one layer)."""
-    inner = {id(m) for head in model.modules() if isinstance(head, Q8Linear) for m in (head.high, head.low)}
+    inner = {id(m) for head in model.modules() if isinstance(head, Q8Linear) and not head.reason
+             for m in (head.high, head.low)}
     return [m for m in model.modules() if isinstance(m, (Int4Linear, Q8Linear)) and id(m) not in inner]
 
 

@@ -105,6 +105,9 @@ def test_without_the_kernel_the_same_weights_run_dequantised(monkeypatch):
     x = torch.randn(2, 32)
     assert layer.reason and "de-quantised" in repr(layer)
     assert torch.allclose(layer(x), F.linear(x, q4.dequantize()))
+    table = Q8Embedding.from_weight(torch.randn(24, 32), torch.float32)
+    head = Q8Linear(table.q, table.scale, torch.float32, CPU)
+    assert head.reason and torch.allclose(head(x), F.linear(x, table.dequantize()))
 
 
 def test_hf_folder_int4_replaces_every_linear_and_keeps_logits_close(tiny_plain_model_dir):

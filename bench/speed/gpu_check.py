@@ -30,8 +30,9 @@ untempered log-probs), in two modes:
   on CUDA, the inductor C++ backend on CPU).
 
 ``--quant int8`` stores the Linear weights (head and tied embedding included) as int8 per output channel
-(sage_irp_ros/quantize.py, ``model.weight_quantization: int8``) before measuring; the floor then counts
-int8 bytes. ``--modes loop,loop-compile --quant int8 --dtype bf16`` is the quantised + compiled path.
+(sage_irp_ros/quantize.py, ``model.weight_quantization: int8``) before measuring; ``--quant int4`` as 4-bit
+groups with 8-bit embedding and head (sage_irp_ros/int4.py, ``int4``: the CUDA tinygemm kernel, sm80+); the
+floor then counts the quantised bytes. ``--modes loop,loop-compile --quant int8 --dtype bf16`` is the quantised + compiled path.
 
 Reported per cell: prefill ms, decode ms per step (one step = one new token for each of the N rows),
 decode ms per generated token, tokens/s, peak GPU memory, and the ratio of the step time to the
@@ -162,8 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="fp16", choices=("fp16", "bf16", "fp32"))
     parser.add_argument("--ns", default="1,3,5,8")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
-    parser.add_argument("--quant", default="none", choices=("none", "int8"),
-                        help="int8: Linear weights int8 per channel (model.weight_quantization)")
+    parser.add_argument("--quant", default="none", choices=("none", "int8", "int4"),
+                        help="Linear weights int8 per channel or int4 in groups with an 8-bit head, by the "
+                             "functions model.weight_quantization runs at load")
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--reps", type=int, default=3)
@@ -200,7 +202,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.bandwidth_gbs:
         bw_name, bw = "given", args.bandwidth_gbs
     model, build_s = random_model(args.shape, dtype=dtype, device=str(device))
-    if args.quant != "none":
+    if args.quant == "int4":
+        from sage_irp_ros.int4 import quantize_model_int4
+
+        quantize_model_int4(model, device)
+    elif args.quant != "none":
         from sage_irp_ros.quantize import quantize_model
 
         quantize_model(model, args.quant, device)
