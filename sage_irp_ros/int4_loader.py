@@ -97,13 +97,14 @@ def folder_format(folder: Path) -> str:
 
 def load_int4_folder(folder: Path, dtype: torch.dtype, device: torch.device):
     """(model, tokenizer) from a folder written by :func:`converted_int4`; raises ModelLoadError."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     try:
         config = AutoConfig.from_pretrained(str(folder))
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        tensors = load_file(str(folder / WEIGHTS))
+        # read, not memory-mapped: a tensor kept from a mapping keeps the whole file's pages resident
+        tensors = load((folder / WEIGHTS).read_bytes())
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         _replace_quantized(model, tensors, dtype, device)
