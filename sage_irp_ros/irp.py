@@ -101,6 +101,8 @@ class Refinement:
     irp: IRPSummary
     tokens: int
     final_temperature: float
+    candidates: tuple[Candidate, ...] = ()  # every candidate, in the order of ``irp.energies``
+    best: int = 0  # index of the chosen candidate
 
 
 class IRPEngine:
@@ -207,7 +209,8 @@ class IRPEngine:
             finished=state.best_finished, throttled=state.throttled, history_used=state.history_used,
             **{k: round(v, 6) for k, v in state.timings.items()})
         return Refinement(answer=state.best_response, irp=summary, tokens=state.tokens,
-                          final_temperature=state.temperature)
+                          final_temperature=state.temperature, candidates=tuple(state.candidates),
+                          best=best_index(state.energies) if state.energies else 0)
 
     # -- conveniences -----------------------------------------------------------------------------
     def refine(self, question: str, context: str = "", history: Sequence[tuple[str, str]] = (),
