@@ -15,7 +15,8 @@
 """``sage_irp``: run the nodes in one process, ask a question, export salient memory.
 
     sage_irp run [--demo] [--once] [--namespace sage] [--model-path P] [--no-diagnostics] [--ros-args ...]
-    sage_irp ask "text" [--id ID] [--conversation C] [--timeout S] [--json] [--namespace sage]
+    sage_irp ask "text" [--id ID] [--conversation C] [--choice A --choice B ...] [--min-confidence X]
+                 [--timeout S] [--json] [--namespace sage]
     sage_irp export-salient [--db FILE] [--since UNIX_TIME] [--conversation C] [--min-salience X] [--out F]
     sage_irp monitor [--namespace sage] [--once] [--timeout S]
     sage_irp plot [--db FILE] [--out session.png] [--since UNIX_TIME] [--conversation C]
@@ -75,6 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--id")
     ask.add_argument("--conversation", help="conversation id: asks with the same id share their recent "
                                             "exchanges as context (default: none, no history)")
+    ask.add_argument("--choice", action="append", dest="choices", metavar="OPTION",
+                     help="an option the answer must be (repeat: --choice yes --choice no)")
+    ask.add_argument("--min-confidence", type=float, metavar="X",
+                     help="below this confidence (0..1) the result says confident: false")
     ask.add_argument("--timeout", type=float, default=120.0)
     ask.add_argument("--json", action="store_true", help="print the whole result JSON")
     ask.add_argument("--namespace", default="sage")
@@ -160,7 +165,13 @@ def _format(result: Result) -> str:
         return f"ERROR {result.error_code}: {result.error_message}"
     snarc, timing, irp = result.snarc, result.timing, result.irp
     energy = f"{irp.best_energy:.3f}" if irp.best_energy is not None else "-"
-    return (f"A: {result.answer}\n"
+    lines = ""
+    if result.probabilities is not None:
+        lines += "   options: " + ", ".join(f"{o} {p:.2f}" for o, p in result.probabilities.items()) + "\n"
+    if result.confidence is not None:
+        lines += (f"   confidence {result.confidence:.2f}"
+                  f"{'' if result.confident in (True, None) else ' (NOT confident: under min_confidence)'}\n")
+    return (f"A: {result.answer}\n{lines}"
             f"   salience {snarc.total:.3f} ({'salient' if snarc.salient else 'not salient'}: "
             f"S {snarc.surprise:.2f} N {snarc.novelty:.2f} A {snarc.arousal:.2f} "
             f"R {snarc.reward:.2f} C {snarc.conflict:.2f})\n"
@@ -179,7 +190,8 @@ def _ask(args: argparse.Namespace, ros_args: list[str]) -> int:
         with spinning(node):
             client = SageClient(node, namespace=args.namespace)
             result = client.ask(args.question, timeout=args.timeout, wait_ready=True, id=args.id,
-                                conversation=args.conversation)
+                                conversation=args.conversation, choices=args.choices,
+                                min_confidence=args.min_confidence)
     except TimeoutError as exc:
         print(f"sage_irp ask: {exc}", file=sys.stderr)
         return 3
