@@ -131,3 +131,20 @@ def test_calibrator_is_a_logistic_model():
     assert model({"a": 0.5}) == pytest.approx(0.5) and model({}) == pytest.approx(1 / (1 + math.e))
     assert Calibrator.from_dict(model.to_dict()) == model
     assert 0.0 < Calibrator({"a": 1e9})({"a": 1.0}) <= 1.0
+
+
+def test_cli_ask_takes_choices_and_min_confidence_and_prints_them():
+    from sage_irp_ros.cli import _format, _parser
+    from sage_irp_ros.results import IRPSummary, Result
+    from sage_irp_ros.snarc import SnarcScores
+
+    args = _parser().parse_args(["ask", "Is the path clear?", "--choice", "yes", "--choice", "no",
+                                 "--min-confidence", "0.7"])
+    assert args.choices == ["yes", "no"] and args.min_confidence == 0.7
+    assert _parser().parse_args(["ask", "Hi"]).choices is None
+    result = Result(id="a", ok=True, answer="no", choice="no", probabilities={"yes": 0.2, "no": 0.8},
+                    confidence=0.64, confident=False, snarc=SnarcScores(0, 0, 0, 0, 0, 0.1, False),
+                    irp=IRPSummary(best_energy=0.3))
+    text = _format(result)
+    assert text.startswith("A: no\n") and "options: yes 0.20, no 0.80" in text
+    assert "confidence 0.64 (NOT confident: under min_confidence)" in text
