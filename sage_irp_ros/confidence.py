@@ -17,8 +17,8 @@
 A free-text answer's confidence is a logistic model over what IRP measured of the chosen candidate
 (its energy, its agreement with the other candidates, the model's mean NLL, whether it finished, its
 repetition, its length); an answer that is a lone candidate (throttled: the greedy row alone) has no
-agreement, so it has its own model. A choices answer's confidence is a logistic model over the chosen
-option's probability and its margin over the runner-up. Every model was fitted on the TUNING half of the
+agreement, so it has its own model. A choices answer's confidence is a monotone logistic model (Platt
+scaling) of the chosen option's probability: never lower for a more probable option. Every model was fitted on the TUNING half of the
 package's question sets and is shipped in ``data/calibration.json``; ``python -m bench.quality.calibrate``
 reproduces that file (docs/interface.md, "Confidence").
 
@@ -39,7 +39,7 @@ from .energy import repetition
 from .selection import agreement, mean_nll
 
 FREE_TEXT_FEATURES = ("energy", "agreement", "nll", "finished", "repetition", "log_words")
-CHOICE_FEATURES = ("top_logit", "margin")
+CHOICE_FEATURES = ("top_logit",)
 CALIBRATION_FILE = "calibration.json"
 
 

@@ -23,8 +23,9 @@ and fits by maximum likelihood (Newton's method, a small L2 penalty):
 1. the choice model, a conditional logit over option features (sage_irp_ros.choices.FEATURES): each
    feature alone and the combinations below are compared by 5-fold cross-validated accuracy (then
    log-loss) on the tuning half; the best is refitted on the whole tuning half;
-2. the choice confidence, a logistic model over the chosen option's probability (logit) and margin,
-   fitted on out-of-fold probabilities (so it learns how far to trust probabilities on unseen questions);
+2. the choice confidence, Platt scaling of the chosen option's probability (its logit; a negative slope
+   is replaced by the base rate: a confidence must not fall as the probability rises), fitted on
+   out-of-fold probabilities (so it learns how far to trust probabilities on unseen questions);
 3. the free-text confidence, a logistic model over the chosen candidate's features
    (sage_irp_ros.confidence.FREE_TEXT_FEATURES) under the package's consensus rule, candidates plus
    the greedy row, both settings; and one for a lone greedy candidate (a throttled answer).
@@ -136,6 +137,8 @@ def fit_choices(trials: list[dict]) -> tuple[dict, dict, dict]:
     x = np.array([[f[name] for name in CHOICE_FEATURES] for f in feats])
     y = np.array([float(p.argmax() == right) for p, (_, right) in zip(probs, groups)])
     w, b = fit_logistic(x, y)
+    if w[0] < 0:  # a confidence that falls as the option's probability rises is noise: keep the base rate
+        w, b = np.zeros_like(w), float(np.log(y.mean() / (1 - y.mean())))
     calibrator = {"weights": {n: round(float(v), 6) for n, v in zip(CHOICE_FEATURES, w)}, "bias": round(b, 6)}
     return weights, calibrator, table
 
