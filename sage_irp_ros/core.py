@@ -22,6 +22,7 @@ node (and any other front end) only has to move messages.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import threading
 import time
@@ -30,7 +31,7 @@ from typing import Any, Callable
 import psutil
 import torch
 
-from . import choices, errors
+from . import choices, errors, json_answers
 from .confidence import is_confident, shipped
 from .config import SageConfig
 from .conversation import ConversationHistory
@@ -180,6 +181,8 @@ class SageCore:
         with self._lock:
             engine = self._engine()
             try:
+                if q.json_schema is not None:
+                    options = options.replace(constraint=_grammar(engine, q.json_schema).constraint)
                 refined = self._refine_with_oom_retry(engine, q, history, options)
                 picked, refined = self._choose(engine, q, history, refined) if q.choices else (None, refined)
             finally:
@@ -194,18 +197,20 @@ class SageCore:
                 raise _cancelled(options.cancel)
             raise SageError(errors.INFERENCE_FAILED, "the model produced no answer text")
         inference_s = time.monotonic() - start
-        calibration = shipped()
+        calibration, value, best = shipped(), None, refined.best
         if picked is not None:
             answer, confidence = picked.choice, calibration.choice_confidence(list(picked.probabilities.values()))
         else:
-            answer = refined.answer
-            confidence = calibration.free_text_confidence(refined.candidates, refined.irp.energies, refined.best)
+            if q.json_schema is not None:
+                value, best = _json_answer(q.json_schema, refined)
+            answer = refined.answer if value is None else json.dumps(value, ensure_ascii=False)
+            confidence = calibration.free_text_confidence(refined.candidates, refined.irp.energies, best)
         scores = self.snarc.score(q.text, answer, heard, final_energy=refined.irp.best_energy)
         self.history.add(q.conversation, q.text, answer)
         result = self._result(q, answer=answer, snarc=scores, irp=refined.irp, received=received,
                               start=start, inference_s=inference_s, tokens=refined.tokens,
                               choice=picked.choice if picked is not None else None,
-                              probabilities=picked.probabilities if picked is not None else None,
+                              probabilities=picked.probabilities if picked is not None else None, json=value,
                               confidence=confidence, confident=is_confident(confidence, options.min_confidence))
         self._store(result)
         return result
@@ -225,6 +230,8 @@ class SageCore:
     def _refine_with_oom_retry(self, engine: IRPEngine, q: Question, history,
                                options: AnswerOptions) -> Refinement:
         text = choices.choice_prompt(q.text, q.choices) if q.choices else q.text
+        if q.json_schema is not None:
+            text = json_answers.json_prompt(q.text, q.json_schema)
         try:
             return engine.refine(text, q.context, history, options)
         except SageError:
@@ -337,6 +344,24 @@ class SageCore:
             return {"ok": True, "error": None, "path": None, "size_mb": None}
         return {"ok": store.healthy, "error": store.last_error, "path": str(store.path),
                 "size_mb": round(store.size_bytes() / 2**20, 3), "pruned": store.pruned_count}
+
+
+def _grammar(engine: IRPEngine, schema: dict):
+    """The schema compiled for the resident tokenizer (SageError invalid_input when it cannot be)."""
+    from .grammar import JsonGrammar
+
+    vocab = int(getattr(engine.lm.model.config, "vocab_size", 0) or len(engine.lm.tokenizer))
+    return JsonGrammar(schema, engine.lm.tokenizer, vocab)
+
+
+def _json_answer(schema: dict, refined: Refinement) -> tuple[Any, int]:
+    """The chosen valid JSON (agreeing with the other valid candidates most) and its candidate's index."""
+    parsed = [json_answers.parse_valid(c.text, schema) for c in refined.candidates]
+    best = json_answers.pick([v for v, _ in parsed], [ok for _, ok in parsed], refined.irp.energies)
+    if best is None:
+        raise SageError(errors.INFERENCE_FAILED, f"none of {len(parsed)} candidates completed JSON valid under "
+                                                 "the schema within max_tokens (raise llm_irp.max_tokens)")
+    return parsed[best][0], best
 
 
 def _cancelled(cancel: threading.Event | None) -> SageError:

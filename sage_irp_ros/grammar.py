@@ -69,7 +69,7 @@ class JsonGrammar:
         self.vocab = vocab
         self.tokenizer = _ll_tokenizer(tokenizer, vocab)
         self.grammar = llguidance.LLMatcher.grammar_from_json_schema(
-            schema, defaults={"whitespace_flexible": False})
+            closed(schema), defaults={"whitespace_flexible": False})
         ok, _, error = _validate(self.tokenizer, self.grammar)
         if not ok:
             raise SageError(INVALID_INPUT, f"field 'json_schema' cannot be compiled to a grammar: {error[:200]}")
@@ -80,14 +80,27 @@ class JsonGrammar:
         return JsonConstraint(self)
 
 
+def closed(schema: dict) -> dict:
+    """The schema with ``additionalProperties: false`` on every object: the grammar lets a row write only the
+    properties the caller named (JSON Schema's default would let it invent more)."""
+    out = dict(schema)
+    if "properties" in out:
+        out["properties"] = {name: closed(sub) for name, sub in out["properties"].items()}
+    if isinstance(out.get("items"), dict):
+        out["items"] = closed(out["items"])
+    if out.get("type") == "object" or "properties" in out:
+        out.setdefault("additionalProperties", False)
+    return out
+
+
 def _validate(tokenizer, grammar: str) -> tuple[bool, list[str], str]:
     import llguidance
 
     try:
-        ok, warnings = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, tokenizer)
-        return bool(ok), list(warnings), "" if ok else "; ".join(warnings)
-    except Exception as exc:  # an error string or an exception, by version
+        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, tokenizer)
+    except Exception as exc:  # a schema the compiler rejects outright
         return False, [], str(exc)
+    return not is_error, list(messages), "; ".join(messages) if is_error else ""
 
 
 class JsonConstraint:

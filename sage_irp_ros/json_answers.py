@@ -127,3 +127,8 @@ def pick(values: Sequence[Any], valid: Sequence[bool], energies: Sequence[float]
         return sum(len(sets[i] & sets[j]) / len(sets[i] | sets[j]) for j in others) / len(others)
 
     return min(ok, key=lambda i: (-agreement(i), energies[i] if i < len(energies) else 1.0, i))
+
+
+def json_prompt(question: str, schema: dict) -> str:
+    """The question as the model sees it: the question, then the schema its JSON answer follows."""
+    return f"{question}\nAnswer with JSON only, following this JSON Schema: {json.dumps(schema, ensure_ascii=False)}"

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from .config import IRPConfig, ThrottleConfig
 from .questions import Question
@@ -54,6 +54,7 @@ class AnswerOptions:
     cancel: threading.Event | None = None
     throttled: bool = False
     min_confidence: float = 0.0
+    constraint: Callable[[], Any] | None = None  # a fresh TokenConstraint per row (a JSON schema's grammar)
 
     @classmethod
     def resolve(cls, cfg: IRPConfig, question: Question | None = None, *, throttled: bool = False,

@@ -32,7 +32,7 @@ from typing import Any
 from .errors import INVALID_INPUT, TOO_LONG, SageError
 
 FIELDS = ("id", "question", "text", "conversation", "context", "candidates", "max_iterations", "deadline_s", "reset",
-          "choices", "min_confidence")
+          "choices", "min_confidence", "json_schema")
 MIN_CHOICES, MAX_CHOICES, MAX_CHOICE_CHARS = 2, 20, 200
 MAX_ID_CHARS = 128
 MAX_CANDIDATES = 64
@@ -60,6 +60,7 @@ class Question:
     deadline_s: float | None = None
     reset: bool = False
     choices: list[str] | None = None  # the answer must be exactly one of these
+    json_schema: dict | None = None  # the answer must be JSON valid under this schema
     min_confidence: float | None = None  # llm_irp.min_confidence for this question
     warnings: list[str] = field(default_factory=list)
 
@@ -157,6 +158,10 @@ def _from_json(text: str, max_chars: int) -> Question:
         question.choices = _choices(data["choices"])
     if data.get("json_schema") is not None and question.choices is not None:
         raise SageError(INVALID_INPUT, "'choices' and 'json_schema' cannot be combined: send one of them")
+    if data.get("json_schema") is not None:
+        from .json_answers import check_schema
+
+        question.json_schema = check_schema(data["json_schema"])
     if "min_confidence" in data:
         value = _typed(data["min_confidence"], float, "min_confidence")
         if not (math.isfinite(value) and 0.0 <= value <= 1.0):
