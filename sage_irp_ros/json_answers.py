@@ -109,6 +109,8 @@ def leaves(value: Any, prefix: str = "") -> set[tuple[str, str]]:
         return set().union(*(leaves(v, f"{prefix}.{k}") for k, v in value.items())) if value else {(prefix, "{}")}
     if isinstance(value, list):
         return set().union(*(leaves(v, f"{prefix}[{i}]") for i, v in enumerate(value))) if value else {(prefix, "[]")}
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 12.0 and 12 are the same value
     return {(prefix, json.dumps(value, sort_keys=True))}
 
 
