@@ -15,7 +15,7 @@
 """``sage_irp``: run the nodes in one process, ask a question, export salient memory.
 
     sage_irp run [--demo] [--once] [--namespace sage] [--model-path P] [--no-diagnostics] [--ros-args ...]
-    sage_irp ask "text" [--id ID] [--conversation C] [--choice A --choice B ...] [--min-confidence X]
+    sage_irp ask "text" [--id ID] [--conversation C] [--choice A --choice B ... | --schema FILE.json] [--min-confidence X]
                  [--timeout S] [--json] [--namespace sage]
     sage_irp export-salient [--db FILE] [--since UNIX_TIME] [--conversation C] [--min-salience X] [--out F]
     sage_irp monitor [--namespace sage] [--once] [--timeout S]
@@ -78,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
                                             "exchanges as context (default: none, no history)")
     ask.add_argument("--choice", action="append", dest="choices", metavar="OPTION",
                      help="an option the answer must be (repeat: --choice yes --choice no)")
+    ask.add_argument("--schema", metavar="FILE.json", help="a JSON Schema file: the answer is JSON valid under it")
     ask.add_argument("--min-confidence", type=float, metavar="X",
                      help="below this confidence (0..1) the result says confident: false")
     ask.add_argument("--timeout", type=float, default=120.0)
@@ -168,6 +169,10 @@ def _format(result: Result) -> str:
     lines = ""
     if result.probabilities is not None:
         lines += "   options: " + ", ".join(f"{o} {p:.2f}" for o, p in result.probabilities.items()) + "\n"
+    if result.json is not None:
+        import json
+
+        lines += f"   json: {json.dumps(result.json, ensure_ascii=False)}\n"
     if result.confidence is not None:
         lines += (f"   confidence {result.confidence:.2f}"
                   f"{'' if result.confident in (True, None) else ' (NOT confident: under min_confidence)'}\n")
@@ -184,13 +189,23 @@ def _ask(args: argparse.Namespace, ros_args: list[str]) -> int:
 
     from .client import SageClient, spinning
 
+    schema = None
+    if args.schema:
+        import json
+        from pathlib import Path
+
+        try:
+            schema = json.loads(Path(args.schema).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            print(f"sage_irp ask: cannot read the schema {args.schema}: {exc}", file=sys.stderr)
+            return 2
     rclpy.init(args=["sage_irp", *ros_args])
     node = rclpy.create_node("sage_irp_ask")
     try:
         with spinning(node):
             client = SageClient(node, namespace=args.namespace)
             result = client.ask(args.question, timeout=args.timeout, wait_ready=True, id=args.id,
-                                conversation=args.conversation, choices=args.choices,
+                                conversation=args.conversation, choices=args.choices, json_schema=schema,
                                 min_confidence=args.min_confidence)
     except TimeoutError as exc:
         print(f"sage_irp ask: {exc}", file=sys.stderr)
