@@ -15,8 +15,8 @@
 """``sage_irp``: run the nodes in one process, ask a question, export salient memory.
 
     sage_irp run [--demo] [--once] [--namespace sage] [--model-path P] [--no-diagnostics] [--ros-args ...]
-    sage_irp ask "text" [--id ID] [--conversation C] [--choice A --choice B ... | --schema FILE.json] [--min-confidence X]
-                 [--timeout S] [--json] [--namespace sage]
+    sage_irp ask "text" [--id ID] [--conversation C] [--choice A --choice B ... | --schema FILE.json]
+                 [--min-confidence X] [--timeout S] [--json] [--namespace sage]
     sage_irp export-salient [--db FILE] [--since UNIX_TIME] [--conversation C] [--min-salience X] [--out F]
     sage_irp monitor [--namespace sage] [--once] [--timeout S]
     sage_irp plot [--db FILE] [--out session.png] [--since UNIX_TIME] [--conversation C]

@@ -18,9 +18,9 @@ A free-text answer's confidence is a logistic model over what IRP measured of th
 (its energy, its agreement with the other candidates, the model's mean NLL, whether it finished, its
 repetition, its length); an answer that is a lone candidate (throttled: the greedy row alone) has no
 agreement, so it has its own model. A choices answer's confidence is a monotone logistic model (Platt
-scaling) of the chosen option's probability: never lower for a more probable option. Every model was fitted on the TUNING half of the
-package's question sets and is shipped in ``data/calibration.json``; ``python -m bench.quality.calibrate``
-reproduces that file (docs/interface.md, "Confidence").
+scaling) of the chosen option's probability: never lower for a more probable option. Every model was
+fitted on the TUNING half of the package's question sets and is shipped in ``data/calibration.json``;
+``python -m bench.quality.calibrate --write`` reproduces that file (docs/interface.md, "Confidence").
 
 Torch-free: only arithmetic on numbers the engine already has.
 """

@@ -183,12 +183,14 @@ def report_free_text(quality: Path, half: str, out: Path) -> dict:
 
     cal, result = shipped(), {"half": half}
     many, single = free_text_rows(sorted(quality.glob("quality_dump_*.json.gz")), half)
-    for name, rows, model in (("candidates+greedy", many, cal.free_text), ("greedy alone", single, cal.free_text_single)):
+    for name, rows, model in (("candidates+greedy", many, cal.free_text),
+                              ("greedy alone", single, cal.free_text_single)):
         scores, right = [model(r) for r in rows], [bool(r["right"]) for r in rows]
         result[name] = {"trials": len(rows), **confidence_report(scores, right)}
     rows = many
+    png = out / f"reliability_free_text_{half}.png"
     result["reliability_png"] = str(reliability_png([cal.free_text(r) for r in rows], [bool(r["right"]) for r in rows],
-                                                    out / f"reliability_free_text_{half}.png", f"free text, {half} half"))
+                                                    png, f"free text, {half} half"))
     write_result(f"confidence_free_text_{half}", {"run": run_info(None, "bench.quality.calibrate"), **result}, out)
     return result
 

@@ -126,7 +126,7 @@ def run(half: str, threads: int = 1, log=print) -> dict:
                      "grammar_fields": field_accuracy(result.json, task["expected"]),
                      "grammar_valid": result.ok and parse_valid(result.answer, task["schema"])[1],
                      "greedy_text": greedy.text, "greedy_fields": field_accuracy(parsed, task["expected"]),
-                     "greedy_valid": parse_valid(json.dumps(parsed), task["schema"])[1] if parsed is not None else False,
+                     "greedy_valid": parsed is not None and parse_valid(json.dumps(parsed), task["schema"])[1],
                      "confidence": result.confidence if result.confidence is not None else 0.0})
         if n % 10 == 0:
             log(f"{n} tasks")
