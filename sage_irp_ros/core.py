@@ -348,10 +348,10 @@ class SageCore:
 
 def _grammar(engine: IRPEngine, schema: dict):
     """The schema compiled for the resident tokenizer (SageError invalid_input when it cannot be)."""
-    from .grammar import JsonGrammar
+    from .grammar import compiled
 
     vocab = int(getattr(engine.lm.model.config, "vocab_size", 0) or len(engine.lm.tokenizer))
-    return JsonGrammar(schema, engine.lm.tokenizer, vocab)
+    return compiled(schema, engine.lm.tokenizer, vocab)
 
 
 def _json_answer(schema: dict, refined: Refinement) -> tuple[Any, int]:

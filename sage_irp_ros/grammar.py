@@ -29,7 +29,10 @@ is complete may only end; a row whose grammar allows no token is ended by the de
 
 from __future__ import annotations
 
+import json
+import threading
 import time
+from collections import OrderedDict
 from typing import Any, Sequence
 
 import torch
@@ -37,6 +40,8 @@ import torch
 from .errors import INVALID_INPUT, SageError
 
 _TOKENIZERS: dict[int, Any] = {}
+_COMPILED: "OrderedDict[tuple[int, int, str], JsonGrammar]" = OrderedDict()
+CACHED_GRAMMARS = 32
 
 
 def available() -> bool:
@@ -55,6 +60,25 @@ def _ll_tokenizer(tokenizer, vocab: int):
 
         _TOKENIZERS[key] = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab)
     return _TOKENIZERS[key]
+
+
+_LOCK = threading.Lock()
+
+
+def compiled(schema: dict, tokenizer, vocab: int) -> "JsonGrammar":
+    """The schema's grammar for this tokenizer, compiled once and kept among the last 32 used (a robot
+    asks the same few schemas again and again; llguidance's lexer then starts warm)."""
+    key = (id(tokenizer), vocab, json.dumps(schema, sort_keys=True))
+    with _LOCK:
+        if key in _COMPILED:
+            _COMPILED.move_to_end(key)
+            return _COMPILED[key]
+    grammar = JsonGrammar(schema, tokenizer, vocab)
+    with _LOCK:
+        _COMPILED[key] = grammar
+        while len(_COMPILED) > CACHED_GRAMMARS:
+            _COMPILED.popitem(last=False)
+    return grammar
 
 
 class JsonGrammar:
