@@ -108,6 +108,9 @@ def test_json_schema_question_is_decoded_under_the_grammar(tiny_model_dir):
         long_text = {"type": "object", "properties": {"s": {"enum": ["ab" * 60]}}, "required": ["s"]}
         failed = core.answer(_parse(long_text))
         assert not failed.ok and failed.error_code == "inference_failed" and "max_tokens" in failed.error_message
+        # a valid JSON Schema no value satisfies: refused at compile time, or no valid candidate
+        empty = core.answer(_parse({"type": "integer", "minimum": 5, "maximum": 1}))
+        assert not empty.ok and empty.error_code in ("invalid_input", "inference_failed"), empty.error
         assert core.answer(_parse(schema)).ok
     finally:
         core.release()
