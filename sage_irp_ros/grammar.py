@@ -150,7 +150,7 @@ class JsonConstraint:
             out = torch.full_like(logits, float("-inf"))  # a dead end: the decode loop ends the row
         else:
             llguidance.torch.fill_next_token_bitmask(self.matcher, self.bitmask, 0)
-            row = logits.float().cpu()[None].clone()
+            row = logits.float().cpu()[None]  # the decode loop hands a copy: masking in place is fine
             llguidance.torch.apply_token_bitmask_inplace(row, self.bitmask)
             out = row[0].to(device=logits.device, dtype=logits.dtype)
         self.grammar.mask_s += time.perf_counter() - start
