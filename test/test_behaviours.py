@@ -153,6 +153,25 @@ def test_bad_choices_get_one_invalid_input_result(t):
     assert len(t.results_for(result.id)) == 1
 
 
+def test_json_schema_questions_over_the_real_topics(t):
+    pytest.importorskip("llguidance")
+    schema = {"type": "object", "properties": {"clear": {"type": "boolean"}}, "required": ["clear"]}
+    ask = AskSage(question="Is the path clear?", json_schema=schema, namespace=t.namespace, timeout_s=TIMEOUT)
+    ask.setup(node=t.node)
+    tick(ask, lambda s: s != Status.RUNNING)
+    if ask.result.ok:  # the test node decodes at most 8 tokens: JSON may not fit, and says so
+        assert isinstance(ask.result.json, dict) and isinstance(ask.result.json["clear"], bool)
+    else:
+        assert ask.result.error_code == "inference_failed" and "max_tokens" in ask.result.error_message
+    assert len(t.results_for(ask.result.id)) == 1
+    bad = AskSage(question="Is the path clear?", json_schema={"type": "object", "patternProperties": {}},
+                  namespace=t.namespace, timeout_s=TIMEOUT)
+    bad.setup(node=t.node)
+    assert tick(bad, lambda s: s != Status.RUNNING) == Status.FAILURE
+    assert bad.result.error_code == "invalid_input" and "'json_schema'" in bad.result.error_message
+    assert len(t.results_for(bad.result.id)) == 1
+
+
 def test_ask_sage_in_a_named_conversation_keeps_its_history(t):
     ask = AskSage(question="Where is the charger?", namespace=t.namespace, timeout_s=TIMEOUT,
                   conversation="bt-dialogue")
