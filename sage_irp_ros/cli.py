@@ -19,7 +19,7 @@
                  [--min-confidence X] [--timeout S] [--json] [--namespace sage]
     sage_irp export-salient [--db FILE] [--since UNIX_TIME] [--conversation C] [--min-salience X] [--out F]
     sage_irp monitor [--namespace sage] [--once] [--timeout S]
-    sage_irp plot [--db FILE] [--out session.png] [--since UNIX_TIME] [--conversation C]
+    sage_irp plot [--db FILE] [--out session.png] [--since UNIX_TIME] [--conversation C] [--reliability F.jsonl]
     sage_irp doctor
     sage_irp cache list|clear [--dir DIR]
 
@@ -102,6 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     plot.add_argument("--out", default="session.png")
     plot.add_argument("--since", type=float, help="unix time")
     plot.add_argument("--conversation", help="only this conversation ('' = questions asked without one)")
+    plot.add_argument("--reliability", metavar="FILE.jsonl",
+                      help="instead: the reliability diagram (confidence bins vs accuracy) of JSON lines with "
+                           "'confidence' and 'right'")
     plot.set_defaults(func=_plot)
     doctor = sub.add_parser("doctor", help="print Python, torch/CUDA, transformers, peft, rclpy/distro, jtop, "
                                            "model cache; exit 1 when something required is missing or too old")
@@ -251,6 +254,16 @@ def _plot(args: argparse.Namespace, ros_args: list[str]) -> int:
     except ImportError as exc:
         print(f"sage_irp plot needs matplotlib: pip install matplotlib ({exc})", file=sys.stderr)
         return 1
+    if args.reliability:
+        from .plot import plot_reliability, read_labelled
+
+        confidence, right = read_labelled(args.reliability)
+        if not confidence:
+            print(f"sage_irp plot: no lines with 'confidence' and 'right' in {args.reliability}", file=sys.stderr)
+            return 1
+        plot_reliability(confidence, right, args.out, f"{len(confidence)} answers")
+        print(f"plotted the reliability of {len(confidence)} answers to {args.out}", file=sys.stderr)
+        return 0
     path = args.db or default_db_path()
     try:
         count = plot_session(path, args.out, since=args.since, conversation=args.conversation)

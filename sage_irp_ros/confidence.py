@@ -114,6 +114,24 @@ def shipped() -> Calibration:
     return Calibration.from_dict(json.loads(text))
 
 
+def reliability_bins(confidence: Sequence[float], right: Sequence[bool], bins: int = 10) -> list[dict[str, float]]:
+    """Per equal-width confidence bin: its range, count, mean confidence and accuracy (empty bins left out)."""
+    out = []
+    for b in range(bins):
+        idx = [i for i, c in enumerate(confidence) if min(int(c * bins), bins - 1) == b]
+        if idx:
+            out.append({"lo": b / bins, "hi": (b + 1) / bins, "n": len(idx),
+                        "confidence": sum(confidence[i] for i in idx) / len(idx),
+                        "accuracy": sum(bool(right[i]) for i in idx) / len(idx)})
+    return out
+
+
+def expected_calibration_error(confidence: Sequence[float], right: Sequence[bool], bins: int = 10) -> float:
+    """The count-weighted mean gap between confidence and accuracy over the bins."""
+    n = len(confidence)
+    return sum(b["n"] / n * abs(b["confidence"] - b["accuracy"]) for b in reliability_bins(confidence, right, bins))
+
+
 def is_confident(confidence: float, min_confidence: float) -> bool:
     """``confident``: the confidence reaches ``min_confidence`` (always true when it is 0: off)."""
     return min_confidence <= 0.0 or confidence >= min_confidence

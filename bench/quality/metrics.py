@@ -21,6 +21,8 @@ import random
 from pathlib import Path
 from typing import Sequence
 
+from sage_irp_ros.confidence import expected_calibration_error
+
 BOOTSTRAP, BINS = 2000, 10
 
 
@@ -46,12 +48,7 @@ def auroc(scores: Sequence[float], right: Sequence[bool]) -> float | None:
 
 def ece(scores: Sequence[float], right: Sequence[bool], bins: int = BINS) -> float:
     """Expected calibration error over ``bins`` equal-width confidence bins."""
-    total, n = 0.0, len(scores)
-    for b in range(bins):
-        idx = [i for i, s in enumerate(scores) if min(int(s * bins), bins - 1) == b]
-        if idx:
-            total += len(idx) / n * abs(sum(scores[i] for i in idx) / len(idx) - sum(right[i] for i in idx) / len(idx))
-    return total
+    return expected_calibration_error(scores, right, bins)
 
 
 def top_half_accuracy(scores: Sequence[float], right: Sequence[bool]) -> float:
@@ -78,35 +75,8 @@ def confidence_report(scores: Sequence[float], right: Sequence[bool]) -> dict:
             "mean_confidence": round(sum(scores) / n, 3)}
 
 
-def reliability_bins(scores: Sequence[float], right: Sequence[bool], bins: int = BINS) -> list[dict]:
-    """Per confidence bin: its range, count, mean confidence and accuracy (empty bins left out)."""
-    out = []
-    for b in range(bins):
-        idx = [i for i, s in enumerate(scores) if min(int(s * bins), bins - 1) == b]
-        if idx:
-            out.append({"lo": b / bins, "hi": (b + 1) / bins, "n": len(idx),
-                        "confidence": sum(scores[i] for i in idx) / len(idx),
-                        "accuracy": sum(right[i] for i in idx) / len(idx)})
-    return out
-
-
 def reliability_png(scores: Sequence[float], right: Sequence[bool], path: Path, title: str) -> Path:
-    """The reliability diagram: accuracy per confidence bin against the diagonal, counts as bar labels."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """The reliability diagram (``sage_irp plot --reliability`` draws the same)."""
+    from sage_irp_ros.plot import plot_reliability
 
-    bins = reliability_bins(scores, right)
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
-    ax.bar([b["lo"] for b in bins], [b["accuracy"] for b in bins], width=1 / BINS, align="edge",
-           alpha=0.6, edgecolor="black", label="accuracy per bin")
-    for b in bins:
-        ax.text(b["lo"] + 0.5 / BINS, b["accuracy"] + 0.02, str(b["n"]), ha="center", fontsize=7)
-    ax.set(xlim=(0, 1), ylim=(0, 1.08), xlabel="confidence", ylabel="accuracy",
-           title=f"{title}: ECE {ece(scores, right):.3f}")
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return plot_reliability(scores, right, path, title)
