@@ -15,7 +15,7 @@
 """Grammar-constrained decoding of JSON answers: a schema compiled once, one matcher per row.
 
 The grammar library is llguidance (Microsoft's, Rust, no Python dependencies; wheels for Linux x86-64
-and aarch64, so Jetson too; it reads transformers 4.x and 5.x fast tokenizers): chosen over xgrammar
+and aarch64, so Jetson too; it reads Hugging Face fast tokenizers): chosen over xgrammar
 (needs torch and tvm-ffi), outlines-core (builds an index per schema up front) and lm-format-enforcer
 (pure Python, per-token cost in milliseconds) for its per-token cost, a bitmask in microseconds
 (docs/performance.md, "JSON answers"). It is optional: a json_schema question without it installed gets
