@@ -24,6 +24,7 @@ setup(
     name=PACKAGE,
     version="0.1.0",
     packages=find_packages(exclude=["test", "test.*", "bench", "bench.*"]),
+    package_data={PACKAGE: ["data/*.json"]},  # the fitted confidence calibration
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
@@ -37,7 +38,8 @@ setup(
     # installs this package with colcon, which does not enforce these; `sage_irp doctor` checks them.
     python_requires=">=3.10",
     install_requires=["setuptools", "packaging", "pyyaml", "numpy", "psutil", "torch>=2.13",
-                      "transformers>=4.57.6", "peft>=0.17.1", "safetensors", "gguf"],
+                      "transformers>=4.57.6", "peft>=0.17.1", "safetensors", "gguf", "jsonschema>=4.18",
+                      "llguidance>=1.9"],
     extras_require={
         "test": ["pytest", "hypothesis"],
         "jetson": ["jetson-stats"],

@@ -33,7 +33,7 @@ from __future__ import annotations
 import time
 import uuid
 import weakref
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import py_trees
 from py_trees.common import Access, Status
@@ -93,14 +93,24 @@ class AskSage(_SageBehaviour):
     Without ``conversation`` each question stands alone (no history, and it leaves none for any other
     asker); behaviours given the same ``conversation`` id share that conversation's recent exchanges.
     ``fields`` are sent in the question JSON too (``context``, ``deadline_s``, ...).
+
+    With ``choices`` (e.g. ``["yes", "no"]``) the answer is one of them: an ok result also writes the
+    chosen option to ``choice_key``. Every ok result writes its calibrated confidence to
+    ``confidence_key``. With ``min_confidence`` (sent with the question) a result under it gives FAILURE
+    after writing every key, so a Selector can take a safe branch; without it, confidence never fails.
     """
 
     def __init__(self, name: str = "AskSage", client: ClientSource = None, *,
                  question: Optional[str] = None, question_key: Optional[str] = None,
                  answer_key: str = "sage/answer", salience_key: str = "sage/salience",
                  result_key: str = "sage/result", timeout_s: float = 30.0, namespace: str = "sage",
-                 conversation: Optional[str] = None, **fields: Any):
+                 conversation: Optional[str] = None, choices: Optional[Sequence[str]] = None,
+                 min_confidence: Optional[float] = None, choice_key: str = "sage/choice",
+                 confidence_key: str = "sage/confidence", **fields: Any):
         super().__init__(name, client, namespace)
+        self.choices = list(choices) if choices is not None else None
+        self.min_confidence = min_confidence
+        self.choice_key, self.confidence_key = choice_key, confidence_key
         if (question is None) == (question_key is None):
             raise ValueError("AskSage needs exactly one of question= or question_key=")
         self.question = question
@@ -115,7 +125,7 @@ class AskSage(_SageBehaviour):
         self._text: Optional[str] = None
         self._deadline = 0.0
         self.blackboard = self.attach_blackboard_client(name=name)
-        for key in (answer_key, salience_key, result_key):
+        for key in (answer_key, salience_key, result_key, choice_key, confidence_key):
             self.blackboard.register_key(key, access=Access.WRITE)
         if question_key is not None:
             self.blackboard.register_key(question_key, access=Access.READ)
@@ -151,7 +161,8 @@ class AskSage(_SageBehaviour):
                 return Status.RUNNING
             self.question_id = uuid.uuid4().hex[:12]  # fresh per round: a retry never matches an old result
             self._future = self.client.ask_async(self._text, id=self.question_id,
-                                                 conversation=self.conversation, **self.fields)
+                                                 conversation=self.conversation, choices=self.choices,
+                                                 min_confidence=self.min_confidence, **self.fields)
         if not self._future.done():
             if time.monotonic() >= self._deadline:
                 self._forget()
@@ -168,7 +179,13 @@ class AskSage(_SageBehaviour):
             return Status.FAILURE
         self.blackboard.set(self.answer_key, result.answer)
         self.blackboard.set(self.salience_key, result.salience)
-        self.feedback_message = f"answered (salience {result.salience})"
+        self.blackboard.set(self.choice_key, result.choice)
+        self.blackboard.set(self.confidence_key, result.confidence)
+        if result.confident is False:
+            self.feedback_message = (f"answered {result.answer!r} with confidence {result.confidence} "
+                                     f"under min_confidence {self.min_confidence}")
+            return Status.FAILURE
+        self.feedback_message = f"answered (salience {result.salience}, confidence {result.confidence})"
         return Status.SUCCESS
 
     def terminate(self, new_status: Status) -> None:

@@ -101,3 +101,9 @@ class Generator(Protocol):
     def score(self, prompt_ids: Sequence[int], text: str) -> Candidate:
         """A given answer as a candidate: its tokens and their untempered log-probs after the prompt."""
         ...
+
+    def score_options(self, prompt_ids: Sequence[int], neutral_ids: Sequence[int],
+                      options: Sequence[str]) -> list[Any]:
+        """Each option's :class:`~sage_irp_ros.choices.OptionScore` after the two prompts (choices
+        questions only; batched where the backend can)."""
+        ...

@@ -15,10 +15,11 @@
 """``sage_irp``: run the nodes in one process, ask a question, export salient memory.
 
     sage_irp run [--demo] [--once] [--namespace sage] [--model-path P] [--no-diagnostics] [--ros-args ...]
-    sage_irp ask "text" [--id ID] [--conversation C] [--timeout S] [--json] [--namespace sage]
+    sage_irp ask "text" [--id ID] [--conversation C] [--choice A --choice B ... | --schema FILE.json]
+                 [--min-confidence X] [--timeout S] [--json] [--namespace sage]
     sage_irp export-salient [--db FILE] [--since UNIX_TIME] [--conversation C] [--min-salience X] [--out F]
     sage_irp monitor [--namespace sage] [--once] [--timeout S]
-    sage_irp plot [--db FILE] [--out session.png] [--since UNIX_TIME] [--conversation C]
+    sage_irp plot [--db FILE] [--out session.png] [--since UNIX_TIME] [--conversation C] [--reliability F.jsonl]
     sage_irp doctor
     sage_irp cache list|clear [--dir DIR]
 
@@ -75,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--id")
     ask.add_argument("--conversation", help="conversation id: asks with the same id share their recent "
                                             "exchanges as context (default: none, no history)")
+    ask.add_argument("--choice", action="append", dest="choices", metavar="OPTION",
+                     help="an option the answer must be (repeat: --choice yes --choice no)")
+    ask.add_argument("--schema", metavar="FILE.json", help="a JSON Schema file: the answer is JSON valid under it")
+    ask.add_argument("--min-confidence", type=float, metavar="X",
+                     help="below this confidence (0..1) the result says confident: false")
     ask.add_argument("--timeout", type=float, default=120.0)
     ask.add_argument("--json", action="store_true", help="print the whole result JSON")
     ask.add_argument("--namespace", default="sage")
@@ -96,6 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     plot.add_argument("--out", default="session.png")
     plot.add_argument("--since", type=float, help="unix time")
     plot.add_argument("--conversation", help="only this conversation ('' = questions asked without one)")
+    plot.add_argument("--reliability", metavar="FILE.jsonl",
+                      help="instead: the reliability diagram (confidence bins vs accuracy) of JSON lines with "
+                           "'confidence' and 'right'")
     plot.set_defaults(func=_plot)
     doctor = sub.add_parser("doctor", help="print Python, torch/CUDA, transformers, peft, rclpy/distro, jtop, "
                                            "model cache; exit 1 when something required is missing or too old")
@@ -160,7 +169,17 @@ def _format(result: Result) -> str:
         return f"ERROR {result.error_code}: {result.error_message}"
     snarc, timing, irp = result.snarc, result.timing, result.irp
     energy = f"{irp.best_energy:.3f}" if irp.best_energy is not None else "-"
-    return (f"A: {result.answer}\n"
+    lines = ""
+    if result.probabilities is not None:
+        lines += "   options: " + ", ".join(f"{o} {p:.2f}" for o, p in result.probabilities.items()) + "\n"
+    if result.json is not None:
+        import json
+
+        lines += f"   json: {json.dumps(result.json, ensure_ascii=False)}\n"
+    if result.confidence is not None:
+        lines += (f"   confidence {result.confidence:.2f}"
+                  f"{'' if result.confident in (True, None) else ' (NOT confident: under min_confidence)'}\n")
+    return (f"A: {result.answer}\n{lines}"
             f"   salience {snarc.total:.3f} ({'salient' if snarc.salient else 'not salient'}: "
             f"S {snarc.surprise:.2f} N {snarc.novelty:.2f} A {snarc.arousal:.2f} "
             f"R {snarc.reward:.2f} C {snarc.conflict:.2f})\n"
@@ -173,13 +192,24 @@ def _ask(args: argparse.Namespace, ros_args: list[str]) -> int:
 
     from .client import SageClient, spinning
 
+    schema = None
+    if args.schema:
+        import json
+        from pathlib import Path
+
+        try:
+            schema = json.loads(Path(args.schema).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            print(f"sage_irp ask: cannot read the schema {args.schema}: {exc}", file=sys.stderr)
+            return 2
     rclpy.init(args=["sage_irp", *ros_args])
     node = rclpy.create_node("sage_irp_ask")
     try:
         with spinning(node):
             client = SageClient(node, namespace=args.namespace)
             result = client.ask(args.question, timeout=args.timeout, wait_ready=True, id=args.id,
-                                conversation=args.conversation)
+                                conversation=args.conversation, choices=args.choices, json_schema=schema,
+                                min_confidence=args.min_confidence)
     except TimeoutError as exc:
         print(f"sage_irp ask: {exc}", file=sys.stderr)
         return 3
@@ -224,6 +254,16 @@ def _plot(args: argparse.Namespace, ros_args: list[str]) -> int:
     except ImportError as exc:
         print(f"sage_irp plot needs matplotlib: pip install matplotlib ({exc})", file=sys.stderr)
         return 1
+    if args.reliability:
+        from .plot import plot_reliability, read_labelled
+
+        confidence, right = read_labelled(args.reliability)
+        if not confidence:
+            print(f"sage_irp plot: no lines with 'confidence' and 'right' in {args.reliability}", file=sys.stderr)
+            return 1
+        plot_reliability(confidence, right, args.out, f"{len(confidence)} answers")
+        print(f"plotted the reliability of {len(confidence)} answers to {args.out}", file=sys.stderr)
+        return 0
     path = args.db or default_db_path()
     try:
         count = plot_session(path, args.out, since=args.since, conversation=args.conversation)

@@ -139,6 +139,9 @@ class IRPConfig:
     min_available_memory_mb: int = field(default=256, metadata=_key(
         "Refuse new questions with out_of_memory while available RAM is below this", lo=0, hi=1_000_000,
         off="0 = no check"))
+    min_confidence: float = field(default=0.0, metadata=_key(
+        'An ok result whose calibrated confidence is below this says "confident": false (the answer is '
+        "still given); a question's own min_confidence wins", lo=0.0, hi=1.0, off="0 = off (always confident)"))
     seed: int = field(default=-1, metadata=_key(
         "Random seed for sampling", lo=-1, hi=2**31 - 1, off="-1 = not seeded"))
 

@@ -21,6 +21,8 @@ node (and any other front end) only has to move messages.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import threading
 import time
@@ -29,7 +31,8 @@ from typing import Any, Callable
 import psutil
 import torch
 
-from . import errors
+from . import choices, errors, json_answers
+from .confidence import is_confident, shipped
 from .config import SageConfig
 from .conversation import ConversationHistory
 from .errors import ModelLoadError, SageError
@@ -166,6 +169,8 @@ class SageCore:
             self.history.reset(q.conversation)
         options = AnswerOptions.resolve(irp_cfg, q, throttled=throttled, throttle=self.cfg.throttle, received=received,
                                         cancel=cancel)
+        if q.choices:
+            options = options.replace(max_tokens=min(options.max_tokens, choices.MAX_TOKENS))
         if options.deadline is not None and time.monotonic() >= options.deadline:
             raise SageError(errors.DEADLINE,
                             f"deadline of {options.deadline_s:g} s passed while the question was queued")
@@ -176,28 +181,59 @@ class SageCore:
         with self._lock:
             engine = self._engine()
             try:
+                if q.json_schema is not None:
+                    options = options.replace(constraint=_grammar(engine, q.json_schema).constraint)
                 refined = self._refine_with_oom_retry(engine, q, history, options)
+                picked, refined = self._choose(engine, q, history, refined) if q.choices else (None, refined)
             finally:
                 if not self.cfg.model.keep_alive:
                     self.release_model_only()
-        if not refined.answer:
+        if refined.irp.halt_reason == HALT_CANCELLED and not refined.answer:
+            raise _cancelled(options.cancel)
+        if not refined.answer and picked is None:
             if refined.irp.halt_reason == HALT_DEADLINE:
                 raise SageError(errors.DEADLINE, f"deadline of {options.deadline_s:g} s passed before any answer")
             if refined.irp.halt_reason == HALT_CANCELLED:
                 raise _cancelled(options.cancel)
             raise SageError(errors.INFERENCE_FAILED, "the model produced no answer text")
         inference_s = time.monotonic() - start
-        scores = self.snarc.score(q.text, refined.answer, heard, final_energy=refined.irp.best_energy)
-        self.history.add(q.conversation, q.text, refined.answer)
-        result = self._result(q, answer=refined.answer, snarc=scores, irp=refined.irp, received=received,
-                              start=start, inference_s=inference_s, tokens=refined.tokens)
+        calibration, value, best = shipped(), None, refined.best
+        if picked is not None:
+            answer, confidence = picked.choice, calibration.choice_confidence(list(picked.probabilities.values()))
+        else:
+            if q.json_schema is not None:
+                value, best = _json_answer(q.json_schema, refined)
+            answer = refined.answer if value is None else json.dumps(value, ensure_ascii=False)
+            confidence = calibration.free_text_confidence(refined.candidates, refined.irp.energies, best)
+        scores = self.snarc.score(q.text, answer, heard, final_energy=refined.irp.best_energy)
+        self.history.add(q.conversation, q.text, answer)
+        result = self._result(q, answer=answer, snarc=scores, irp=refined.irp, received=received,
+                              start=start, inference_s=inference_s, tokens=refined.tokens,
+                              choice=picked.choice if picked is not None else None,
+                              probabilities=picked.probabilities if picked is not None else None, json=value,
+                              confidence=confidence, confident=is_confident(confidence, options.min_confidence))
         self._store(result)
         return result
 
+    def _choose(self, engine: IRPEngine, q: Question, history,
+                refined: Refinement) -> tuple[choices.Choice, Refinement]:
+        """A choices question's option: the options scored in one batched forward, with the candidates' votes."""
+        begin = time.monotonic()
+        used = list(history)[len(history) - refined.irp.history_used:] if refined.irp.history_used else []
+        prompt_ids, neutral_ids = choices.score_prompts(engine.lm.tokenizer, q.text, q.choices, q.context, used,
+                                                        engine.use_chat_template)
+        scores = engine.generator.score_options(prompt_ids, neutral_ids, q.choices)
+        picked = choices.choose(scores, [c.text for c in refined.candidates], q.choices, shipped().choice_weights)
+        irp = dataclasses.replace(refined.irp, scoring_s=round(refined.irp.scoring_s + time.monotonic() - begin, 6))
+        return picked, dataclasses.replace(refined, irp=irp)
+
     def _refine_with_oom_retry(self, engine: IRPEngine, q: Question, history,
                                options: AnswerOptions) -> Refinement:
+        text = choices.choice_prompt(q.text, q.choices) if q.choices else q.text
+        if q.json_schema is not None:
+            text = json_answers.json_prompt(q.text, q.json_schema)
         try:
-            return engine.refine(q.text, q.context, history, options)
+            return engine.refine(text, q.context, history, options)
         except SageError:
             raise
         except Exception as exc:
@@ -208,7 +244,7 @@ class SageCore:
             log.warning("out of memory during generation; retrying once with %d candidate(s), one per round",
                         fewer.rows)
             try:
-                return engine.refine(q.text, q.context, history, fewer)
+                return engine.refine(text, q.context, history, fewer)
             except Exception as again:
                 if _is_oom(again):
                     _free_memory()
@@ -265,10 +301,11 @@ class SageCore:
 
     def _result(self, q: Question, *, answer: str = "", error: ResultError | None = None,
                 snarc: SnarcScores | None = None, irp: IRPSummary | None = None, received: float,
-                start: float, inference_s: float, tokens: int) -> Result:
-        """The one place a result is built: ok exactly when there is no error."""
+                start: float, inference_s: float, tokens: int, **answered: Any) -> Result:
+        """The one place a result is built: ok exactly when there is no error. ``answered``: choice,
+        probabilities, json, confidence, confident of an ok result."""
         return Result(id=q.id, conversation=q.conversation, question=q.text, ok=error is None, answer=answer,
-                      error=error, snarc=snarc, irp=irp,
+                      **answered, error=error, snarc=snarc, irp=irp,
                       timing=Timing.measure(received=received, start=start, now=time.monotonic(),
                                             inference_s=inference_s, tokens=tokens),
                       model=self.lm.model_id if self.lm is not None else None, warnings=list(q.warnings),
@@ -307,6 +344,24 @@ class SageCore:
             return {"ok": True, "error": None, "path": None, "size_mb": None}
         return {"ok": store.healthy, "error": store.last_error, "path": str(store.path),
                 "size_mb": round(store.size_bytes() / 2**20, 3), "pruned": store.pruned_count}
+
+
+def _grammar(engine: IRPEngine, schema: dict):
+    """The schema compiled for the resident tokenizer (SageError invalid_input when it cannot be)."""
+    from .grammar import compiled
+
+    vocab = int(getattr(engine.lm.model.config, "vocab_size", 0) or len(engine.lm.tokenizer))
+    return compiled(schema, engine.lm.tokenizer, vocab)
+
+
+def _json_answer(schema: dict, refined: Refinement) -> tuple[Any, int]:
+    """The chosen valid JSON (agreeing with the other valid candidates most) and its candidate's index."""
+    parsed = [json_answers.parse_valid(c.text, schema) for c in refined.candidates]
+    best = json_answers.pick([v for v, _ in parsed], [ok for _, ok in parsed], refined.irp.energies)
+    if best is None:
+        raise SageError(errors.INFERENCE_FAILED, f"none of {len(parsed)} candidates completed JSON valid under "
+                                                 "the schema within max_tokens (raise llm_irp.max_tokens)")
+    return parsed[best][0], best
 
 
 def _cancelled(cancel: threading.Event | None) -> SageError:

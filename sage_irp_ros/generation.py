@@ -27,6 +27,7 @@ from typing import Sequence
 import torch
 
 from .candidates import Batch, Candidate, GenerationRequest
+from .choices import OptionScore, spellings
 from . import decode
 from .model_loader import LoadedModel
 
@@ -60,6 +61,34 @@ class TorchGenerator:
         logprobs = torch.log_softmax(logits, dim=-1).gather(1, ids[0, len(prompt_ids):, None]).squeeze(1)
         return Candidate(text=text, temperature=1.0, token_ids=answer_ids,
                          token_logprobs=logprobs.cpu().tolist(), finished=True)
+
+    @torch.inference_mode()
+    def score_options(self, prompt_ids: Sequence[int], neutral_ids: Sequence[int],
+                      options: Sequence[str]) -> list[OptionScore]:
+        """Every option's log-likelihood after ``prompt_ids`` and after ``neutral_ids``, in ONE forward:
+        rows = options x spellings x the two prompts, right-padded (causal attention: the padding after a
+        row's tokens changes none of its log-probs)."""
+        lm = self.lm
+        tok = lm.tokenizer
+        spelled = [[tok(s, add_special_tokens=False)["input_ids"] or [0] for s in spellings(o)] for o in options]
+        rows = [(list(prefix), ids) for prefix in (prompt_ids, neutral_ids) for group in spelled for ids in group]
+        width = max(len(p) + len(a) for p, a in rows)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        ids = torch.tensor([p + a + [pad] * (width - len(p) - len(a)) for p, a in rows], device=lm.device)
+        mask = torch.tensor([[1] * (len(p) + len(a)) + [0] * (width - len(p) - len(a)) for p, a in rows],
+                            device=lm.device)
+        logp = torch.log_softmax(lm.model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+        sums = []
+        for row, (prefix, answer) in enumerate(rows):
+            at = torch.arange(len(prefix) - 1, len(prefix) + len(answer) - 1, device=lm.device)
+            sums.append(float(logp[row, at, torch.tensor(answer, device=lm.device)].sum()))
+        out, index, half = [], 0, len(rows) // 2
+        for group in spelled:
+            asked = torch.logsumexp(torch.tensor(sums[index:index + len(group)]), 0)
+            neutral = torch.logsumexp(torch.tensor(sums[half + index:half + index + len(group)]), 0)
+            out.append(OptionScore(float(asked), len(group[0]), float(neutral), len(group[0])))
+            index += len(group)
+        return out
 
     def _candidate(self, tokens: list[int], logprobs: list[float], temperature: float) -> Candidate:
         end = next((i for i, t in enumerate(tokens) if t in self.eos_ids), None)

@@ -29,14 +29,14 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from .config import IRPConfig
 from .energy import EnergyFn
 from .errors import TOO_LONG, SageError
-from .candidates import Candidate, GenerationRequest, Generator
+from .candidates import Candidate, GenerationRequest, Generator, TokenConstraint
 from .generation import TorchGenerator
 from .model_loader import LoadedModel
 from .options import AnswerOptions
@@ -80,6 +80,7 @@ class IRPState:
     best_finished: bool = False
     greedy_pending: bool = False  # the greedy (T = 0) row is still to be added to the next round
     throttled: bool = False
+    constraint: Callable[[], TokenConstraint] | None = None  # a fresh constraint per row (None: none)
     candidates: list[Candidate] = field(default_factory=list)
     responses: list[str] = field(default_factory=list)
     energies: list[float] = field(default_factory=list)
@@ -101,6 +102,8 @@ class Refinement:
     irp: IRPSummary
     tokens: int
     final_temperature: float
+    candidates: tuple[Candidate, ...] = ()  # every candidate, in the order of ``irp.energies``
+    best: int = 0  # index of the chosen candidate
 
 
 class IRPEngine:
@@ -144,7 +147,8 @@ class IRPEngine:
                         max_tokens=max_tokens, round_size=options.candidates_per_round or len(schedule),
                         deadline=options.deadline, cancel=options.cancel, min_new_tokens=options.min_new_tokens,
                         temperature=self.cfg.initial_temperature, history_used=len(history),
-                        greedy_pending=options.greedy, throttled=options.throttled)
+                        greedy_pending=options.greedy, throttled=options.throttled,
+                        constraint=options.constraint)
 
     def step(self, state: IRPState) -> list[Candidate]:
         """Sample one round of candidates at the next temperatures, score them all, keep the best.
@@ -160,7 +164,8 @@ class IRPEngine:
         state.greedy_pending = False
         batch = self.generator.generate(GenerationRequest(
             state.prompt_ids, rows, state.max_tokens, min_new_tokens=state.min_new_tokens,
-            deadline=state.deadline, cancel=state.cancel))
+            deadline=state.deadline, cancel=state.cancel,
+            constraints=[state.constraint() for _ in rows] if state.constraint is not None else None))
         state.timings["prefill_s"] += batch.prefill_s
         state.timings["decode_s"] += batch.decode_s
         start = time.monotonic()
@@ -207,7 +212,8 @@ class IRPEngine:
             finished=state.best_finished, throttled=state.throttled, history_used=state.history_used,
             **{k: round(v, 6) for k, v in state.timings.items()})
         return Refinement(answer=state.best_response, irp=summary, tokens=state.tokens,
-                          final_temperature=state.temperature)
+                          final_temperature=state.temperature, candidates=tuple(state.candidates),
+                          best=best_index(state.energies) if state.energies else 0)
 
     # -- conveniences -----------------------------------------------------------------------------
     def refine(self, question: str, context: str = "", history: Sequence[tuple[str, str]] = (),

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from .config import IRPConfig, ThrottleConfig
 from .questions import Question
@@ -41,6 +41,7 @@ class AnswerOptions:
     ``greedy``: decode the greedy (T = 0) continuation as one more row of the first call.
     ``deadline``: ``time.monotonic()`` instant after which no new token is decoded (None = none);
     ``deadline_s`` is the budget it came from, for messages.
+    ``min_confidence``: the question's own, else ``llm_irp.min_confidence`` (0 = off).
     """
 
     iterations: int
@@ -52,6 +53,8 @@ class AnswerOptions:
     deadline_s: float | None = None
     cancel: threading.Event | None = None
     throttled: bool = False
+    min_confidence: float = 0.0
+    constraint: Callable[[], Any] | None = None  # a fresh TokenConstraint per row (a JSON schema's grammar)
 
     @classmethod
     def resolve(cls, cfg: IRPConfig, question: Question | None = None, *, throttled: bool = False,
@@ -65,7 +68,9 @@ class AnswerOptions:
         """
         deadline_s = (question.deadline_s if question is not None else None) or cfg.deadline_s or None
         deadline = received + deadline_s if deadline_s and received is not None else None
-        common: dict[str, Any] = {"deadline": deadline, "deadline_s": deadline_s, "cancel": cancel}
+        min_confidence = question.min_confidence if question is not None else None
+        common: dict[str, Any] = {"deadline": deadline, "deadline_s": deadline_s, "cancel": cancel,
+                                  "min_confidence": cfg.min_confidence if min_confidence is None else min_confidence}
         throttle = throttle or ThrottleConfig()
         if throttled and throttle.enabled:
             return cls(iterations=0, max_tokens=min(throttle.max_tokens, cfg.max_tokens), greedy=True,

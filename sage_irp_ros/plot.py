@@ -23,12 +23,14 @@ Agg canvas without pyplot: no display needed (robots, CI), no global backend cha
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .confidence import expected_calibration_error, reliability_bins
 from .memory_store import MemoryStore
 
 
@@ -69,3 +71,37 @@ def plot_session(db: str | Path, out: str | Path, since: Optional[float] = None,
                           f"(red: salient)")
     fig.savefig(out, dpi=100)
     return len(rows)
+
+
+def read_labelled(path: str | Path) -> tuple[list[float], list[bool]]:
+    """Confidences and right/wrong from JSON lines with ``confidence`` and ``right`` (e.g. result JSON with
+    a ``right`` field added by whoever checked the answers); lines without both are skipped."""
+    confidence, right = [], []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            item = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(item, dict) and isinstance(item.get("confidence"), (int, float)) and "right" in item:
+            confidence.append(float(item["confidence"]))
+            right.append(bool(item["right"]))
+    return confidence, right
+
+
+def plot_reliability(confidence: Sequence[float], right: Sequence[bool], out: str | Path,
+                     title: str = "reliability") -> Path:
+    """The reliability diagram: accuracy per confidence bin against the diagonal, counts above the bars."""
+    bins = reliability_bins(confidence, right)
+    fig = Figure(figsize=(4.5, 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    ax.bar([b["lo"] for b in bins], [b["accuracy"] for b in bins], width=0.1, align="edge",
+           alpha=0.6, edgecolor="black", label="accuracy per bin")
+    for b in bins:
+        ax.text(b["lo"] + 0.05, b["accuracy"] + 0.02, str(b["n"]), ha="center", fontsize=7)
+    ax.set(xlim=(0, 1), ylim=(0, 1.08), xlabel="confidence", ylabel="accuracy",
+           title=f"{title}: ECE {expected_calibration_error(confidence, right):.3f}")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.savefig(out, dpi=110)
+    return Path(out)

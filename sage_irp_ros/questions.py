@@ -31,7 +31,9 @@ from typing import Any
 
 from .errors import INVALID_INPUT, TOO_LONG, SageError
 
-FIELDS = ("id", "question", "text", "conversation", "context", "candidates", "max_iterations", "deadline_s", "reset")
+FIELDS = ("id", "question", "text", "conversation", "context", "candidates", "max_iterations", "deadline_s", "reset",
+          "choices", "min_confidence", "json_schema")
+MIN_CHOICES, MAX_CHOICES, MAX_CHOICE_CHARS = 2, 20, 200
 MAX_ID_CHARS = 128
 MAX_CANDIDATES = 64
 MAX_DEADLINE_S = 3600.0
@@ -57,6 +59,9 @@ class Question:
     candidates: int | None = None  # sampled candidates (llm_irp.candidates for this question)
     deadline_s: float | None = None
     reset: bool = False
+    choices: list[str] | None = None  # the answer must be exactly one of these
+    json_schema: dict | None = None  # the answer must be JSON valid under this schema
+    min_confidence: float | None = None  # llm_irp.min_confidence for this question
     warnings: list[str] = field(default_factory=list)
 
 
@@ -149,10 +154,50 @@ def _from_json(text: str, max_chars: int) -> Question:
         if question.reset and question.conversation is None:
             question.warnings.append("'reset' has no effect without 'conversation': "
                                      "a question without one is answered with no history anyway")
+    if data.get("choices") is not None:
+        question.choices = _choices(data["choices"])
+    if data.get("json_schema") is not None and question.choices is not None:
+        raise SageError(INVALID_INPUT, "'choices' and 'json_schema' cannot be combined: send one of them")
+    if data.get("json_schema") is not None:
+        from .json_answers import check_schema
+
+        question.json_schema = check_schema(data["json_schema"])
+    if "min_confidence" in data:
+        value = _typed(data["min_confidence"], float, "min_confidence")
+        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+            raise SageError(INVALID_INPUT, f"min_confidence must be in [0, 1], got {value}")
+        question.min_confidence = float(value)
     unknown = sorted(str(k)[:40] for k in data if k not in FIELDS)
     if unknown:
         question.warnings.append(f"ignored unknown fields: {', '.join(unknown)}")
     return question
+
+
+def _choices(value: Any) -> list[str]:
+    """2..20 distinct non-empty option strings of at most 200 characters (compared stripped, case-blind)."""
+    if not isinstance(value, list):
+        raise SageError(INVALID_INPUT, f"field 'choices' must be a list of strings, got {type(value).__name__}")
+    if not MIN_CHOICES <= len(value) <= MAX_CHOICES:
+        raise SageError(INVALID_INPUT, f"field 'choices' needs {MIN_CHOICES} to {MAX_CHOICES} options, "
+                                       f"got {len(value)}")
+    out: list[str] = []
+    seen: set[str] = set()
+    for index, option in enumerate(value):
+        if not isinstance(option, str):
+            raise SageError(INVALID_INPUT, f"field 'choices' item {index} must be a string, "
+                                           f"got {type(option).__name__}")
+        _check_encodable(option, "choices")
+        text = " ".join(_CONTROL.sub("", option).split())
+        if not text:
+            raise SageError(INVALID_INPUT, f"field 'choices' item {index} is empty")
+        if len(text) > MAX_CHOICE_CHARS:
+            raise SageError(INVALID_INPUT, f"field 'choices' item {index} is {len(text)} characters; "
+                                           f"the limit is {MAX_CHOICE_CHARS}")
+        if text.casefold() in seen:
+            raise SageError(INVALID_INPUT, f"field 'choices' item {index} ({text[:40]!r}) repeats an earlier option")
+        seen.add(text.casefold())
+        out.append(text)
+    return out
 
 
 def _typed(value: Any, kind: type, name: str) -> Any:

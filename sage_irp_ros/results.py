@@ -40,6 +40,11 @@ def _known(cls: type[_T], data: Mapping[str, Any]) -> _T:
     return cls(**{k: v for k, v in data.items() if k in names})
 
 
+def _optional(value: Any, kind: type) -> Any:
+    """``value`` as ``kind``, or None when absent (results of older nodes carry no such key)."""
+    return None if value is None else kind(value)
+
+
 class _Record:
     """``to_dict``/``from_dict`` of a flat dataclass part of the result (unknown keys ignored)."""
 
@@ -118,6 +123,14 @@ class Result:
     question: str = ""
     ok: bool = False
     answer: str = ""
+    # a choices question: the chosen option (also the answer) and every option's probability
+    choice: str | None = None
+    probabilities: dict[str, float] | None = None
+    json: Any = None  # a json_schema question: the answer parsed (it validates against the schema)
+    # every ok result: the calibrated probability that the answer is right; ``confident`` is
+    # confidence >= min_confidence (true when min_confidence is 0); None on an error result
+    confidence: float | None = None
+    confident: bool | None = None
     error: ResultError | None = None
     snarc: SnarcScores | None = None
     irp: IRPSummary | None = None
@@ -144,7 +157,10 @@ class Result:
     def to_dict(self) -> dict[str, Any]:
         """The result JSON as a dict, keys in the documented order."""
         return {"id": self.id, "conversation": self.conversation, "question": self.question, "ok": self.ok,
-                "answer": self.answer, "error": self.error.to_dict() if self.error is not None else None,
+                "answer": self.answer, "choice": self.choice,
+                "probabilities": dict(self.probabilities) if self.probabilities is not None else None,
+                "json": self.json, "confidence": self.confidence, "confident": self.confident,
+                "error": self.error.to_dict() if self.error is not None else None,
                 "snarc": self.snarc.as_dict() if self.snarc is not None else None,
                 "irp": self.irp.to_dict() if self.irp is not None else None,
                 "timing": self.timing.to_dict(), "model": self.model, "warnings": list(self.warnings),
@@ -163,6 +179,11 @@ class Result:
         return cls(id=str(data.get("id") or ""), conversation=data.get("conversation"),
                    question=str(data.get("question") or ""), ok=bool(data.get("ok")),
                    answer=str(data.get("answer") or ""),
+                   choice=_optional(data.get("choice"), str),
+                   probabilities=({str(k): float(v) for k, v in data["probabilities"].items()}
+                                  if isinstance(data.get("probabilities"), Mapping) else None),
+                   json=data.get("json"), confidence=_optional(data.get("confidence"), float),
+                   confident=_optional(data.get("confident"), bool),
                    error=ResultError.from_dict(error) if error else None,
                    snarc=_known(SnarcScores, snarc) if snarc else None,
                    irp=IRPSummary.from_dict(irp) if irp else None,

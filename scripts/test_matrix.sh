@@ -35,11 +35,11 @@ ROOT=$PWD
 MATRIX_DIR=${MATRIX_DIR:-$ROOT/.venv-matrix}
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST PYTHONPATH=$ROOT PIP_DISABLE_PIP_VERSION_CHECK=1
 
-TORCH_FREE="test/test_config.py test/test_snarc.py test/test_memory_store.py test/test_questions.py
+TORCH_FREE="test/test_config.py test/test_confidence.py test/test_json_answers.py test/test_snarc.py test/test_memory_store.py test/test_questions.py
   test/test_probes_sysfs.py test/test_probes_jtop.py test/test_probes_nvml.py test/test_diagnostics_status.py
   test/test_throttle_detector.py test/test_doctor.py test/test_diagnostics_node.py test/test_results.py
   test/test_worker.py test/test_memory_store_faults.py test/test_architecture.py"
-WITH_TORCH="test/test_hf_compat.py test/test_core.py test/test_irp_engine.py test/test_model_loading.py
+WITH_TORCH="test/test_hf_compat.py test/test_choices.py test/test_json_answers.py test/test_core.py test/test_irp_engine.py test/test_model_loading.py
   test/test_end_to_end.py test/test_doctor.py test/test_irp_node.py test/test_diagnostics_node.py
   test/test_decode.py test/test_selection.py test/test_model_cache.py test/test_prompts.py test/test_managed_node.py
   test/test_node_parameters.py test/test_int4.py"

@@ -36,7 +36,8 @@ from std_msgs.msg import Bool  # noqa: E402
 
 from ros_harness import LATCHED, RunningNode, ros_domain_env  # noqa: E402
 from sage_irp_ros.behaviours import AskSage, NotThrottled, SageReady, shared_client  # noqa: E402
-from sage_irp_ros.examples.ask_tree import FallbackLog, create_tree, tick_until  # noqa: E402
+from sage_irp_ros.examples.ask_tree import (FallbackLog, create_choice_tree, create_tree,  # noqa: E402
+                                            tick_until)
 
 TIMEOUT = 90.0  # overall bound for one answer on a busy 2-core machine
 
@@ -115,6 +116,60 @@ def test_ask_sage_alone_writes_its_keys(t):
     assert tick(ask, lambda s: s != Status.RUNNING) == Status.SUCCESS
     assert ask.question_id != first
     assert ask.result.irp.history_used == 0
+
+
+def test_choice_tree_branches_on_the_option_over_the_real_topics(t):
+    said: list[str] = []
+    tree = py_trees.trees.BehaviourTree(create_choice_tree("Is the path clear?", ["yes", "no"], min_confidence=0.0,
+                                                           namespace=t.namespace, timeout_s=TIMEOUT,
+                                                           say=said.append))
+    tree.setup(node=t.node)
+    assert tick_until(tree, TIMEOUT) == Status.SUCCESS, [(b.name, b.status, b.feedback_message)
+                                                         for b in tree.root.iterate()]
+    result = Blackboard.storage["/sage/result"]
+    choice, confidence = Blackboard.storage["/sage/choice"], Blackboard.storage["/sage/confidence"]
+    assert result.ok and choice in ("yes", "no") and result.answer == choice
+    assert set(result.probabilities) == {"yes", "no"} and 0.0 <= confidence <= 1.0
+    assert any(line.startswith("go: " if choice == "yes" else "stop: ") for line in said), said
+    assert len(t.results_for(result.id)) == 1
+
+
+def test_ask_sage_fails_under_its_min_confidence_but_writes_the_answer(t):
+    ask = AskSage(question="Is the path clear?", choices=["yes", "no"], min_confidence=1.0,
+                  namespace=t.namespace, timeout_s=TIMEOUT)
+    ask.setup(node=t.node)
+    assert tick(ask, lambda s: s != Status.RUNNING) == Status.FAILURE
+    assert ask.result.ok and ask.result.confident is False and "under min_confidence" in ask.feedback_message
+    assert Blackboard.storage["/sage/choice"] in ("yes", "no")
+
+
+def test_bad_choices_get_one_invalid_input_result(t):
+    ask = AskSage(question="Is the path clear?", choices=["yes", "yes"], namespace=t.namespace, timeout_s=TIMEOUT)
+    ask.setup(node=t.node)
+    assert tick(ask, lambda s: s != Status.RUNNING) == Status.FAILURE
+    result = Blackboard.storage["/sage/result"]
+    assert result.error_code == "invalid_input" and "'choices'" in result.error_message
+    assert result.confidence is None and result.choice is None
+    assert len(t.results_for(result.id)) == 1
+
+
+def test_json_schema_questions_over_the_real_topics(t):
+    pytest.importorskip("llguidance")
+    schema = {"type": "object", "properties": {"clear": {"type": "boolean"}}, "required": ["clear"]}
+    ask = AskSage(question="Is the path clear?", json_schema=schema, namespace=t.namespace, timeout_s=TIMEOUT)
+    ask.setup(node=t.node)
+    tick(ask, lambda s: s != Status.RUNNING)
+    if ask.result.ok:  # the test node decodes at most 8 tokens: JSON may not fit, and says so
+        assert isinstance(ask.result.json, dict) and isinstance(ask.result.json["clear"], bool)
+    else:
+        assert ask.result.error_code == "inference_failed" and "max_tokens" in ask.result.error_message
+    assert len(t.results_for(ask.result.id)) == 1
+    bad = AskSage(question="Is the path clear?", json_schema={"type": "object", "patternProperties": {}},
+                  namespace=t.namespace, timeout_s=TIMEOUT)
+    bad.setup(node=t.node)
+    assert tick(bad, lambda s: s != Status.RUNNING) == Status.FAILURE
+    assert bad.result.error_code == "invalid_input" and "'json_schema'" in bad.result.error_message
+    assert len(t.results_for(bad.result.id)) == 1
 
 
 def test_ask_sage_in_a_named_conversation_keeps_its_history(t):

@@ -27,7 +27,8 @@ from sage_irp_ros.options import AnswerOptions
 from sage_irp_ros.questions import Question
 from sage_irp_ros.results import Result, ResultError
 
-RESULT_KEYS = {"id", "conversation", "question", "ok", "answer", "error", "snarc", "irp", "timing", "model",
+RESULT_KEYS = {"id", "conversation", "question", "ok", "answer", "choice", "probabilities", "json", "confidence",
+               "confident", "error", "snarc", "irp", "timing", "model",
                "warnings", "stamp"}
 
 

@@ -64,6 +64,15 @@ def test_run_then_ask_from_another_process(ros_env, tmp_path):
         assert 0.0 <= result["snarc"]["total"] <= 1.0 and result["timing"]["tokens"] > 0
         # The salient exchange reached the default store under XDG_DATA_HOME.
         assert (tmp_path / "sage_irp_ros" / "memory.db").is_file() == result["snarc"]["salient"]
+        assert 0.0 <= result["confidence"] <= 1.0 and result["confident"] is True
+        # A choices question from the command line: one of the options, their probabilities, the confidence.
+        ask = subprocess.run(_sage_irp("ask", "Is fire hot?", "--choice", "yes", "--choice", "no",
+                                       "--min-confidence", "0.99", "--timeout", "300", env=env),
+                             env=env, capture_output=True, text=True, timeout=400)
+        assert ask.returncode == 0, ask.stderr
+        first = ask.stdout.splitlines()[0]
+        assert first in ("A: yes", "A: no") and "options: yes 0." in ask.stdout, ask.stdout
+        assert "(NOT confident: under min_confidence)" in ask.stdout
     finally:
         server.terminate()
         out, _ = server.communicate(timeout=60)

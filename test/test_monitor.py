@@ -22,6 +22,7 @@ it has the status (and a /diagnostics message) or its timeout passes.
 from __future__ import annotations
 
 import io
+import json
 import re
 import subprocess
 import sys
@@ -155,3 +156,20 @@ def test_plot_of_an_empty_store_fails_clearly(tmp_path):
                           "--out", str(tmp_path / "x.png")], capture_output=True, text=True, timeout=120)
     assert run.returncode == 1 and "no exchanges" in run.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def test_plot_reliability_of_labelled_answers(tmp_path):
+    pytest.importorskip("matplotlib")
+    from sage_irp_ros.confidence import expected_calibration_error, reliability_bins
+
+    lines = [json.dumps({"confidence": c / 10, "right": i % 10 < c}) for c in range(1, 10) for i in range(10)]
+    (tmp_path / "labelled.jsonl").write_text("\n".join([*lines, "not json", '{"confidence": 0.5}']) + "\n")
+    out = tmp_path / "reliability.png"
+    run = subprocess.run([sys.executable, "-m", "sage_irp_ros.cli", "plot", "--reliability",
+                          str(tmp_path / "labelled.jsonl"), "--out", str(out)], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "reliability of 90 answers" in run.stderr and out.read_bytes().startswith(b"\x89PNG")
+    bins = reliability_bins([0.05, 0.15, 0.15], [True, False, True])
+    assert [(b["n"], b["accuracy"]) for b in bins] == [(1, 1.0), (2, 0.5)]
+    assert expected_calibration_error([0.15, 0.15], [True, False]) == pytest.approx(0.35)

@@ -14,6 +14,7 @@
 
 """The answer-quality question set: its fixed split and its written scoring rules (no model)."""
 
+import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -104,3 +105,37 @@ def test_compare_pairs_only_the_trials_both_runs_have():
     text = compare(ref, other, "bf16")
     assert "2 common trials, 2 held-out questions" in text
     assert "| greedy decoding (T = 0 row) | 50.0 | 0.0 | -50.0" in text
+
+
+def test_choice_questions_are_well_formed_and_split_by_the_fixed_hash():
+    from bench.quality.choices import load_choice_questions
+    from sage_irp_ros.questions import parse_question
+
+    items = load_choice_questions("both")
+    assert len(items) >= 200 and len({i["q"] for i in items}) == len(items)
+    kinds = {i["kind"] for i in items}
+    assert {"fact", "units", "science", "robot", "everyday"} <= kinds
+    for item in items:
+        assert item["a"] in item["choices"], item
+        parsed = parse_question(json.dumps({"question": item["q"], "choices": item["choices"]}), 4000)
+        assert parsed.choices == item["choices"]  # every set question is a valid choices question
+    yes_no = [i for i in items if i["choices"] == ["yes", "no"]]
+    assert abs(sum(i["a"] == "yes" for i in yes_no) - len(yes_no) / 2) <= 5  # balanced: no prior wins
+    halves = {h: len(load_choice_questions(h)) for h in ("tune", "heldout")}
+    assert sum(halves.values()) == len(items) and min(halves.values()) >= 80
+
+
+def test_extraction_tasks_validate_their_own_expected_values():
+    import jsonschema
+
+    from bench.quality.extraction import field_accuracy, load_tasks
+    from sage_irp_ros.json_answers import check_schema
+
+    tasks = load_tasks("both")
+    assert len(tasks) >= 60 and len({t["text"] for t in tasks}) == len(tasks)
+    for task in tasks:
+        check_schema(task["schema"])
+        jsonschema.validate(task["expected"], task["schema"])
+        assert field_accuracy(task["expected"], task["expected"]) == 1.0
+    assert field_accuracy({"item": "The Apples", "quantity": 3.0}, {"item": "apple", "quantity": 3}) == 1.0
+    assert field_accuracy({"shelf": 3}, {"shelf": 3, "mass_kg": 12}) == 0.5 and field_accuracy(None, {"a": 1}) == 0.0

@@ -166,7 +166,9 @@ def test_reduced_options_after_running_out_of_memory():
 
 def test_the_seam_types_selection_and_results_import_no_torch():
     """A remote generator, the benchmarks' analysis and a torch-free install use these without torch."""
-    modules = ("candidates", "selection", "energy", "results", "options", "questions", "worker")
+    modules = ("candidates", "selection", "energy", "results", "options", "questions", "worker", "choices",
+               "json_answers",
+               "confidence")
     code = ("import sys\n" + "".join(f"import sage_irp_ros.{m}\n" for m in modules)
             + "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

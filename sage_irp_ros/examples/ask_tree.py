@@ -29,6 +29,20 @@ Run it against a running node (``sage_irp run`` in another terminal)::
 
 Without ``--conversation`` the question is asked on its own (no history, and it leaves none).
 
+With ``--choice`` options the tree asks a choices question and branches on the answer (``create_choice_tree``)::
+
+    Selector "AskWhenReady"
+    |- Sequence "Ask"
+    |   |- SageReady, NotThrottled
+    |   |- AskSage         choices yes/no: choice and confidence on the blackboard
+    |   `- Selector "Decide"
+    |       |- Sequence "Go"   ChoiceIs("yes", min_confidence) -> LogAnswer "go: ..."
+    |       `- LogAnswer "stop: ..."   any other option, or not confident enough: the safe branch
+    `- FallbackLog "throttled or not ready"
+
+    python -m sage_irp_ros.examples.ask_tree --question "Is the path clear?" --choice yes --choice no \
+        --min-confidence 0.6
+
 ``main`` ticks the tree at 2 Hz until it succeeds (exit 0, the answer printed) or the timeout passes
 (exit 1, the last feedback printed).
 """
@@ -73,6 +87,26 @@ class LogAnswer(py_trees.behaviour.Behaviour):
         return Status.SUCCESS
 
 
+class ChoiceIs(py_trees.behaviour.Behaviour):
+    """SUCCESS when the blackboard's choice is ``option`` with a confidence of at least ``min_confidence``."""
+
+    def __init__(self, option: str, min_confidence: float = 0.0, choice_key: str = "sage/choice",
+                 confidence_key: str = "sage/confidence"):
+        super().__init__(f"ChoiceIs({option})")
+        self.option, self.min_confidence = option, float(min_confidence)
+        self.choice_key, self.confidence_key = choice_key, confidence_key
+        self.blackboard = self.attach_blackboard_client(name=self.name)
+        self.blackboard.register_key(choice_key, access=Access.READ)
+        self.blackboard.register_key(confidence_key, access=Access.READ)
+
+    def update(self) -> Status:
+        choice = self.blackboard.get(self.choice_key) if self.blackboard.exists(self.choice_key) else None
+        confidence = self.blackboard.get(self.confidence_key) if self.blackboard.exists(self.confidence_key) else None
+        ok = choice == self.option and confidence is not None and confidence >= self.min_confidence
+        self.feedback_message = f"choice {choice!r}, confidence {confidence}"
+        return Status.SUCCESS if ok else Status.FAILURE
+
+
 class FallbackLog(py_trees.behaviour.Behaviour):
     """Log ``message`` once each time this branch is entered and report ``status`` (default RUNNING)."""
 
@@ -105,6 +139,33 @@ def create_tree(question: str = "What is 2+2?", namespace: str = "sage", timeout
         ask, FallbackLog("throttled or not ready", say=say)])
 
 
+def create_choice_tree(question: str = "Is the path clear?", choices: Sequence[str] = ("yes", "no"),
+                       go: Optional[str] = None, min_confidence: float = 0.0, namespace: str = "sage",
+                       timeout_s: float = 60.0, say: Optional[Callable[[str], None]] = None,
+                       **fields: Any) -> py_trees.behaviour.Behaviour:
+    """Ask a choices question and branch: "go" when the answer is ``go`` (default: the first option) with a
+    confidence of at least ``min_confidence``, else "stop" (the safe branch)."""
+    go = choices[0] if go is None else go
+    decide = py_trees.composites.Selector("Decide", memory=False, children=[
+        py_trees.composites.Sequence("Go", memory=False, children=[
+            ChoiceIs(go, min_confidence), LogAnswer("LogGo", say=_prefixed("go", say))]),
+        LogAnswer("LogStop", say=_prefixed("stop", say)),
+    ])
+    ask = py_trees.composites.Sequence("Ask", memory=False, children=[
+        SageReady(namespace=namespace), NotThrottled(namespace=namespace),
+        AskSage(question=question, choices=list(choices), timeout_s=timeout_s, namespace=namespace, **fields),
+        decide,
+    ])
+    return py_trees.composites.Selector("AskWhenReady", memory=False, children=[
+        ask, FallbackLog("throttled or not ready", say=say)])
+
+
+def _prefixed(prefix: str, say: Optional[Callable[[str], None]]) -> Callable[[str], None]:
+    def out(line: str) -> None:
+        (say or print)(f"{prefix}: {line}")
+    return out
+
+
 def tick_until(tree: py_trees.trees.BehaviourTree, timeout_s: float, hz: float = TICK_HZ,
                until: Sequence[Status] = (Status.SUCCESS,)) -> Status:
     """Tick at ``hz`` until the root's status is in ``until`` or ``timeout_s`` passes; the last status."""
@@ -126,6 +187,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="sage_irp_bt_example", description=__doc__.split("\n\n")[0])
     parser.add_argument("--question", default="What is 2+2?")
     parser.add_argument("--conversation", help="conversation id (default: none, no history)")
+    parser.add_argument("--choice", action="append", dest="choices", metavar="OPTION",
+                        help="ask a choices question and branch on it (the first option is 'go')")
+    parser.add_argument("--min-confidence", type=float, default=0.0, help="with --choice: least confidence to go")
     parser.add_argument("--namespace", default="sage")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds until giving up")
     args, ros_args = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
@@ -134,8 +198,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         with spinning(node):
             say = node.get_logger().info
-            tree = py_trees.trees.BehaviourTree(create_tree(args.question, args.namespace, args.timeout, say,
-                                                            conversation=args.conversation))
+            if args.choices:
+                root = create_choice_tree(args.question, args.choices, min_confidence=args.min_confidence,
+                                          namespace=args.namespace, timeout_s=args.timeout, say=say,
+                                          conversation=args.conversation)
+            else:
+                root = create_tree(args.question, args.namespace, args.timeout, say, conversation=args.conversation)
+            tree = py_trees.trees.BehaviourTree(root)
             tree.setup(node=node)  # non-blocking; the conditions wait for the node at tick time
             status = tick_until(tree, args.timeout)
             answer = py_trees.blackboard.Blackboard.storage.get("/sage/answer")
