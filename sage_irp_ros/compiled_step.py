@@ -34,14 +34,14 @@ How it stays out of the way of answering:
   step is used and one WARN line says why.
 
 The graph has no breaks for the transformers Llama family: hf_compat's signature introspection (which
-argument takes the cache) is resolved once here, outside the compiled region. Inductor's oneDNN Linear
-lowering needs the weights as constants, so CPU graphs are compiled with ``freezing`` (which is also what
-lets ``cpu_packing``'s pre-packed weights be traced). The CUDA path (CUDA graphs) is not measured yet.
+argument takes the cache) is resolved once here, outside the compiled region; ``cpu_packing``'s
+pre-packed weights enter the graph as one opaque operator each (inductor's own lowering of that oneDNN op
+wants the weights frozen into the graph: a copy of them, and no compile cache). The CUDA path (CUDA
+graphs, one pooled cache per shape) is not measured yet.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
@@ -142,7 +142,8 @@ class CompiledStep:
             mode = "reduce-overhead"  # CUDA graphs: the whole step is one launch
         self.cuda_graphs = mode == "reduce-overhead"
         self.max_shapes = max_shapes
-        self.freezing = self.device.type == "cpu" and backend == "inductor" and mode is None
+        self.pooled = self.cuda_graphs  # one cache per shape, reused by every question (fixed addresses)
+        self._pool: dict[tuple[int, int], Any] = {}
         self._compiled: Callable | None = None
         self._compile_args: dict[str, Any] = {"backend": backend, "mode": mode, "dynamic": False}
         self._ready: set[tuple[int, int]] = set()  # read by the decode thread, grown by the compiler
@@ -158,6 +159,24 @@ class CompiledStep:
         """(rows with padding, cache length) for a request of ``rows`` rows and ``length`` positions."""
         return bucket_rows(rows), bucket_length(length, self.context_window)
 
+    def adopt_cache(self, cache: Any, rows: int) -> Any:
+        """The cache to decode with, given the one-row prompt cache: its rows repeated to ``rows``.
+
+        With CUDA graphs (``pooled``), a ready shape's questions all use one cache, the one its graph was
+        recorded on, so the graph's addresses stay valid: the prompt's keys and values are copied into it.
+        """
+        shape = (rows, _cache_length(cache))
+        pooled = self._pool.get(shape) if self.pooled and shape in self._ready else None
+        if pooled is None:
+            if rows > 1:
+                hf_compat.repeat_cache_rows(cache, rows)
+            return cache
+        for source, target in zip(cache.layers, pooled.layers):
+            target.keys.copy_(source.keys.expand_as(target.keys))
+            target.values.copy_(source.values.expand_as(target.values))
+            target.cumulative_length.copy_(source.cumulative_length)
+        return pooled
+
     def __call__(self, model: torch.nn.Module, tokens: torch.Tensor, positions: torch.Tensor,
                  cache: Any) -> torch.Tensor:
         """``decode.step``: the compiled function where this shape is ready, else the eager step."""
@@ -167,8 +186,6 @@ class CompiledStep:
             if model is self.model and not self.failed and shape not in self._ready:
                 self.request([shape])
             return self._eager(tokens, positions, cache)
-        if self.freezing:
-            _not_static(cache)
         try:
             if self.cuda_graphs:
                 torch.compiler.cudagraph_mark_step_begin()
@@ -243,26 +260,16 @@ class CompiledStep:
         self.model(input_ids=prompt, use_cache=True, **{self.cache_name: cache})
         if rows > 1:
             hf_compat.repeat_cache_rows(cache, rows)
-        if self.freezing:
-            _not_static(cache)
+        if self.pooled:  # this shape's questions will decode in this cache (see adopt_cache)
+            _static(cache)
+            self._pool[(rows, length)] = cache
         tokens = torch.zeros(rows, dtype=torch.long, device=self.device)
         positions = torch.ones((rows, 1), dtype=torch.long, device=self.device)
-        with self._inductor_options():
-            for _ in range(3 if self.cuda_graphs else 1):  # CUDA graphs record on a later call than the first
-                if self.cuda_graphs:
-                    torch.compiler.cudagraph_mark_step_begin()
-                self._compiled(tokens, positions, cache)
-                positions += 1
-
-    def _inductor_options(self):
-        """CPU: inductor's ``freezing`` while compiling (weights as constants: its oneDNN Linear lowering
-        needs them so, and ``cpu_packing``'s pre-packed weights compile only so). A process-wide setting
-        (``torch.compile(options=...)`` does not reach it), set only around this compile."""
-        if not self.freezing:
-            return contextlib.nullcontext()
-        from torch._inductor import config as inductor_config
-
-        return inductor_config.patch(freezing=True)
+        for _ in range(3 if self.cuda_graphs else 1):  # CUDA graphs record on a later call than the first
+            if self.cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            self._compiled(tokens, positions, cache)
+            positions += 1
 
     def _eager(self, tokens: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
         """The step itself (what is compiled): ``decode.step`` with the cache argument's name fixed."""
@@ -286,17 +293,13 @@ def _cache_length(cache: Any) -> int:
         return 0
 
 
-def _not_static(cache: Any) -> None:
-    """Take the static-address marks off a cache's tensors (transformers marks them for CUDA graphs).
-
-    Under inductor's ``freezing`` a tensor marked so is treated like a weight and folded into the graph
-    as a constant: the compiled step would then read and write the warm-up's cache, not the question's.
-    """
+def _static(cache: Any) -> None:
+    """Mark a cache's tensors as fixed-address inputs (CUDA graphs then neither copy nor skip them)."""
     for layer in getattr(cache, "layers", ()):
         for name in ("keys", "values", "cumulative_length"):
             tensor = getattr(layer, name, None)
-            if tensor is not None and hasattr(tensor, "_dynamo_static_input_type"):
-                del tensor._dynamo_static_input_type
+            if isinstance(tensor, torch.Tensor):
+                torch._dynamo.mark_static_address(tensor)
 
 
 def _rewind(cache: Any, positions: torch.Tensor) -> None:

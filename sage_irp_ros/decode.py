@@ -133,8 +133,11 @@ def decode(model, request: GenerationRequest, *, eos_ids: Sequence[int], pad_id:
                             f"{type(model).__name__} did not fill the KV cache it was given: every decoding "
                             "step runs the whole sequence (slow)")
         cache = None
+    adopt = getattr(step_fn, "adopt_cache", None)  # a compiled step's own cache handling (rows, pooling)
     if cache is None:
         step_rows = rows
+    elif adopt is not None:
+        cache = adopt(cache, step_rows)
     elif step_rows > 1:
         hf_compat.repeat_cache_rows(cache, step_rows)
     padding = torch.full((step_rows - rows,), pad_id, dtype=torch.long, device=device) if step_rows > rows else None

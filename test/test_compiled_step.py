@@ -196,3 +196,35 @@ def test_finished_rows_checked_every_k_steps_give_the_same_tokens(tiny, monkeypa
     assert want.tokens.shape[1] == first + 1 and got.tokens.shape[1] == 8  # checked after 8 steps only
     assert torch.equal(got.tokens[:, :first + 1], want.tokens)
     assert (got.tokens[:, first + 1:] == pad).all()
+
+
+def test_cli_cache_warm_compiles_the_configured_shapes(tiny_plain_model_dir, tmp_path, monkeypatch, capsys):
+    from sage_irp_ros import cli
+
+    monkeypatch.setattr(compiled_step, "DEFAULT_BACKEND", _Counting())
+    config = tmp_path / "sage.yaml"
+    config.write_text(f"model:\n  path: {tiny_plain_model_dir}\n  device: cpu\n  precision: fp32\n"
+                      "llm_irp:\n  candidates: 3\n  max_tokens: 40\nthrottle:\n  max_tokens: 16\n", encoding="utf-8")
+    assert cli.main(["cache", "warm", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "4 rows x 256 positions" in out and "1 rows x 256 positions" in out and "decode step ready" in out
+    monkeypatch.setattr(compiled_step, "TESTED_TORCH", compiled_step.SpecifierSet(">=9"))
+    assert cli.main(["cache", "warm", "--config", str(config)]) == 1  # where compiling is not known to work
+
+
+def test_pooled_cache_as_for_cuda_graphs_is_reused_and_gives_the_eager_tokens(tiny):
+    """CUDA graphs need one cache per shape for every question (fixed addresses); the same logic on CPU."""
+    backend = _Counting()
+    step = CompiledStep(tiny.model, context_window=tiny.context_window, backend=backend, background=False)
+    step.pooled = True
+    step.request([(4, 256)])
+    pooled = step._pool[(4, 256)]
+    for text in ("What is 2+2? Answer:", "Are you aware of this conversation?"):
+        ids = tiny.tokenizer(text)["input_ids"]
+        request = GenerationRequest(ids, TEMPS, 10, min_new_tokens=10)
+        torch.manual_seed(0)
+        want = TorchGenerator(tiny).generate(request)
+        torch.manual_seed(0)
+        got = TorchGenerator(tiny, step_fn=step).generate(request)
+        assert _tokens(got) == _tokens(want)
+    assert step._pool[(4, 256)] is pooled and backend.graphs == 1
