@@ -355,8 +355,8 @@ def for_model(lm: Any, mode: str, *, expect_rows: int = 0, expect_tokens: int = 
     with _per_model_lock:
         step = _per_model.get(lm.model)
         if step is None:
-            step = _per_model[lm.model] = CompiledStep(lm.model, context_window=lm.context_window,
-                                                              backend=DEFAULT_BACKEND)
+            step = CompiledStep(lm.model, context_window=lm.context_window, backend=DEFAULT_BACKEND)
+            _per_model[lm.model] = step
     if expect_rows > 0 and expect_tokens > 0:
         step.request([step.shapes(expect_rows, expect_tokens + PROMPT_GUESS)])
     return step

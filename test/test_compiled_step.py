@@ -132,8 +132,8 @@ def test_padding_rows_do_not_change_the_rows_or_the_random_draws(tiny):
     step = CompiledStep(tiny.model, context_window=tiny.context_window, backend=_Counting(fail=True))
     step.failed = "never compile in this test"
     for seed in (0, 1):
-        want, got = _generate(tiny, seed=seed, temps=[0.9, 1.2, 0.7]), _generate(tiny, step, seed=seed,
-                                                                                  temps=[0.9, 1.2, 0.7])
+        want = _generate(tiny, seed=seed, temps=[0.9, 1.2, 0.7])
+        got = _generate(tiny, step, seed=seed, temps=[0.9, 1.2, 0.7])
         assert _tokens(got) == _tokens(want)
 
 
