@@ -228,6 +228,8 @@ class CompiledStep:
 
     def _work(self) -> None:
         """Compile queued shapes one after another until none is left (or one fails)."""
+        if self.background:
+            _yield_to_answers()
         while True:
             with self._lock:
                 if not self._wanted or self.failed:
@@ -309,6 +311,15 @@ def _one_query_attention_without_repeated_heads() -> None:
         return
     if hasattr(sdpa_attention, "pack_gqa") and hasattr(sdpa_attention, "is_torchdynamo_compiling"):
         sdpa_attention.is_torchdynamo_compiling = _never_compiling
+
+
+def _yield_to_answers() -> None:
+    """Lower the compiler thread's CPU priority (Linux: per thread; the C++ compiler processes it starts
+    inherit it), so the eager step answering meanwhile keeps the cores first."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):  # not Linux, or not permitted: compile at the same priority
+        pass
 
 
 def _never_compiling() -> bool:
