@@ -42,12 +42,13 @@ graphs, one pooled cache per shape) is not measured yet.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
 import threading
 import time
-import weakref
+import types
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -138,6 +139,7 @@ class CompiledStep:
         self.model, self.context_window, self.background = model, context_window, background
         self.device = next(model.parameters()).device
         self.cache_name = hf_compat.cache_argument(model)  # resolved here, outside the compiled region
+        self._eager = _step_function(model, self.cache_name)
         if mode is None and self.device.type == "cuda":
             mode = "reduce-overhead"  # CUDA graphs: the whole step is one launch
         self.cuda_graphs = mode == "reduce-overhead"
@@ -274,11 +276,6 @@ class CompiledStep:
             self._compiled(tokens, positions, cache)
             positions += 1
 
-    def _eager(self, tokens: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
-        """The step itself (what is compiled): ``decode.step`` with the cache argument's name fixed."""
-        return self.model(input_ids=tokens[:, None], position_ids=positions, use_cache=True,
-                          **{self.cache_name: cache}).logits[:, -1]
-
     def _give_up(self, reason: str) -> None:
         with self._lock:
             first = not self.failed
@@ -294,6 +291,23 @@ def _cache_length(cache: Any) -> int:
         return int(cache.layers[0].max_cache_len)
     except (AttributeError, IndexError, TypeError):
         return 0
+
+
+_step_numbers = itertools.count()
+
+
+def _step_function(model: torch.nn.Module, cache_name: str) -> Callable[..., torch.Tensor]:
+    """The step itself (what is compiled): ``decode.step`` over ``model`` with the cache argument's name fixed.
+
+    A function with a code object of its own: dynamo keeps compiled graphs, and counts recompiles against
+    its limit (8), per code object, so each model's step gets its own, freed with it.
+    """
+    def step(tokens: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
+        return model(input_ids=tokens[:, None], position_ids=positions, use_cache=True,
+                     **{cache_name: cache}).logits[:, -1]
+
+    code = step.__code__.replace(co_name=f"decode_step_{next(_step_numbers)}")
+    return types.FunctionType(code, step.__globals__, code.co_name, step.__defaults__, step.__closure__)
 
 
 def _one_query_attention_without_repeated_heads() -> None:
@@ -343,8 +357,8 @@ def _rewind(cache: Any, positions: torch.Tensor) -> None:
             length.copy_(positions[0, 0])
 
 
-_per_model: "weakref.WeakKeyDictionary[torch.nn.Module, CompiledStep]" = weakref.WeakKeyDictionary()
 _per_model_lock = threading.Lock()
+_ATTRIBUTE = "_sage_irp_compiled_step"  # on the model: the step lives (and is freed) with it
 
 
 def for_model(lm: Any, mode: str, *, expect_rows: int = 0, expect_tokens: int = 0) -> CompiledStep | None:
@@ -364,10 +378,10 @@ def for_model(lm: Any, mode: str, *, expect_rows: int = 0, expect_tokens: int = 
     if hf_compat.cache_argument(lm.model) is None:
         return None  # decode runs the whole sequence per step: nothing to compile
     with _per_model_lock:
-        step = _per_model.get(lm.model)
+        step = getattr(lm.model, _ATTRIBUTE, None)
         if step is None:
             step = CompiledStep(lm.model, context_window=lm.context_window, backend=DEFAULT_BACKEND)
-            _per_model[lm.model] = step
+            setattr(lm.model, _ATTRIBUTE, step)
     if expect_rows > 0 and expect_tokens > 0:
         step.request([step.shapes(expect_rows, expect_tokens + PROMPT_GUESS)])
     return step
