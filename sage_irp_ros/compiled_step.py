@@ -66,6 +66,7 @@ TESTED_TORCH = SpecifierSet(">=2.13,<2.14")
 LENGTH_BUCKET = 256  # KV cache lengths are multiples of this (up to the context window)
 MAX_ROW_BUCKET = 64  # row counts are powers of two up to this; above it, the count itself
 DEFAULT_BACKEND = "inductor"
+PROMPT_GUESS = 96  # prompt tokens assumed when queueing the usual shape ahead of the first question
 MAX_SHAPES = 6  # compiled shapes per model (each is a graph in memory); other shapes run eagerly
 
 Step = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, Any], torch.Tensor]
@@ -156,7 +157,6 @@ class CompiledStep:
         self.failed = ""  # why compiling was given up ('' while it works)
         self.compile_s: dict[tuple[int, int], float] = {}
 
-    # -- what decode calls ------------------------------------------------------------------------
     def shapes(self, rows: int, length: int) -> tuple[int, int]:
         """(rows with padding, cache length) for a request of ``rows`` rows and ``length`` positions."""
         return bucket_rows(rows), bucket_length(length, self.context_window)
@@ -184,7 +184,8 @@ class CompiledStep:
         """``decode.step``: the compiled function where this shape is ready, else the eager step."""
         shape = (tokens.shape[0], _cache_length(cache))
         compiled = self._compiled
-        if model is not self.model or compiled is None or shape not in self._ready or self.failed:
+        if (model is not self.model or compiled is None or shape not in self._ready or self.failed
+                or (self.pooled and cache is not self._pool.get(shape))):  # a graph recorded on another cache
             if model is self.model and not self.failed and shape not in self._ready:
                 self.request([shape])
             return self._eager(tokens, positions, cache)
@@ -198,7 +199,6 @@ class CompiledStep:
             _rewind(cache, positions)
             return self._eager(tokens, positions, cache)
 
-    # -- compiling --------------------------------------------------------------------------------
     def request(self, shapes: Iterable[tuple[int, int]]) -> None:
         """Queue ``shapes`` (rows, cache length) for compiling (in the background unless constructed
         with ``background=False``, where this compiles them before returning)."""
@@ -315,9 +315,8 @@ def _one_query_attention_without_repeated_heads() -> None:
 
     transformers' SDPA attention (5.x) runs a one-token query on the key/value heads (``pack_gqa``) only
     when ``is_torchdynamo_compiling()`` is False; traced, it repeats every layer's whole cache to all query
-    heads each step (``repeat_kv``): measured 5x slower than eager at 8 rows x 2048 positions, and the
-    slowdown grows with rows and cache length. The check is that module's global, read at call time; it is
-    made to answer what it answers in eager mode. Other versions (no ``pack_gqa``) are left alone.
+    heads each step (``repeat_kv``): 5x slower than eager at 8 rows x 2048 positions, growing with both.
+    The check is that module's global, read at call time: made to answer what it answers in eager mode.
     """
     try:
         from transformers.integrations import sdpa_attention
@@ -328,8 +327,7 @@ def _one_query_attention_without_repeated_heads() -> None:
 
 
 def _yield_to_answers() -> None:
-    """Lower the compiler thread's CPU priority (Linux: per thread; the C++ compiler processes it starts
-    inherit it), so the eager step answering meanwhile keeps the cores first."""
+    """Lower the compiler thread's CPU priority (Linux: per thread, inherited by the C++ compilers it runs)."""
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
     except (AttributeError, OSError):  # not Linux, or not permitted: compile at the same priority
@@ -385,9 +383,6 @@ def for_model(lm: Any, mode: str, *, expect_rows: int = 0, expect_tokens: int = 
     if expect_rows > 0 and expect_tokens > 0:
         step.request([step.shapes(expect_rows, expect_tokens + PROMPT_GUESS)])
     return step
-
-
-PROMPT_GUESS = 96  # prompt tokens assumed when queueing the usual shape ahead of the first question
 
 
 def warm(lm: Any, shapes: Iterable[tuple[int, int]]) -> CompiledStep:
