@@ -131,7 +131,7 @@ class CompiledStep:
     """A drop-in for :func:`decode.step` over one model: eager until a shape's compiled function is ready.
 
     ``decode`` asks :meth:`shapes` for the padded row count and the cache length of a request and calls
-    the object like ``decode.step``. ``backend``/``options`` go to ``torch.compile`` (tests pass a cheap
+    the object like ``decode.step``. ``backend``/``mode`` go to ``torch.compile`` (tests pass a cheap
     backend); ``background=False`` compiles on the calling thread (``sage_irp cache warm``).
     """
 
