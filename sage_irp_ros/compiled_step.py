@@ -176,7 +176,8 @@ class CompiledStep:
         for source, target in zip(cache.layers, pooled.layers):
             target.keys.copy_(source.keys.expand_as(target.keys))
             target.values.copy_(source.values.expand_as(target.values))
-            target.cumulative_length.copy_(source.cumulative_length)
+            if isinstance(getattr(target, "cumulative_length", None), torch.Tensor):  # transformers 5.x
+                target.cumulative_length.copy_(source.cumulative_length)
         return pooled
 
     def __call__(self, model: torch.nn.Module, tokens: torch.Tensor, positions: torch.Tensor,
