@@ -21,7 +21,7 @@
     sage_irp monitor [--namespace sage] [--once] [--timeout S]
     sage_irp plot [--db FILE] [--out session.png] [--since UNIX_TIME] [--conversation C] [--reliability F.jsonl]
     sage_irp doctor
-    sage_irp cache list|clear [--dir DIR]
+    sage_irp cache list|clear|warm [--dir DIR] [--config FILE]
 
 ``ask`` without ``--conversation`` asks the question on its own (no history, and it leaves none); the
 same ``--conversation`` id on several asks makes them one dialogue.
@@ -109,9 +109,12 @@ def _parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="print Python, torch/CUDA, transformers, peft, rclpy/distro, jtop, "
                                            "model cache; exit 1 when something required is missing or too old")
     doctor.set_defaults(func=_doctor)
-    cache = sub.add_parser("cache", help="list or clear the converted-model cache (GGUF conversions)")
-    cache.add_argument("action", choices=("list", "clear"))
+    cache = sub.add_parser("cache", help="list or clear the converted-model cache (GGUF conversions); warm: "
+                                         "load the model and compile its decode step ahead of time")
+    cache.add_argument("action", choices=("list", "clear", "warm"))
     cache.add_argument("--dir", default="", help="cache folder (default: $XDG_CACHE_HOME/sage_irp_ros)")
+    cache.add_argument("--config", default="", help="with warm: the configuration whose model and shapes to "
+                                                    "compile (default: the installed config/edge.yaml)")
     cache.set_defaults(func=_cache)
     return parser
 
@@ -291,6 +294,8 @@ def _cache(args: argparse.Namespace, ros_args: list[str]) -> int:
     from .model_cache import clear, entries
 
     folder = Path(args.dir).expanduser() if args.dir else default_cache_dir()
+    if args.action == "warm":
+        return _cache_warm(args, folder)
     if args.action == "clear":
         count, freed = clear(folder)
         print(f"removed {count} cached models ({freed / 2**20:.0f} MB) from {folder}")
@@ -299,6 +304,42 @@ def _cache(args: argparse.Namespace, ros_args: list[str]) -> int:
     for path, size in found:
         print(f"{size / 2**20:8.0f} MB  {folder_format(path):8s}  {path}")
     print(f"{len(found)} cached models, {sum(s for _, s in found) / 2**20:.0f} MB in {folder}")
+    return 0
+
+
+def _cache_warm(args: argparse.Namespace, folder) -> int:
+    """Load the configured model and compile its decode step for the engine's usual request shapes."""
+    import dataclasses
+    import time
+
+    from . import compiled_step
+    from .config import ConfigError, SageConfig
+    from .irp import IRPEngine
+    from .model_loader import apply_power_mode, load_model
+    from .resources import config_file
+
+    try:
+        cfg = SageConfig.from_yaml(args.config or config_file("edge.yaml"))
+    except ConfigError as exc:
+        print(f"sage_irp cache warm: {exc}", file=sys.stderr)
+        return 2
+    model_cfg = cfg.model if not args.dir else dataclasses.replace(cfg.model, cache_dir=str(folder))
+    compiled_step.use_compile_cache(folder / "compile")
+    apply_power_mode(cfg.model.power_mode)
+    lm = load_model(model_cfg, lambda message: print(message, file=sys.stderr))
+    shapes = [(IRPEngine.usual_rows(cfg.llm_irp), cfg.llm_irp.max_tokens)]
+    if cfg.throttle.enabled:
+        shapes.append((1, min(cfg.throttle.max_tokens, cfg.llm_irp.max_tokens)))
+    start = time.monotonic()
+    try:
+        step = compiled_step.warm(lm, shapes)
+    except RuntimeError as exc:
+        print(f"sage_irp cache warm: not compiled: {exc}", file=sys.stderr)
+        return 1
+    for (rows, length), seconds in sorted(step.compile_s.items()):
+        print(f"compiled the decode step for {rows} rows x {length} positions in {seconds:.1f} s")
+    print(f"decode step ready in {time.monotonic() - start:.1f} s; kernels cached in "
+          f"{compiled_step.use_compile_cache()}")
     return 0
 
 

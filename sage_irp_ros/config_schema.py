@@ -44,6 +44,7 @@ POWER_MODES = ("efficiency", "balanced", "performance")
 PROBE_BACKENDS = ("auto", "jtop", "nvml", "sysfs")
 MEMORY_LIMIT_ACTIONS = ("warn", "error")
 WEIGHT_QUANTIZATIONS = ("auto", "none", "int8", "int4")
+COMPILE_MODES = ("auto", "off")
 LIVE, CONFIGURE, READ_ONLY = "live", "configure", "read-only"
 _BETWEEN_ROUNDS = ("; checked between rounds, so it acts only when candidates_per_round is below candidates "
                    "(in the default single round every candidate is already sampled)")
@@ -131,6 +132,10 @@ class IRPConfig:
         "Halt when this many last energies lie within energy_plateau_delta" + _BETWEEN_ROUNDS, lo=2, hi=64))
     energy_plateau_delta: float = field(default=0.05, metadata=_key(
         "Spread of the last energies that counts as a plateau" + _BETWEEN_ROUNDS, lo=0.0, hi=1.0))
+    compile: str = field(default="auto", metadata=_key(
+        "Compile the decode step (inductor on CPU, CUDA graphs on CUDA), in the background while the eager "
+        "step answers, kernels cached on disk; auto = where known to work (a tested torch; on CPU a C++ "
+        "compiler), else eager with one warning", choices=COMPILE_MODES, off="off = always the eager step"))
     deadline_s: float = field(default=0.0, metadata=_key(
         "Per-question time budget; on expiry the best answer so far is returned", lo=0.0, hi=3600.0,
         off="0 = no deadline"))

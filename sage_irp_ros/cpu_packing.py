@@ -33,6 +33,7 @@ the reason is returned.
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 import torch
 from torch import nn
@@ -72,11 +73,26 @@ class PackedLinear(nn.Module):
         self.bias = linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():  # inductor cannot lower the op on a non-constant packed weight
+            return packed_linear(x, self.packed, self.bias)
         return onednn_linear(x, self.packed, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, " \
                f"bias={self.bias is not None}, dtype={self.dtype}, layout=onednn-blocked"
+
+
+@torch.library.custom_op("sage_irp_ros::packed_linear", mutates_args=())
+def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """``PackedLinear``'s product as one opaque operator for ``torch.compile`` (``compiled_step``): inductor
+    calls it as an external kernel. Its own lowering of the oneDNN op accepts only weights frozen into the
+    graph (``freezing``), which copies them and bypasses the compile cache."""
+    return onednn_linear(x, packed, bias)
+
+
+@packed_linear.register_fake
+def _packed_linear_shape(x: torch.Tensor, packed: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], packed.shape[0]))  # a packed weight keeps its (out, in) size
 
 
 def pack_linear_weights(model: nn.Module, rows_hint: int = ROWS_HINT) -> tuple[int, str]:

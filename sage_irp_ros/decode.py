@@ -28,7 +28,10 @@ pytorch-labs/gpt-fast: only what best-of-N needs, no logits-processor machinery.
 3. :func:`step` runs one forward pass of the N new tokens.
 
 The static cache keeps every tensor's address and shape fixed across steps, which is what a compiled
-step (CUDA graphs) needs; ``step`` is the one function to hand to ``torch.compile``. A model whose
+step (CUDA graphs) needs; ``step`` is the one function to hand to ``torch.compile``. A ``step_fn`` with a
+``shapes(rows, length)`` method (:class:`~sage_irp_ros.compiled_step.CompiledStep`) fixes the shapes across
+questions too: the cache gets the length it asks for and the step the rows it asks for, the rows above
+the request's being padding rows that are stepped but never sampled (their logits are dropped). A model whose
 ``forward`` takes no KV cache is still driven by this loop: each step then runs the whole sequence.
 """
 
@@ -44,6 +47,11 @@ from . import hf_compat
 from .candidates import GenerationRequest, TokenConstraint
 
 StepFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, object], torch.Tensor]
+
+# Steps between checks whether every row has ended: ``bool(finished.all())`` waits for the device, which
+# on CUDA stalls the queue of launches once per token; on the CPU it costs microseconds, so every step.
+FINISHED_CHECK_EVERY = {"cpu": 1}
+FINISHED_CHECK_DEFAULT = 8
 
 
 @dataclass
@@ -115,21 +123,31 @@ def decode(model, request: GenerationRequest, *, eos_ids: Sequence[int], pad_id:
     constraints = request.constraints if request.constraints and any(request.constraints) else None
     prompt = torch.tensor([list(request.prompt_ids)], dtype=torch.long, device=device)
     start = time.monotonic()
-    cache = hf_compat.new_cache(model, prompt.shape[1] + max_new, static_cache)
+    length = prompt.shape[1] + max_new
+    shapes = getattr(step_fn, "shapes", None) if static_cache else None
+    step_rows, cache_len = shapes(rows, length) if shapes is not None else (rows, length)
+    cache = hf_compat.new_cache(model, cache_len, static_cache)
     logits = prefill(model, prompt, cache)
     if cache is not None and hf_compat.cache_length(cache) != prompt.shape[1]:
         hf_compat.warn_once(f"prefill-ignored:{type(model).__name__}",
                             f"{type(model).__name__} did not fill the KV cache it was given: every decoding "
                             "step runs the whole sequence (slow)")
         cache = None
-    if cache is not None and rows > 1:
-        hf_compat.repeat_cache_rows(cache, rows)
+    adopt = getattr(step_fn, "adopt_cache", None)  # a compiled step's own cache handling (rows, pooling)
+    if cache is None:
+        step_rows = rows
+    elif adopt is not None:
+        cache = adopt(cache, step_rows)
+    elif step_rows > 1:
+        hf_compat.repeat_cache_rows(cache, step_rows)
+    padding = torch.full((step_rows - rows,), pad_id, dtype=torch.long, device=device) if step_rows > rows else None
     logits = logits.expand(rows, -1)
     step_fn = step_fn or step
     sequence = prompt.expand(rows, -1)  # only grown (and used) without a cache
     first = time.monotonic()
     finished = torch.zeros(rows, dtype=torch.bool, device=device)
-    position = torch.full((rows, 1), prompt.shape[1], dtype=torch.long, device=device)
+    position = torch.full((step_rows, 1), prompt.shape[1], dtype=torch.long, device=device)
+    check_every = FINISHED_CHECK_EVERY.get(device.type, FINISHED_CHECK_DEFAULT)
     generated: list[list[int]] = [[] for _ in range(rows)]
     out_tokens, out_logp, stopped = [], [], False
     for index in range(max_new):
@@ -146,7 +164,7 @@ def decode(model, request: GenerationRequest, *, eos_ids: Sequence[int], pad_id:
         if constraints:
             for row, token in enumerate(tokens.tolist()):
                 generated[row].append(token)
-        if index + 1 == max_new or bool(finished.all()):
+        if index + 1 == max_new or ((index + 1) % check_every == 0 and bool(finished.all())):
             break
         cancel, deadline = request.cancel, request.deadline
         if (cancel is not None and cancel.is_set()) or (deadline is not None and time.monotonic() >= deadline):
@@ -155,8 +173,10 @@ def decode(model, request: GenerationRequest, *, eos_ids: Sequence[int], pad_id:
         if cache is None:  # a model without a KV cache: run the whole sequence again
             sequence = torch.cat([sequence, tokens[:, None]], dim=1)
             logits = model(input_ids=sequence).logits[:, -1]
-        else:
+        elif padding is None:
             logits = step_fn(model, tokens, position, cache)
+        else:  # padding rows keep the compiled shape; only the request's rows are sampled
+            logits = step_fn(model, torch.cat([tokens, padding]), position, cache)[:rows]
         position += 1
     end = time.monotonic()
     tokens = torch.stack(out_tokens, 1).cpu() if out_tokens else torch.empty((rows, 0), dtype=torch.long)

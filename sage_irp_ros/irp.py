@@ -33,6 +33,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from . import compiled_step
 from .config import IRPConfig
 from .energy import EnergyFn
 from .errors import TOO_LONG, SageError
@@ -114,7 +115,9 @@ class IRPEngine:
         """``energy``: a per-candidate energy or a selection rule; default: ``cfg.energy``'s rule.
         ``generator``: where candidates come from; default: the torch decode loop over ``lm``."""
         self.lm, self.cfg = lm, cfg
-        self.generator: Generator = generator if generator is not None else TorchGenerator(lm)
+        self.generator: Generator = generator if generator is not None else TorchGenerator(
+            lm, step_fn=compiled_step.for_model(lm, cfg.compile, expect_rows=self.usual_rows(cfg),
+                                                expect_tokens=cfg.max_tokens))
         if energy is None:
             self.rule: SelectionRule = selection_rule(cfg.energy)
         else:
@@ -232,6 +235,12 @@ class IRPEngine:
         state = self.init_state("Hello.", options=AnswerOptions.resolve(self.cfg).replace(max_tokens=8))
         self.step(state)
         return time.monotonic() - start
+
+    @staticmethod
+    def usual_rows(cfg: IRPConfig) -> int:
+        """Rows of the first decode call of a question with the default options (what to compile first)."""
+        sampled = len(temperature_schedule(cfg, cfg.candidates))
+        return min(sampled, cfg.candidates_per_round or sampled) + (1 if cfg.greedy_candidate else 0)
 
     def _halt_reason(self, state: IRPState) -> str | None:
         cfg = self.cfg
