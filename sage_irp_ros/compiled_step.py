@@ -59,7 +59,8 @@ from . import hf_compat
 
 log = logging.getLogger(__name__)
 
-MODES = ("auto", "off")
+MODES = ("auto", "on", "off")
+AUTO_ON_CPU = "llm_irp.compile auto compiles on CUDA only (on CPU set it to on)"
 ENV_OFF = "SAGE_IRP_ROS_COMPILE"  # "off" in the environment overrides llm_irp.compile (debugging, tests)
 # The torch releases compiling the step was tested on (test/test_compiled_step.py, the step timings).
 TESTED_TORCH = SpecifierSet(">=2.13,<2.14")
@@ -103,11 +104,18 @@ def use_compile_cache(folder: Path | None = None) -> Path:
 
 
 def why_not(mode: str, device: torch.device) -> str:
-    """'' when ``mode`` asks to compile and compiling is known to work on ``device``; otherwise why not."""
+    """'' when ``mode`` asks to compile and compiling is known to work on ``device``; otherwise why not.
+
+    ``auto`` compiles on CUDA only: on a 2-core CPU the compiled step measured 20 % faster at one row but
+    slower at the default 4-8 rows with 4-bit weights, 30 s of compiling per shape and 200+ MB more memory
+    (docs/performance.md, "Compiled step"); ``on`` compiles on a CPU too.
+    """
     if mode == "off":
         return "llm_irp.compile is off"
-    if mode != "auto":
+    if mode not in MODES:
         return f"unknown llm_irp.compile {mode!r} (one of {', '.join(MODES)})"
+    if mode == "auto" and device.type == "cpu":
+        return AUTO_ON_CPU
     from .torch_kernels import torch_version
 
     if torch_version() not in TESTED_TORCH:
@@ -365,13 +373,13 @@ def for_model(lm: Any, mode: str, *, expect_rows: int = 0, expect_tokens: int = 
 
     ``expect_rows``/``expect_tokens``: the engine's usual request (rows, new tokens); that shape is
     queued at once so it compiles while the first questions are answered eagerly. ``auto`` where
-    compiling is not known to work gives None and one WARN line saying why; ``off`` gives None.
+    compiling is not known to work gives None, ``on`` there one WARN line saying why; ``off`` gives None.
     """
     if os.environ.get(ENV_OFF, "").strip().lower() == "off":
         mode = "off"
     reason = why_not(mode, lm.device)
     if reason:
-        if mode != "off":
+        if mode != "off" and reason != AUTO_ON_CPU:  # the chosen default says nothing
             hf_compat.warn_once(f"compile:{reason}", f"{reason}: the decode step runs eagerly")
         return None
     if hf_compat.cache_argument(lm.model) is None:
@@ -389,9 +397,9 @@ def for_model(lm: Any, mode: str, *, expect_rows: int = 0, expect_tokens: int = 
 def warm(lm: Any, shapes: Iterable[tuple[int, int]]) -> CompiledStep:
     """Compile the step of ``lm`` for ``shapes`` ((rows, new tokens) as requests have them) on this thread,
     filling the on-disk cache (``sage_irp cache warm``); the step is then the model's, ready."""
-    step = for_model(lm, "auto")
+    step = for_model(lm, "on")
     if step is None:
-        raise RuntimeError(why_not("auto", lm.device) or "this model's forward takes no KV cache")
+        raise RuntimeError(why_not("on", lm.device) or "this model's forward takes no KV cache")
     step.background = False
     step.request([step.shapes(rows, tokens + PROMPT_GUESS) for rows, tokens in shapes])
     if step.failed:

@@ -63,7 +63,7 @@ def boom_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
 def _isolated_dirs(tmp_path, monkeypatch):
     """Keep the user's data dir out of tests; the conversion cache stays shared (it is read-only data)."""
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg_data"))
-    # No background compiling of the decode step (llm_irp.compile: auto) in tests that do not test it: a
+    # No background compiling of the decode step (llm_irp.compile: on) in tests that do not test it: a
     # cold compile costs seconds of CPU per model. test_compiled_step.py removes this for its own tests.
     monkeypatch.setenv("SAGE_IRP_ROS_COMPILE", "off")
 

@@ -92,26 +92,28 @@ def test_buckets():
 def test_why_not(monkeypatch):
     cpu = torch.device("cpu")
     assert why_not("off", cpu) == "llm_irp.compile is off"
-    assert why_not("auto", cpu) == ""  # torch 2.13 and g++ here
+    assert why_not("on", cpu) == ""  # torch 2.13 and g++ here
+    assert why_not("auto", cpu) == compiled_step.AUTO_ON_CPU  # by measurement: eager on a CPU
     assert "mps" in why_not("auto", torch.device("mps"))
     monkeypatch.setattr(compiled_step.shutil, "which", lambda name: None)
-    assert "C++ compiler" in why_not("auto", cpu)
+    assert "C++ compiler" in why_not("on", cpu)
     monkeypatch.setattr(compiled_step, "TESTED_TORCH", compiled_step.SpecifierSet(">=9"))
-    assert "outside the versions" in why_not("auto", cpu)
+    assert "outside the versions" in why_not("on", cpu)
 
 
 def test_off_is_honoured(tiny, monkeypatch):
     assert compiled_step.for_model(tiny, "off") is None
     assert IRPEngine(tiny, IRPConfig(compile="off")).generator.step_fn is None
-    monkeypatch.setenv("SAGE_IRP_ROS_COMPILE", "off")  # the environment overrides auto
-    assert IRPEngine(tiny, IRPConfig(compile="auto")).generator.step_fn is None
+    assert IRPEngine(tiny, IRPConfig(compile="auto")).generator.step_fn is None  # auto: eager on CPU
+    monkeypatch.setenv("SAGE_IRP_ROS_COMPILE", "off")  # the environment overrides on
+    assert IRPEngine(tiny, IRPConfig(compile="on")).generator.step_fn is None
 
 
-def test_auto_where_unknown_warns_once_and_decodes_eagerly(tiny, monkeypatch, caplog):
+def test_on_where_unknown_warns_once_and_decodes_eagerly(tiny, monkeypatch, caplog):
     monkeypatch.setattr(compiled_step, "TESTED_TORCH", compiled_step.SpecifierSet(">=9"))
     with caplog.at_level(logging.WARNING):
-        assert compiled_step.for_model(tiny, "auto") is None
-        assert compiled_step.for_model(tiny, "auto") is None
+        assert compiled_step.for_model(tiny, "on") is None
+        assert compiled_step.for_model(tiny, "on") is None
     said = [r.getMessage() for r in caplog.records if "outside the versions" in r.getMessage()]
     assert len(said) <= 1 and all("eagerly" in m for m in said)
 
@@ -176,7 +178,7 @@ def test_background_compile_swaps_in_while_eager_answers(tiny):
 
 def test_engine_queues_its_usual_shape_and_keeps_one_step_per_model(tiny, monkeypatch):
     monkeypatch.setattr(compiled_step, "DEFAULT_BACKEND", _Counting())
-    cfg = IRPConfig(candidates=3, max_tokens=20)
+    cfg = IRPConfig(candidates=3, max_tokens=20, compile="on")
     engine = IRPEngine(tiny, cfg)
     step = engine.generator.step_fn
     assert isinstance(step, CompiledStep) and IRPEngine(tiny, cfg).generator.step_fn is step
