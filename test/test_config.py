@@ -215,3 +215,11 @@ def test_interface_md_says_when_each_parameter_applies():
         r"^\| `([a-z_]+\.[a-z_0-9]+)` \| [^|]* \| [^|]* \| (live|configure|read-only) \|", interface, re.M)}
     assert set(rows) == {name for name, _ in describe_keys()}
     assert {name: when_applied(name) for name in IRP_NODE_KEYS} == {n: rows[n] for n in IRP_NODE_KEYS}
+
+
+def test_a_bare_yaml_on_or_off_is_the_word_for_an_on_off_choice():
+    """YAML 1.1 reads ``compile: off`` as false; an on/off choice takes it as the word."""
+    assert SageConfig.from_mapping(yaml.safe_load("llm_irp: {compile: off}")).llm_irp.compile == "off"
+    assert SageConfig.from_mapping(yaml.safe_load("llm_irp: {compile: on}")).llm_irp.compile == "on"
+    with pytest.raises(ConfigError, match="must be a string"):
+        SageConfig.from_mapping({"model": {"device": True}})

@@ -93,7 +93,9 @@ def baseline_cell(lm, n: int, precision: str, name: str | None = None, history=(
 
 
 def engine_cell(lm, n: int, per_round: int, precision: str, name: str | None = None, history=(),
-                kind: str | None = None) -> Cell:
+                kind: str | None = None, irp_keys: dict | None = None) -> Cell:
+    """``irp_keys``: further ``llm_irp`` keys (``greedy_candidate: true`` adds the greedy row; ``compile: on``
+    compiles the step, waited for before the first timed call)."""
     from sage_irp_ros.irp import IRPEngine
     from sage_irp_ros.options import AnswerOptions
 
@@ -102,7 +104,10 @@ def engine_cell(lm, n: int, per_round: int, precision: str, name: str | None = N
     def run(question: str, tokens: int) -> dict:
         engine = engines.get(tokens)
         if engine is None:
-            engine = engines[tokens] = IRPEngine(lm, timing_irp(n, tokens), use_chat_template=False)
+            engine = engines[tokens] = IRPEngine(lm, timing_irp(n, tokens, **(irp_keys or {})), use_chat_template=False)
+            wait = getattr(engine.generator.step_fn, "wait", None)
+            if wait is not None:
+                wait(900)
         options = AnswerOptions.resolve(engine.cfg).replace(max_tokens=tokens, min_new_tokens=tokens,
                                                             candidates_per_round=per_round)
         info = engine.refine(question, history=list(history), options=options)

@@ -27,7 +27,8 @@ prompt the bench's engine cells use, tokenised once by the model's tokenizer and
 exactly ``tokens`` new tokens per candidate (end-of-sequence banned through ``logit_bias``), plain sampling
 at the candidate's temperature (``top_k=0, top_p=1, min_p=0``, no repeat penalty). One candidate is one
 completion; five candidates are five sequential completions (llama.cpp reuses the prompt's KV cache
-between them, as a llama.cpp node would). The engine runs single (N = 1) and batched (N = 5).
+between them, as a llama.cpp node would). The engine runs single (N = 1), batched (N = 5) and best-of-5
+with the default's greedy row (6 rows).
 
 Prints a markdown table and writes ``llama_cpp.json`` (every repetition, the ratios, the machine, versions,
 git commit and load average before and after) into ``--out``; without llama_cpp installed the result
@@ -113,12 +114,15 @@ def compare(variants: dict[str, Any], reps: int, tokens: int, log: Callable[[str
 
     threads = torch.get_num_threads()
     llm = load_llama(threads)
-    tokenizer = next(iter(variants.values())).tokenizer
+    tokenizer = next(iter(variants.values()))[0].tokenizer
     cells = [llama_cell(llm, tokenizer, 1), llama_cell(llm, tokenizer, MAIN_N)]
-    for name, lm in variants.items():
-        cells += [engine_cell(lm, 1, 1, name, f"engine {name}, one candidate", kind=f"{name} single"),
+    for name, (lm, irp) in variants.items():
+        greedy = {**irp, "greedy_candidate": True}
+        cells += [engine_cell(lm, 1, 1, name, f"engine {name}, one candidate", kind=f"{name} single", irp_keys=irp),
                   engine_cell(lm, MAIN_N, MAIN_N, name, f"engine {name}, batched N={MAIN_N}",
-                              kind=f"{name} batched")]
+                              kind=f"{name} batched", irp_keys=irp),
+                  engine_cell(lm, MAIN_N, MAIN_N, name, f"engine {name}, best-of-{MAIN_N} + greedy row "
+                              f"({MAIN_N + 1} rows)", kind=f"{name} batched+greedy", irp_keys=greedy)]
     table = run_cells([with_cpu_time(c) for c in cells], reps, tokens, log)
     for row in table.values():
         row["median_cpu_s"] = statistics.median(r["cpu_s"] for r in row["runs"])
@@ -129,6 +133,8 @@ def compare(variants: dict[str, Any], reps: int, tokens: int, log: Callable[[str
         ratios[f"{name}: single / llama.cpp single (time)"] = median[f"{name} single"] / median["llama.cpp single"]
         ratios[f"{name}: batched N=5 / llama.cpp 5 sequential (time)"] = \
             median[f"{name} batched"] / median["llama.cpp sequential"]
+        ratios[f"{name}: 5 + greedy (6 rows) / llama.cpp 5 sequential (time)"] = \
+            median[f"{name} batched+greedy"] / median["llama.cpp sequential"]
         ratios[f"{name}: batched N=5 / single (time)"] = median[f"{name} batched"] / median[f"{name} single"]
         ratios[f"{name}: single / llama.cpp single (CPU time)"] = cpu[f"{name} single"] / cpu["llama.cpp single"]
         ratios[f"{name}: batched N=5 / llama.cpp 5 sequential (CPU time)"] = \
@@ -156,8 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
-                        help="an engine configuration, e.g. int8:weight_quantization=int8 "
-                             "(model keys; repeatable; default: one variant with the defaults)")
+                        help="an engine configuration, e.g. int8:weight_quantization=int8 or "
+                             "compiled:llm_irp.compile=on (model keys, or llm_irp.KEY; repeatable; default: one "
+                             "variant with the defaults)")
     parser.add_argument("--out", default="", help="output folder (default bench/results)")
     args = parser.parse_args(argv)
     run = run_info(argv, f"bench.speed.{NAME}")
@@ -175,9 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     variants = {}
     for spec in args.variant or ["defaults:"]:
         name, _, pairs = spec.partition(":")
-        model = {k: yaml.safe_load(v) for k, _, v in (p.partition("=") for p in pairs.split(",") if p)}
+        keys = {k: yaml.safe_load(v) for k, _, v in (p.partition("=") for p in pairs.split(",") if p)}
+        irp = {k.removeprefix("llm_irp."): v for k, v in keys.items() if k.startswith("llm_irp.")}
+        model = {k.removeprefix("model."): v for k, v in keys.items() if not k.startswith("llm_irp.")}
         cfg = SageConfig.from_mapping({"model": model})
-        variants[name] = load_model(cfg.model, lambda message: None)
+        variants[name] = (load_model(cfg.model, lambda message: None), irp)
     before = list(os.getloadavg())
     print(f"load average before {before}", file=sys.stderr)
     result = compare(variants, args.reps, args.tokens, lambda m: print(m, file=sys.stderr))
