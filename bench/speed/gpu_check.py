@@ -26,8 +26,9 @@ candidate in one call with per-row temperatures, through the package's one decod
 untempered log-probs), in two modes:
 
 - ``loop``:             the loop as the package runs it, eager;
-- ``loop-compile``:     the same loop with its decode step compiled (torch.compile, mode "reduce-overhead"
-  on CUDA, the inductor C++ backend on CPU).
+- ``loop-compile``:     the same loop with the package's compiled step (sage_irp_ros/compiled_step.py,
+  ``llm_irp.compile``: CUDA graphs through mode "reduce-overhead" on CUDA, inductor's C++ backend on CPU;
+  rows padded to a power of two, the cache length to a multiple of 256).
 
 ``--quant int8`` stores the Linear weights (head and tied embedding included) as int8 per output channel
 (sage_irp_ros/quantize.py, ``model.weight_quantization: int8``) before measuring; ``--quant int4`` as 4-bit
@@ -116,13 +117,18 @@ COMPILE_BACKEND = {"backend": None}
 def loop_cell(torch, model, mode: str, prompt, temps, tokens: int, sync):
     """``once(max_new)`` for the package's decode loop (eager or with a compiled step)."""
     from sage_irp_ros.candidates import GenerationRequest
-    from sage_irp_ros.decode import decode, step
+    from sage_irp_ros.compiled_step import CompiledStep
+    from sage_irp_ros.decode import decode
 
-    if mode == "loop-compile" and "step" not in _COMPILED:
-        backend = COMPILE_BACKEND["backend"]
-        _COMPILED["step"] = torch.compile(step, backend=backend) if backend else torch.compile(
-            step, mode="reduce-overhead" if prompt.is_cuda else None)
+    if mode == "loop-compile" and "step" not in _COMPILED:  # the package's compiled step, compiled in place
+        backend = COMPILE_BACKEND["backend"] or "inductor"
+        _COMPILED["step"] = CompiledStep(model, context_window=int(model.config.max_position_embeddings),
+                                         backend=backend, background=False)
     step_fn = _COMPILED.get("step") if mode == "loop-compile" else None
+    if step_fn is not None:
+        step_fn.request([step_fn.shapes(len(temps), prompt.shape[1] + tokens)])
+        if step_fn.failed:
+            raise RuntimeError(step_fn.failed)
 
     def once(max_new: int) -> dict:
         sync()
