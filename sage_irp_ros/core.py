@@ -320,7 +320,8 @@ class SageCore:
     def status(self) -> dict[str, Any]:
         """What a front end's status needs from the core: the model, its memory, serving stats, the store.
 
-        Keys as in docs/interface.md "Status JSON": model, device, precision, packed_layers, model_mb,
+        Keys as in docs/interface.md "Status JSON": model, device, precision, packed_layers, weights,
+        quantized_layers, model_mb,
         gpu_mem_mb, max_memory_mb, served, errors, refused, consecutive_errors, last, latency,
         memory_store. Without a model, device and precision are the configured ones.
         """
@@ -333,6 +334,8 @@ class SageCore:
             "device": str(lm.device) if lm else cfg.model.device,
             "precision": lm.precision if lm else cfg.model.precision,
             "packed_layers": lm.packed_layers if lm else None,
+            "weights": lm.weight_quantization if lm else cfg.model.weight_quantization,
+            "quantized_layers": lm.quantized_layers if lm else None,
             "model_mb": round(lm.footprint_mb, 1) if lm else None, "gpu_mem_mb": gpu_mb,
             "max_memory_mb": cfg.model.max_memory_mb,
             **self.stats.snapshot(), "memory_store": self.store_status(),

@@ -124,6 +124,7 @@ def irp_status(irp: Optional[Mapping[str, Any]], age_s: Optional[float], limits:
     b.kv("device", irp.get("device"))
     b.kv("precision", irp.get("precision"))
     b.kv("packed_layers", irp.get("packed_layers"))
+    b.kv("weights", irp.get("weights"))
     b.kv("last_latency_s", _number(last.get("total_s")), 3)
     b.kv("last_inference_s", _number(last.get("inference_s")), 3)
     b.kv("last_tokens", last.get("tokens"))

@@ -143,7 +143,10 @@ def load_model(model_cfg: ModelConfig, progress: Callable[[str], None] | None = 
         elif gguf is not None:
             folder = converted_gguf(gguf, cache_dir, say)
         say(f"loading model from {folder} ({dtype}, {device})")
-        model, tokenizer = load_int4_folder(folder, dtype, device) if blocks else _from_pretrained(folder, dtype, device)
+        if blocks:
+            model, tokenizer = load_int4_folder(folder, dtype, device)
+        else:
+            model, tokenizer = _from_pretrained(folder, dtype, device)
         model_id = EMBEDDED_NAME if not model_cfg.path else Path(model_cfg.path).name
         if adapter is not None:
             model = _attach_adapter(model, adapter, model_cfg.merge_adapter, folder)

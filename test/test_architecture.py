@@ -27,7 +27,8 @@ def _modules() -> set[str]:
 
 def _named(text: str) -> set[str]:
     """Module names on the page (``core.py``, ``examples/ask_tree.py``); tests are not modules."""
-    return {n for n in re.findall(r"\b(?:[a-z0-9_]+/)?[a-z0-9_]+\.py\b", text) if not n.split("/")[-1].startswith("test_")}
+    names = re.findall(r"\b(?:[a-z0-9_]+/)?[a-z0-9_]+\.py\b", text)
+    return {n for n in names if not n.split("/")[-1].startswith("test_")}
 
 
 def test_every_module_is_on_the_map_and_nothing_else():

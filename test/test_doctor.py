@@ -124,6 +124,7 @@ def test_doctor_minimums_are_setup_py_bounds():
     keywords = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords
                 if kw.arg in ("install_requires", "python_requires")}
     bounds = dict(r.split(">=") for r in keywords["install_requires"] if ">=" in r)
+    bounds = {name: bounds[name] for name in ("torch", "transformers", "peft")}  # what doctor checks
     assert bounds == {"torch": str(doctor.TESTED_TORCH), "transformers": str(doctor.MIN_TRANSFORMERS),
                       "peft": str(doctor.MIN_PEFT)}
     assert keywords["python_requires"] == ">=" + ".".join(map(str, doctor.MIN_PYTHON))

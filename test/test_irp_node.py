@@ -30,10 +30,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 
 from ros_harness import START_TIMEOUT, RunningNode
 
 from sage_irp_ros.errors import ALL_CODES
+from sage_irp_ros import torch_kernels
 from sage_irp_ros.model_loader import cpu_has_native_bf16
 
 SNARC_LABEL = "surprise,novelty,arousal,reward,conflict,total"
@@ -214,11 +216,15 @@ def test_inference_failed_and_the_node_keeps_serving(t):
     assert status["lifecycle"] == "active" and status["error"] is None
 
 
-def test_status_reports_the_cpu_weights_packed_for_onednn(t):
+def test_status_reports_the_cpu_weights_in_4_bits(t):
     status = t.wait_status(lambda s: s["model"] is not None, 10)
     native_bf16 = cpu_has_native_bf16()  # precision auto: bf16 where the CPU multiplies bf16 natively
     assert status["device"] == "cpu" and status["precision"] == ("bf16" if native_bf16 else "fp32")
-    assert status["packed_layers"] > 0  # model.pack_cpu_weights defaults to true
+    if torch_kernels.int4_unavailable(torch.device("cpu")):  # auto: full width, packed for oneDNN
+        assert status["weights"] == "none" and status["packed_layers"] > 0
+    else:  # weight_quantization auto: int4 on a CPU (the GGUF's blocks), nothing to pack
+        assert status["weights"] == "int4" and status["quantized_layers"] == 211
+        assert status["packed_layers"] == 0 and status["model_mb"] < 140
 
 
 def test_out_of_memory_below_the_available_ram_floor(t):

@@ -33,7 +33,8 @@ untempered log-probs), in two modes:
 ``--quant int8`` stores the Linear weights (head and tied embedding included) as int8 per output channel
 (sage_irp_ros/quantize.py, ``model.weight_quantization: int8``) before measuring; ``--quant int4`` as 4-bit
 groups with 8-bit embedding and head (sage_irp_ros/int4.py, ``int4``: the CUDA tinygemm kernel, sm80+); the
-floor then counts the quantised bytes. ``--modes loop,loop-compile --quant int8 --dtype bf16`` is the quantised + compiled path.
+floor then counts the quantised bytes. ``--modes loop,loop-compile --quant int4`` is the quantised +
+compiled path.
 
 Reported per cell: prefill ms, decode ms per step (one step = one new token for each of the N rows),
 decode ms per generated token, tokens/s, peak GPU memory, and the ratio of the step time to the

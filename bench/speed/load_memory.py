@@ -19,7 +19,8 @@
 Each variant loads in a fresh child process (a process's RSS never shrinks back, so variants cannot share
 one); torch, transformers and the package are imported before the first reading, so the difference is
 the model: weights, packed copies, the tokenizer and the warm-up generation's buffers. The target is
-<= 120 MB for the embedded SmolLM2-135M in 4 bits (``weight_quantization: auto`` on a CPU). Prints a markdown table and writes ``load_memory.json`` (every
+<= 120 MB for the embedded SmolLM2-135M in 4 bits (``weight_quantization: auto`` on a CPU). Prints a
+markdown table and writes ``load_memory.json`` (every
 variant's row, the machine, versions and git commit) into ``--out``.
 """
 
