@@ -116,6 +116,10 @@ def why_not(mode: str, device: torch.device) -> str:
         return f"unknown llm_irp.compile {mode!r} (one of {', '.join(MODES)})"
     if mode == "auto" and device.type == "cpu":
         return AUTO_ON_CPU
+    from .embedded_model import transformers_major
+
+    if int(transformers_major()) < 5:  # measured: 4.57's static cache recompiled the step at every position
+        return "compiling the decode step was tested with transformers 5.x only"
     from .torch_kernels import torch_version
 
     if torch_version() not in TESTED_TORCH:
