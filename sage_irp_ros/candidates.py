@@ -70,7 +70,13 @@ class TokenConstraint(Protocol):
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One prompt, one row per temperature, and the limits every row shares."""
+    """One prompt, one row per temperature, and the limits every row shares: a row group.
+
+    ``prompt_ids`` are the resident tokenizer's rendering of the prompt; ``messages`` (chat roles and
+    contents) and ``prompt_text`` (the rendered string) are what it was built from, for a backend with
+    its own tokenizer and chat template (a serving engine). Several requests can be decoded together
+    (:meth:`Generator.generate_many`): each is its own group with its own prompt and limits.
+    """
 
     prompt_ids: Sequence[int]
     temperatures: Sequence[float]  # one row each; 0.0 = the greedy (argmax) row
@@ -79,6 +85,8 @@ class GenerationRequest:
     deadline: float | None = None  # time.monotonic() after which decoding stops at the next token
     cancel: threading.Event | None = None  # set: decoding stops at the next token
     constraints: Sequence[TokenConstraint | None] | None = None  # one per row (None: unconstrained)
+    messages: Sequence[dict[str, str]] | None = None  # the chat messages (None: a plain-text prompt)
+    prompt_text: str | None = None  # the rendered prompt (chat template applied, or the seed prompt)
 
     def __post_init__(self) -> None:
         if not self.temperatures:
@@ -98,6 +106,12 @@ class Generator(Protocol):
         """All rows of ``request`` in one call (batched where the backend can)."""
         ...
 
+    def generate_many(self, requests: Sequence[GenerationRequest]) -> list[Batch]:
+        """Every request's rows in one call where the backend can (several prompts in one batch); one
+        :class:`Batch` per request, in order. A request that ends (finished, deadline, cancel) leaves the
+        others running. Optional: :func:`generate_all` falls back to one :meth:`generate` per request."""
+        ...
+
     def score(self, prompt_ids: Sequence[int], text: str) -> Candidate:
         """A given answer as a candidate: its tokens and their untempered log-probs after the prompt."""
         ...
@@ -107,3 +121,11 @@ class Generator(Protocol):
         """Each option's :class:`~sage_irp_ros.choices.OptionScore` after the two prompts (choices
         questions only; batched where the backend can)."""
         ...
+
+
+def generate_all(generator: Generator, requests: Sequence[GenerationRequest]) -> list[Batch]:
+    """``generator.generate_many(requests)`` where the generator has it, else one ``generate`` each."""
+    many = getattr(generator, "generate_many", None)
+    if many is not None:
+        return list(many(requests))
+    return [generator.generate(request) for request in requests]

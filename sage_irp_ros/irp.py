@@ -41,7 +41,7 @@ from .candidates import Candidate, GenerationRequest, Generator, TokenConstraint
 from .generation import TorchGenerator
 from .model_loader import LoadedModel
 from .options import AnswerOptions
-from .prompts import build_prompt_ids, clean_answer
+from .prompts import clean_answer, render_prompt
 from .results import IRPSummary
 from .selection import PerCandidate, SelectionRule, best_index, selection_rule
 
@@ -90,6 +90,8 @@ class IRPState:
     rounds: int = 0
     halt_reason: str | None = None
     history_used: int = 0
+    messages: list[dict[str, str]] | None = None  # what prompt_ids were rendered from (a remote backend's prompt)
+    prompt_text: str = ""
     timings: dict[str, float] = field(default_factory=lambda: {
         "prefill_s": 0.0, "decode_s": 0.0, "scoring_s": 0.0})
 
@@ -110,11 +112,14 @@ class Refinement:
 class IRPEngine:
     """Iterative refinement over one resident model."""
 
-    def __init__(self, lm: LoadedModel, cfg: IRPConfig, energy: EnergyFn | SelectionRule | None = None,
+    def __init__(self, lm: LoadedModel | None, cfg: IRPConfig, energy: EnergyFn | SelectionRule | None = None,
                  use_chat_template: bool = True, generator: Generator | None = None):
         """``energy``: a per-candidate energy or a selection rule; default: ``cfg.energy``'s rule.
-        ``generator``: where candidates come from; default: the torch decode loop over ``lm``."""
+        ``generator``: where candidates come from; default: the torch decode loop over ``lm`` (``lm`` None:
+        no resident model, prompts are messages and text only, ``generator`` is required)."""
         self.lm, self.cfg = lm, cfg
+        if lm is None and generator is None:
+            raise ValueError("an engine without a resident model needs a generator")
         self.generator: Generator = generator if generator is not None else TorchGenerator(
             lm, step_fn=compiled_step.for_model(lm, cfg.compile, expect_rows=self.usual_rows(cfg),
                                                 expect_tokens=cfg.max_tokens))
@@ -135,23 +140,23 @@ class IRPEngine:
         options = options if options is not None else AnswerOptions.resolve(self.cfg)
         max_tokens = options.max_tokens
         history = list(history)
+        tokenizer = self.lm.tokenizer if self.lm is not None else None
         while True:
-            prompt_ids = build_prompt_ids(self.lm.tokenizer, question, context, history,
-                                          self.use_chat_template)
-            if len(prompt_ids) + max_tokens <= self.lm.context_window:
+            prompt = render_prompt(tokenizer, question, context, history, self.use_chat_template)
+            if self.lm is None or len(prompt.ids) + max_tokens <= self.lm.context_window:
                 break
             if not history:
                 raise SageError(TOO_LONG, (
-                    f"prompt is {len(prompt_ids)} tokens; with max_tokens {max_tokens} it exceeds the "
+                    f"prompt is {len(prompt.ids)} tokens; with max_tokens {max_tokens} it exceeds the "
                     f"model's context window of {self.lm.context_window} tokens"))
             history.pop(0)
         schedule = temperature_schedule(self.cfg, options.iterations)
-        return IRPState(question=question, context=context, prompt_ids=prompt_ids, schedule=schedule,
+        return IRPState(question=question, context=context, prompt_ids=prompt.ids, schedule=schedule,
                         max_tokens=max_tokens, round_size=options.candidates_per_round or len(schedule),
                         deadline=options.deadline, cancel=options.cancel, min_new_tokens=options.min_new_tokens,
                         temperature=self.cfg.initial_temperature, history_used=len(history),
                         greedy_pending=options.greedy, throttled=options.throttled,
-                        constraint=options.constraint)
+                        constraint=options.constraint, messages=prompt.messages, prompt_text=prompt.text)
 
     def step(self, state: IRPState) -> list[Candidate]:
         """Sample one round of candidates at the next temperatures, score them all, keep the best.
@@ -168,7 +173,8 @@ class IRPEngine:
         batch = self.generator.generate(GenerationRequest(
             state.prompt_ids, rows, state.max_tokens, min_new_tokens=state.min_new_tokens,
             deadline=state.deadline, cancel=state.cancel,
-            constraints=[state.constraint() for _ in rows] if state.constraint is not None else None))
+            constraints=[state.constraint() for _ in rows] if state.constraint is not None else None,
+            messages=state.messages, prompt_text=state.prompt_text))
         state.timings["prefill_s"] += batch.prefill_s
         state.timings["decode_s"] += batch.decode_s
         start = time.monotonic()

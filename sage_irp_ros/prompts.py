@@ -20,6 +20,7 @@ system's "seed" prompt (``{context}\\n\\nQuestion: {q}\\n\\nAnswer:``) with its 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 History = Sequence[tuple[str, str]]
@@ -54,23 +55,44 @@ def chat_messages(question: str, context: str = "", history: History = ()) -> li
     return messages
 
 
-def build_prompt_ids(tokenizer, question: str, context: str = "", history: History = (),
-                     use_chat_template: bool = True) -> list[int]:
-    """Token ids of the full prompt, ready for generation.
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt three ways: token ids for the resident model, the chat messages (None for the seed
+    prompt) and the rendered text, for a backend with its own tokenizer and template."""
+
+    ids: list[int]
+    messages: list[dict[str, str]] | None
+    text: str
+
+
+def render_prompt(tokenizer, question: str, context: str = "", history: History = (),
+                  use_chat_template: bool = True) -> Prompt:
+    """The full prompt, ready for generation; ``tokenizer`` None (no resident model): messages and the
+    seed text only, no ids.
 
     User-supplied text cannot carry the tokenizer's special tokens (``<|im_end|>`` and the like):
     they are removed first, so a question cannot forge chat roles or end the prompt early.
     """
+    if tokenizer is None:
+        return Prompt([], chat_messages(question, context, history) if use_chat_template else None,
+                      seed_prompt(question, context, history))
     specials = sorted({t for t in [*getattr(tokenizer, "all_special_tokens", []),
                                    *(tok.content for tok in tokenizer.added_tokens_decoder.values() if tok.special)]
                        if t}, key=len, reverse=True)
     question, context = strip_special_tokens(question, specials), strip_special_tokens(context, specials)
     history = [(strip_special_tokens(q, specials), strip_special_tokens(a, specials)) for q, a in history]
     if use_chat_template and getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(chat_messages(question, context, history),
-                                             tokenize=False, add_generation_prompt=True)
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
-    return tokenizer(seed_prompt(question, context, history))["input_ids"]
+        messages = chat_messages(question, context, history)
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return Prompt(tokenizer(text, add_special_tokens=False)["input_ids"], messages, text)
+    text = seed_prompt(question, context, history)
+    return Prompt(tokenizer(text)["input_ids"], None, text)
+
+
+def build_prompt_ids(tokenizer, question: str, context: str = "", history: History = (),
+                     use_chat_template: bool = True) -> list[int]:
+    """Token ids of the full prompt (:func:`render_prompt`'s ``ids``)."""
+    return render_prompt(tokenizer, question, context, history, use_chat_template).ids
 
 
 def strip_special_tokens(text: str, specials: Sequence[str]) -> str:
