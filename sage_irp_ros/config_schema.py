@@ -125,6 +125,9 @@ class IRPConfig:
     greedy_candidate: bool = field(default=True, metadata=_key(
         "Add the greedy (temperature 0) continuation as one more row of the first round, so the pick can "
         "never miss the plain greedy answer; off reproduces the research loop's sampling"))
+    prompt_variants: int = field(default=1, metadata=_key(
+        "Prompt phrasings the sampled candidates are spread over (system prompts of a small bank, the plain "
+        "prompt first); the greedy row always uses the plain prompt", lo=1, hi=4, off="1 = the plain prompt only"))
     energy_convergence_threshold: float = field(default=0.1, metadata=_key(
         "Halt when the best energy falls below this (also sets the result's irp.converged)" + _BETWEEN_ROUNDS,
         lo=0.0, hi=1.0))
@@ -223,6 +226,10 @@ class NodeConfig:
         "Configure and activate by itself, without a lifecycle manager (edge.launch.py sets it false and "
         "drives the lifecycle itself)", applies=READ_ONLY))
     queue_size: int = field(default=8, metadata=_key("Questions waiting for inference", lo=1, hi=10_000))
+    batch_size: int = field(default=4, metadata=_key(
+        "Waiting questions answered together, their candidates decoded in one batch (two questions of one "
+        "conversation never share a batch; while throttled: one at a time)", lo=1, hi=64,
+        off="1 = one question at a time"))
     status_period_s: float = field(default=1.0, metadata=_key(
         "Period of the status heartbeat", lo=0.05, hi=3600.0))
     shutdown_timeout_s: float = field(default=10.0, metadata=_key(

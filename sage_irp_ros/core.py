@@ -26,7 +26,7 @@ import json
 import logging
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple, Sequence
 
 import psutil
 import torch
@@ -38,7 +38,7 @@ from .conversation import ConversationHistory
 from .errors import ModelLoadError, SageError
 from .irp import CANCELLED as HALT_CANCELLED
 from .irp import DEADLINE as HALT_DEADLINE
-from .irp import IRPEngine, Refinement
+from .irp import IRPEngine, RefineJob, Refinement
 from .memory_store import Exchange, MemoryStore, open_store
 from .model_loader import LoadedModel, apply_power_mode, load_model, release
 from .options import AnswerOptions
@@ -146,29 +146,62 @@ class SageCore:
         :class:`SageError`, as :class:`sage_irp_ros.worker.Cancel` does), a question cancelled before
         any answer fails with that code and message; otherwise with ``shutting_down``.
         """
-        received = time.monotonic() if received is None else received
-        start = time.monotonic()
-        try:
-            result = self._answer(question, received, start, throttled, cancel)
-            self.stats.record(ok=True, total_s=result.timing.total_s, inference_s=result.timing.inference_s,
-                              tokens=result.timing.tokens)
-            return result
-        except SageError as exc:
-            failure = exc
-        except Exception as exc:  # a bug or a library failure must still produce a result
-            log.exception("generation failed")
-            failure = SageError(errors.INFERENCE_FAILED, f"{type(exc).__name__}: {exc}")
-        self.stats.record(ok=False, code=failure.code)
-        return self.error_result(question, failure, received=received, start=start)
+        return self.answer_many([Ask(question, received, throttled, cancel)])[0]
 
-    def _answer(self, q: Question, received: float, start: float, throttled: bool,
-                cancel: threading.Event | None) -> Result:
-        irp_cfg = self.cfg.llm_irp
+    def answer_many(self, asks: Sequence["Ask"]) -> list[Result]:
+        """Answer several questions together: exactly one :class:`Result` each, in order. Never raises.
+
+        Their candidates are decoded in shared batched calls (:meth:`IRPEngine.refine_many`); each
+        question keeps its own prompt, history, options, deadline and cancel. A question that fails
+        (a bad schema, a prompt too long, a deadline passed in the queue) fails alone; when the shared
+        call itself fails (out of memory, a constraint's error), every question is retried on its own.
+        """
+        start = time.monotonic()
+        results: list[Result | None] = [None] * len(asks)
+        prepared: dict[int, _Prepared] = {}
+        with self._lock:
+            try:
+                engine = self._engine()
+                for i, ask in enumerate(asks):
+                    try:
+                        prepared[i] = self._prepare(engine, ask, start)
+                    except Exception as exc:  # noqa: BLE001 - this question's result says why
+                        results[i] = self._failed(ask, exc, start)
+                refined = self._refine_batch(engine, list(prepared.values()))
+                for (i, prep), outcome in zip(list(prepared.items()), refined):
+                    try:
+                        if isinstance(outcome, Exception):
+                            raise outcome
+                        results[i] = self._finish(engine, prep, outcome)
+                    except Exception as exc:  # noqa: BLE001
+                        results[i] = self._failed(asks[i], exc, start)
+            except Exception as exc:  # noqa: BLE001 - no engine: every question not yet answered fails
+                for i, ask in enumerate(asks):
+                    if results[i] is None:
+                        results[i] = self._failed(ask, exc, start)
+            finally:
+                if not self.cfg.model.keep_alive:
+                    self.release_model_only()
+        return results  # type: ignore[return-value]
+
+    def _failed(self, ask: "Ask", exc: BaseException, start: float) -> Result:
+        """The error result of one question (counted); an unexpected exception is logged as a bug."""
+        if not isinstance(exc, SageError):
+            log.error("generation failed", exc_info=exc)
+            exc = SageError(errors.INFERENCE_FAILED, f"{type(exc).__name__}: {exc}")
+        self.stats.record(ok=False, code=exc.code)
+        return self.error_result(ask.question, exc, received=ask.received if ask.received is not None else start,
+                                 start=start)
+
+    def _prepare(self, engine: IRPEngine, ask: "Ask", start: float) -> "_Prepared":
+        """Everything a question needs before generation; raises SageError for a question that cannot run."""
+        q = ask.question
+        received = start if ask.received is None else ask.received
         self._check_memory_floor()
         if q.reset and q.conversation is not None:  # without one there is no history to clear
             self.history.reset(q.conversation)
-        options = AnswerOptions.resolve(irp_cfg, q, throttled=throttled, throttle=self.cfg.throttle, received=received,
-                                        cancel=cancel)
+        options = AnswerOptions.resolve(self.cfg.llm_irp, q, throttled=ask.throttled, throttle=self.cfg.throttle,
+                                        received=received, cancel=ask.cancel)
         if q.choices:
             options = options.replace(max_tokens=min(options.max_tokens, choices.MAX_TOKENS))
         if options.deadline is not None and time.monotonic() >= options.deadline:
@@ -178,16 +211,37 @@ class SageCore:
         # window: the same history in a conversation, else what the node heard last (docs/interface.md).
         history = self.history.get(q.conversation)
         heard = history if q.conversation is not None else self.history.heard()
-        with self._lock:
-            engine = self._engine()
+        text = q.text
+        if q.choices:
+            text = choices.choice_prompt(q.text, q.choices)
+        if q.json_schema is not None:
+            text = json_answers.json_prompt(q.text, q.json_schema)
+            options = options.replace(constraint=_grammar(engine, q.json_schema).constraint)
+        return _Prepared(q, received, history, heard, options, RefineJob(text, q.context, history, options))
+
+    def _refine_batch(self, engine: IRPEngine, batch: list["_Prepared"]) -> list[Refinement | Exception]:
+        """Refine the prepared questions together; alone (with the out-of-memory retry) when the shared
+        call fails or there is only one."""
+        if len(batch) > 1:
             try:
-                if q.json_schema is not None:
-                    options = options.replace(constraint=_grammar(engine, q.json_schema).constraint)
-                refined = self._refine_with_oom_retry(engine, q, history, options)
-                picked, refined = self._choose(engine, q, history, refined) if q.choices else (None, refined)
-            finally:
-                if not self.cfg.model.keep_alive:
-                    self.release_model_only()
+                return list(engine.refine_many([p.job for p in batch]))
+            except Exception as exc:  # noqa: BLE001 - retried alone below, so one question's fault stays its own
+                if _is_oom(exc):
+                    _free_memory()
+                log.warning("batched generation of %d questions failed (%s: %s); answering them one by one",
+                            len(batch), type(exc).__name__, exc)
+        outcomes: list[Refinement | Exception] = []
+        for p in batch:
+            try:
+                outcomes.append(self._refine_with_oom_retry(engine, p.job))
+            except Exception as exc:  # noqa: BLE001
+                outcomes.append(exc)
+        return outcomes
+
+    def _finish(self, engine: IRPEngine, p: "_Prepared", refined: Refinement) -> Result:
+        """The question's result from its refinement: the pick (option, JSON), confidence, SNARC, history, store."""
+        q, options = p.question, p.options
+        picked, refined = self._choose(engine, q, p.history, refined) if q.choices else (None, refined)
         if refined.irp.halt_reason == HALT_CANCELLED and not refined.answer:
             raise _cancelled(options.cancel)
         if not refined.answer and picked is None:
@@ -196,7 +250,7 @@ class SageCore:
             if refined.irp.halt_reason == HALT_CANCELLED:
                 raise _cancelled(options.cancel)
             raise SageError(errors.INFERENCE_FAILED, "the model produced no answer text")
-        inference_s = time.monotonic() - start
+        inference_s = time.monotonic() - p.started
         calibration, value, best = shipped(), None, refined.best
         if picked is not None:
             answer, confidence = picked.choice, calibration.choice_confidence(list(picked.probabilities.values()))
@@ -205,14 +259,16 @@ class SageCore:
                 value, best = _json_answer(q.json_schema, refined)
             answer = refined.answer if value is None else json.dumps(value, ensure_ascii=False)
             confidence = calibration.free_text_confidence(refined.candidates, refined.irp.energies, best)
-        scores = self.snarc.score(q.text, answer, heard, final_energy=refined.irp.best_energy)
+        scores = self.snarc.score(q.text, answer, p.heard, final_energy=refined.irp.best_energy)
         self.history.add(q.conversation, q.text, answer)
-        result = self._result(q, answer=answer, snarc=scores, irp=refined.irp, received=received,
-                              start=start, inference_s=inference_s, tokens=refined.tokens,
+        result = self._result(q, answer=answer, snarc=scores, irp=refined.irp, received=p.received,
+                              start=p.started, inference_s=inference_s, tokens=refined.tokens,
                               choice=picked.choice if picked is not None else None,
                               probabilities=picked.probabilities if picked is not None else None, json=value,
                               confidence=confidence, confident=is_confident(confidence, options.min_confidence))
         self._store(result)
+        self.stats.record(ok=True, total_s=result.timing.total_s, inference_s=result.timing.inference_s,
+                          tokens=result.timing.tokens)
         return result
 
     def _choose(self, engine: IRPEngine, q: Question, history,
@@ -227,24 +283,20 @@ class SageCore:
         irp = dataclasses.replace(refined.irp, scoring_s=round(refined.irp.scoring_s + time.monotonic() - begin, 6))
         return picked, dataclasses.replace(refined, irp=irp)
 
-    def _refine_with_oom_retry(self, engine: IRPEngine, q: Question, history,
-                               options: AnswerOptions) -> Refinement:
-        text = choices.choice_prompt(q.text, q.choices) if q.choices else q.text
-        if q.json_schema is not None:
-            text = json_answers.json_prompt(q.text, q.json_schema)
+    def _refine_with_oom_retry(self, engine: IRPEngine, job: RefineJob) -> Refinement:
         try:
-            return engine.refine(text, q.context, history, options)
+            return engine.refine(*job)
         except SageError:
             raise
         except Exception as exc:
             if not _is_oom(exc):
                 raise
             _free_memory()
-            fewer = options.reduced()
+            fewer = job.options.reduced()
             log.warning("out of memory during generation; retrying once with %d candidate(s), one per round",
                         fewer.rows)
             try:
-                return engine.refine(text, q.context, history, fewer)
+                return engine.refine(*job._replace(options=fewer))
             except Exception as again:
                 if _is_oom(again):
                     _free_memory()
@@ -347,6 +399,29 @@ class SageCore:
             return {"ok": True, "error": None, "path": None, "size_mb": None}
         return {"ok": store.healthy, "error": store.last_error, "path": str(store.path),
                 "size_mb": round(store.size_bytes() / 2**20, 3), "pruned": store.pruned_count}
+
+
+class Ask(NamedTuple):
+    """One question for :meth:`SageCore.answer_many`: when it arrived (``time.monotonic()``), whether the
+    platform is throttled, and the event that cancels it."""
+
+    question: Question
+    received: float | None = None
+    throttled: bool = False
+    cancel: threading.Event | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Prepared:
+    """A question ready for generation: its resolved options and the job the engine refines."""
+
+    question: Question
+    received: float
+    history: Any
+    heard: Any
+    options: AnswerOptions
+    job: RefineJob
+    started: float = dataclasses.field(default_factory=time.monotonic)
 
 
 def _grammar(engine: IRPEngine, schema: dict):

@@ -138,6 +138,8 @@ def irp_status(irp: Optional[Mapping[str, Any]], age_s: Optional[float], limits:
     b.kv("consecutive_errors", irp.get("consecutive_errors"))
     b.kv("queue_depth", irp.get("queue_depth"))
     b.kv("queue_size", irp.get("queue_size"))
+    b.kv("batch", irp.get("batch"))
+    b.kv("batch_size", irp.get("batch_size"))
     b.kv("memory_store_ok", store.get("ok") if store else None)
     b.kv("memory_store_mb", _number(store.get("size_mb")) if store else None, 3)
     b.kv("last_error", irp.get("error"))

@@ -29,6 +29,7 @@ import torch
 from .candidates import Batch, Candidate, GenerationRequest
 from .choices import OptionScore, spellings
 from . import decode
+from .decode_groups import decode_groups, supports_groups
 from .model_loader import LoadedModel
 
 
@@ -42,11 +43,25 @@ class TorchGenerator:
         eos = lm.tokenizer.eos_token_id
         self.eos_ids = [i for i in (eos if isinstance(eos, (list, tuple)) else [eos]) if i is not None]
 
-    def generate(self, request: GenerationRequest) -> Batch:
+    @property
+    def pad_id(self) -> int:
         tokenizer = self.lm.tokenizer
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.eos_ids or [0])[0]
-        out = decode.decode(self.lm.model, request, eos_ids=self.eos_ids, pad_id=pad,
+        return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.eos_ids or [0])[0]
+
+    def generate(self, request: GenerationRequest) -> Batch:
+        out = decode.decode(self.lm.model, request, eos_ids=self.eos_ids, pad_id=self.pad_id,
                             static_cache=self.static_cache, step_fn=self.step_fn)
+        return self._batch(request, out)
+
+    def generate_many(self, requests: Sequence[GenerationRequest]) -> list[Batch]:
+        """Every request's rows in one batched decode (:mod:`decode_groups`); a lone request, or a model
+        without a static cache, goes through :func:`decode.decode` one request at a time."""
+        if len(requests) == 1 or not supports_groups(self.lm.model, self.static_cache):
+            return [self.generate(request) for request in requests]
+        outs = decode_groups(self.lm.model, requests, eos_ids=self.eos_ids, pad_id=self.pad_id)
+        return [self._batch(request, out) for request, out in zip(requests, outs)]
+
+    def _batch(self, request: GenerationRequest, out: decode.Decoded) -> Batch:
         candidates = [self._candidate(out.tokens[i].tolist(), out.logprobs[i].tolist(), request.temperatures[i])
                       for i in range(request.rows)]
         return Batch(candidates, out.prefill_s, out.decode_s, out.stopped_early)

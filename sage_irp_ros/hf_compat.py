@@ -146,13 +146,28 @@ def repeat_cache_rows(cache: Any, rows: int) -> None:
         layer.batch_size = rows
 
 
-def prefill_kwargs(model: Any) -> dict[str, int]:
-    """Ask the model for the last position's logits only, under the name this version uses."""
+def prefill_kwargs(model: Any, keep: int | torch.Tensor = 1) -> dict[str, Any]:
+    """Ask the model for the last position's logits only (``keep`` a 1-D tensor: the logits at those
+    positions), under the name this version uses; empty where the model returns every position's."""
     params = _forward_parameters(model)
     for name in ("logits_to_keep", "num_logits_to_keep"):
         if name in params:
-            return {name: 1}
+            return {name: keep}
     return {}
+
+
+def select_cache_rows(cache: Any, rows: torch.Tensor) -> None:
+    """Keep (and repeat) the cache's rows at the indices ``rows``, in place (static or dynamic layers):
+    a prefilled row per prompt becomes one row per candidate, and rows of a finished group leave."""
+    from transformers import DynamicCache
+
+    if isinstance(cache, DynamicCache):
+        cache.batch_select_indices(rows)
+        return
+    for layer in cache.layers:
+        layer.keys = layer.keys.index_select(0, rows)
+        layer.values = layer.values.index_select(0, rows)
+        layer.batch_size = int(rows.numel())
 
 
 def drop_gguf_quantizer(model: Any) -> None:

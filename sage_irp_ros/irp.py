@@ -29,7 +29,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 
@@ -37,11 +37,11 @@ from . import compiled_step
 from .config import IRPConfig
 from .energy import EnergyFn
 from .errors import TOO_LONG, SageError
-from .candidates import Candidate, GenerationRequest, Generator, TokenConstraint
+from .candidates import Batch, Candidate, GenerationRequest, Generator, TokenConstraint, generate_all
 from .generation import TorchGenerator
 from .model_loader import LoadedModel
 from .options import AnswerOptions
-from .prompts import clean_answer, render_prompt
+from .prompts import Prompt, clean_answer, prompt_bank, render_prompt
 from .results import IRPSummary
 from .selection import PerCandidate, SelectionRule, best_index, selection_rule
 
@@ -92,8 +92,18 @@ class IRPState:
     history_used: int = 0
     messages: list[dict[str, str]] | None = None  # what prompt_ids were rendered from (a remote backend's prompt)
     prompt_text: str = ""
+    variants: list[Prompt] = field(default_factory=list)  # prompt phrasings the sampled rows are spread over
     timings: dict[str, float] = field(default_factory=lambda: {
         "prefill_s": 0.0, "decode_s": 0.0, "scoring_s": 0.0})
+
+
+class RefineJob(NamedTuple):
+    """One question for :meth:`IRPEngine.refine_many`: the text, context, history and its options."""
+
+    question: str
+    context: str = ""
+    history: Sequence[tuple[str, str]] = ()
+    options: AnswerOptions | None = None
 
 
 @dataclass(frozen=True)
@@ -151,12 +161,18 @@ class IRPEngine:
                     f"model's context window of {self.lm.context_window} tokens"))
             history.pop(0)
         schedule = temperature_schedule(self.cfg, options.iterations)
+        variants = []
+        for system in prompt_bank(options.prompt_variants)[1:] if schedule else ():
+            variant = render_prompt(tokenizer, question, context, history, self.use_chat_template, system=system)
+            if self.lm is None or len(variant.ids) + max_tokens <= self.lm.context_window:
+                variants.append(variant)
         return IRPState(question=question, context=context, prompt_ids=prompt.ids, schedule=schedule,
                         max_tokens=max_tokens, round_size=options.candidates_per_round or len(schedule),
                         deadline=options.deadline, cancel=options.cancel, min_new_tokens=options.min_new_tokens,
                         temperature=self.cfg.initial_temperature, history_used=len(history),
                         greedy_pending=options.greedy, throttled=options.throttled,
-                        constraint=options.constraint, messages=prompt.messages, prompt_text=prompt.text)
+                        constraint=options.constraint, messages=prompt.messages, prompt_text=prompt.text,
+                        variants=variants)
 
     def step(self, state: IRPState) -> list[Candidate]:
         """Sample one round of candidates at the next temperatures, score them all, keep the best.
@@ -165,20 +181,37 @@ class IRPEngine:
         continuation, decoded in the same batched call (it is not one of the schedule's iterations);
         with an empty schedule (throttled) that row is the whole round.
         """
+        requests = self.round_requests(state)
+        return self.absorb(state, generate_all(self.generator, requests)) if requests else []
+
+    def round_requests(self, state: IRPState) -> list[GenerationRequest]:
+        """The next round's row groups: one request per prompt the round's rows use (the greedy row and
+        the plain prompt's sampled rows share one; each prompt variant gets its own). Empty when none."""
         temps = state.schedule[state.iteration:state.iteration + state.round_size]
-        rows = [*temps, 0.0] if state.greedy_pending else temps
-        if not rows:
-            return []
+        prompts = [(state.prompt_ids, state.messages, state.prompt_text)]
+        prompts += [(v.ids, v.messages, v.text) for v in state.variants]
+        rows: dict[int, list[float]] = {}
+        for offset, temperature in enumerate(temps):  # sampled rows: round-robin over the prompts
+            rows.setdefault((state.iteration + offset) % len(prompts), []).append(temperature)
+        if state.greedy_pending:
+            rows.setdefault(0, []).append(0.0)
+        return [GenerationRequest(
+            prompts[p][0], t, state.max_tokens, min_new_tokens=state.min_new_tokens, deadline=state.deadline,
+            cancel=state.cancel, messages=prompts[p][1], prompt_text=prompts[p][2],
+            constraints=[state.constraint() for _ in t] if state.constraint is not None else None)
+            for p, t in sorted(rows.items())]
+
+    def absorb(self, state: IRPState, batches: Sequence[Batch]) -> list[Candidate]:
+        """Take the round's batches (one per request of :meth:`round_requests`), score every candidate so
+        far and keep the best."""
+        temps = state.schedule[state.iteration:state.iteration + state.round_size]
         state.greedy_pending = False
-        batch = self.generator.generate(GenerationRequest(
-            state.prompt_ids, rows, state.max_tokens, min_new_tokens=state.min_new_tokens,
-            deadline=state.deadline, cancel=state.cancel,
-            constraints=[state.constraint() for _ in rows] if state.constraint is not None else None,
-            messages=state.messages, prompt_text=state.prompt_text))
-        state.timings["prefill_s"] += batch.prefill_s
-        state.timings["decode_s"] += batch.decode_s
+        candidates = [c for batch in batches for c in batch.candidates]
+        for batch in batches:
+            state.timings["prefill_s"] += batch.prefill_s
+        state.timings["decode_s"] += max(batch.decode_s for batch in batches)
         start = time.monotonic()
-        for candidate in batch.candidates:
+        for candidate in candidates:
             candidate.text = clean_answer(candidate.text)
             state.candidates.append(candidate)
             state.responses.append(candidate.text)
@@ -188,14 +221,14 @@ class IRPEngine:
         state.best_response, state.best_energy = state.candidates[best].text, state.energies[best]
         state.best_finished = state.candidates[best].finished
         state.timings["scoring_s"] += time.monotonic() - start
-        state.tokens += batch.tokens
+        state.tokens += sum(batch.tokens for batch in batches)
         state.iteration += len(temps)
         state.rounds += 1
         if temps:
             state.temperature = round(max(self.cfg.min_temperature, temps[-1] - self.cfg.temp_reduction), 9)
-        if batch.stopped_early:
+        if any(batch.stopped_early for batch in batches):
             state.halt_reason = CANCELLED if state.cancel is not None and state.cancel.is_set() else DEADLINE
-        return batch.candidates
+        return candidates
 
     def energy(self, state: IRPState, response: str) -> float:
         """Energy of an arbitrary response to this state's prompt (scores it with one forward pass)."""
@@ -228,12 +261,37 @@ class IRPEngine:
     def refine(self, question: str, context: str = "", history: Sequence[tuple[str, str]] = (),
                options: AnswerOptions | None = None) -> Refinement:
         """Run the protocol to the end: init_state, then step until halt, then get_result."""
-        state = self.init_state(question, context, history, options)
+        refined = self.refine_many([RefineJob(question, context, history, options)])[0]
+        if isinstance(refined, Exception):
+            raise refined
+        return refined
+
+    def refine_many(self, jobs: Sequence["RefineJob"]) -> list[Refinement | SageError]:
+        """Several questions refined together: each round, the row groups of every question still
+        refining are decoded in ONE generation call (:meth:`Generator.generate_many`); each question
+        halts on its own. A question whose prompt cannot be built gets its :class:`SageError` in its
+        place; an exception of the generation call itself propagates (the caller retries alone)."""
+        states: list[IRPState | SageError] = []
+        for job in jobs:
+            try:
+                states.append(self.init_state(job.question, job.context, job.history, job.options))
+            except SageError as exc:
+                states.append(exc)
         if self.cfg.seed >= 0:
             torch.manual_seed(self.cfg.seed)
-        while not self.halt(state):
-            self.step(state)
-        return self.get_result(state)
+        while True:
+            live = [s for s in states if isinstance(s, IRPState) and not self.halt(s)]
+            rounds = [(state, self.round_requests(state)) for state in live]
+            for state, requests in rounds:
+                if not requests:  # nothing left to sample: the schedule is spent
+                    state.halt_reason = MAX_ITERATIONS
+            rounds = [(state, requests) for state, requests in rounds if requests]
+            if not rounds:
+                break
+            batches = iter(generate_all(self.generator, [r for _, requests in rounds for r in requests]))
+            for state, requests in rounds:
+                self.absorb(state, [next(batches) for _ in requests])
+        return [s if isinstance(s, SageError) else self.get_result(s) for s in states]
 
     def warm_up(self) -> float:
         """One short generation with the real batch shape, so the first question is not slower."""

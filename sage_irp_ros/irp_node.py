@@ -43,7 +43,7 @@ from std_srvs.srv import Trigger
 
 from . import errors
 from .config import SageConfig
-from .core import SageCore
+from .core import Ask, SageCore
 from .errors import CLIENT_ERRORS, ModelLoadError, SageError
 from .questions import Question, parse_id, parse_question
 from .results import Result
@@ -108,7 +108,9 @@ class IrpNode(Node, LifecycleNodeMixin):
         self.pub_status = self.create_publisher(String, "status", LATCHED)
         self._worker: QuestionWorker[Pending] = QuestionWorker(
             self._answer, self.cfg.node.queue_size, name="sage_irp_worker", on_idle=self.publish_status,
-            on_crash=lambda exc: self.get_logger().error(f"worker: {type(exc).__name__}: {exc}"))
+            on_crash=lambda exc: self.get_logger().error(f"worker: {type(exc).__name__}: {exc}"),
+            handle_many=self._answer_many, batch_limit=self._batch_limit,
+            batch_key=lambda item: item.question.conversation)
         inputs = MutuallyExclusiveCallbackGroup()
         self.create_subscription(String, "question", self._on_question, BURST, callback_group=inputs)
         self.create_subscription(Bool, "throttled", self._on_throttled, THROTTLED_IN, callback_group=inputs)
@@ -298,6 +300,22 @@ class IrpNode(Node, LifecycleNodeMixin):
         self._publish_result(self.core.answer(item.question, received=item.received,
                                               throttled=self.throttle_state().throttled, cancel=cancel))
 
+    def _answer_many(self, items: list[Pending], cancel: Cancel) -> None:
+        """Run a batch of queued questions together (node.batch_size): one result each."""
+        error = self._not_serving(DEACTIVATED)
+        if error is not None:
+            for item in items:
+                self._refuse(item.question, error, item.received)
+            return
+        self.publish_status()  # busy, with the batch
+        throttled = self.throttle_state().throttled
+        for result in self.core.answer_many([Ask(item.question, item.received, throttled, cancel) for item in items]):
+            self._publish_result(result)
+
+    def _batch_limit(self) -> int:
+        """Questions the worker may take at once: node.batch_size, one while the platform is throttled."""
+        return 1 if self.throttle_state().throttled and self.cfg.throttle.enabled else self.cfg.node.batch_size
+
     def _refuse(self, question: Question | None, error: SageError, received: float,
                 question_id: str | None = None) -> None:
         """A question that never reached inference: counted as refused, its error result published."""
@@ -346,6 +364,7 @@ class IrpNode(Node, LifecycleNodeMixin):
             "node": self.get_name(), "namespace": self.get_namespace(), "lifecycle": lifecycle,
             "state": self._operational_state(lifecycle), **self.core.status(),
             "queue_depth": self._worker.depth(), "queue_size": self._worker.maxsize,
+            "batch": self._worker.running, "batch_size": self._batch_limit(),
             "status_period_s": self._status_timer.timer_period_ns / 1e9,
             "throttled": throttle.throttled, "throttled_signal": throttle.signal,
             "throttled_age_s": None if throttle.age_s is None else round(throttle.age_s, 3),

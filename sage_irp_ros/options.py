@@ -55,6 +55,7 @@ class AnswerOptions:
     throttled: bool = False
     min_confidence: float = 0.0
     constraint: Callable[[], Any] | None = None  # a fresh TokenConstraint per row (a JSON schema's grammar)
+    prompt_variants: int = 1  # prompt phrasings the sampled rows are spread over (prompts.PROMPT_BANK)
 
     @classmethod
     def resolve(cls, cfg: IRPConfig, question: Question | None = None, *, throttled: bool = False,
@@ -76,8 +77,8 @@ class AnswerOptions:
             return cls(iterations=0, max_tokens=min(throttle.max_tokens, cfg.max_tokens), greedy=True,
                        throttled=True, **common)
         iterations = (question.candidates if question is not None else None) or cfg.candidates
-        return cls(iterations=iterations, max_tokens=cfg.max_tokens,
-                   candidates_per_round=cfg.candidates_per_round, greedy=cfg.greedy_candidate, **common)
+        return cls(iterations=iterations, max_tokens=cfg.max_tokens, candidates_per_round=cfg.candidates_per_round,
+                   greedy=cfg.greedy_candidate, prompt_variants=cfg.prompt_variants, **common)
 
     @property
     def rows(self) -> int:

@@ -25,6 +25,17 @@ from typing import Sequence
 
 History = Sequence[tuple[str, str]]
 
+# Phrasings of the task that sampled candidates are spread over (``llm_irp.prompt_variants``): a small
+# model's errors under one phrasing agree with each other, under different phrasings less so. The first
+# is the plain prompt (the model's own default system prompt, if its template has one); the greedy row
+# always uses it.
+PROMPT_BANK: tuple[str | None, ...] = (
+    None,
+    "You are a helpful assistant. Answer the question correctly and concisely.",
+    "Think about what is being asked, then give a short, factual answer.",
+    "You are an expert. Reply with the correct answer in one or two sentences.",
+)
+
 
 def seed_history_block(history: History) -> str:
     """The research system's rendering of earlier exchanges as context."""
@@ -45,9 +56,11 @@ def seed_prompt(question: str, context: str = "", history: History = ()) -> str:
     return f"Question: {question}\n\nAnswer:"
 
 
-def chat_messages(question: str, context: str = "", history: History = ()) -> list[dict[str, str]]:
-    """Chat messages: earlier turns as user/assistant pairs, context in front of the question."""
-    messages: list[dict[str, str]] = []
+def chat_messages(question: str, context: str = "", history: History = (),
+                  system: str | None = None) -> list[dict[str, str]]:
+    """Chat messages: a system message if given, earlier turns as user/assistant pairs, context in front
+    of the question."""
+    messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     for q, a in history:
         messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
     content = f"{context}\n\n{question}" if context else question
@@ -66,27 +79,37 @@ class Prompt:
 
 
 def render_prompt(tokenizer, question: str, context: str = "", history: History = (),
-                  use_chat_template: bool = True) -> Prompt:
+                  use_chat_template: bool = True, system: str | None = None) -> Prompt:
     """The full prompt, ready for generation; ``tokenizer`` None (no resident model): messages and the
-    seed text only, no ids.
+    seed text only, no ids. ``system``: a system message (chat models) or a first line (the seed prompt)
+    that phrases the task differently (:data:`PROMPT_BANK`).
 
     User-supplied text cannot carry the tokenizer's special tokens (``<|im_end|>`` and the like):
     they are removed first, so a question cannot forge chat roles or end the prompt early.
     """
     if tokenizer is None:
-        return Prompt([], chat_messages(question, context, history) if use_chat_template else None,
-                      seed_prompt(question, context, history))
+        messages = chat_messages(question, context, history, system) if use_chat_template else None
+        return Prompt([], messages, _with_system(seed_prompt(question, context, history), system))
     specials = sorted({t for t in [*getattr(tokenizer, "all_special_tokens", []),
                                    *(tok.content for tok in tokenizer.added_tokens_decoder.values() if tok.special)]
                        if t}, key=len, reverse=True)
     question, context = strip_special_tokens(question, specials), strip_special_tokens(context, specials)
     history = [(strip_special_tokens(q, specials), strip_special_tokens(a, specials)) for q, a in history]
     if use_chat_template and getattr(tokenizer, "chat_template", None):
-        messages = chat_messages(question, context, history)
+        messages = chat_messages(question, context, history, system)
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return Prompt(tokenizer(text, add_special_tokens=False)["input_ids"], messages, text)
-    text = seed_prompt(question, context, history)
+    text = _with_system(seed_prompt(question, context, history), system)
     return Prompt(tokenizer(text)["input_ids"], None, text)
+
+
+def _with_system(text: str, system: str | None) -> str:
+    return f"{system}\n\n{text}" if system else text
+
+
+def prompt_bank(variants: int) -> list[str | None]:
+    """The first ``variants`` phrasings of :data:`PROMPT_BANK` (None: the plain prompt), at least one."""
+    return list(PROMPT_BANK[:max(1, min(variants, len(PROMPT_BANK)))])
 
 
 def build_prompt_ids(tokenizer, question: str, context: str = "", history: History = (),

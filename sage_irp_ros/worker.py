@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import Callable, Generic, TypeVar
+from typing import Callable, Generic, Hashable, TypeVar
 
 T = TypeVar("T")
 
@@ -55,14 +55,26 @@ class QuestionWorker(Generic[T]):
     ``handle`` must not raise (it turns every failure into a result); an exception it lets out is
     passed to ``on_crash`` and the worker goes on with the next item. ``on_idle`` runs after each
     item, once :attr:`busy` is False again (the node publishes its status there).
+
+    Batches: with ``handle_many``, the worker takes up to ``batch_limit()`` waiting items at once, in
+    queue order but never two with the same non-None ``batch_key`` (the later one waits for the next
+    batch), and hands them to ``handle_many(items, cancel)``; a batch of one goes to ``handle``. An item
+    arriving while a batch runs waits for the next one. One :class:`Cancel` covers the whole batch.
     """
 
     def __init__(self, handle: Callable[[T, Cancel], None], maxsize: int, *, name: str = "worker",
                  on_crash: Callable[[BaseException], None] | None = None,
-                 on_idle: Callable[[], None] | None = None):
+                 on_idle: Callable[[], None] | None = None,
+                 handle_many: Callable[[list[T], Cancel], None] | None = None,
+                 batch_limit: Callable[[], int] | None = None,
+                 batch_key: Callable[[T], Hashable | None] | None = None):
         if maxsize < 1:
             raise ValueError(f"maxsize must be at least 1, not {maxsize}")
         self._handle = handle
+        self._handle_many = handle_many
+        self._batch_limit = batch_limit or (lambda: 1)
+        self._batch_key = batch_key or (lambda item: None)
+        self._running = 0
         self._on_crash = on_crash
         self._on_idle = on_idle
         self._maxsize = maxsize
@@ -83,6 +95,11 @@ class QuestionWorker(Generic[T]):
         """How many items wait (the running one not included)."""
         with self._cond:
             return len(self._items)
+
+    @property
+    def running(self) -> int:
+        """How many items the running batch holds (0 while idle)."""
+        return self._running
 
     @property
     def busy(self) -> bool:
@@ -168,21 +185,43 @@ class QuestionWorker(Generic[T]):
                 self._cond.wait_for(lambda: self._items or self._stopping)
                 if self._stopping:
                     return
-                item = self._items.popleft()
+                items = self._take_batch()
                 cancel = self._cancel = Cancel()
+                self._running = len(items)
             try:
-                self._handle(item, cancel)
+                if len(items) == 1:
+                    self._handle(items[0], cancel)
+                else:
+                    self._handle_many(items, cancel)
             except Exception as exc:  # noqa: BLE001 - the loop must outlive one bad item
                 self._crashed(exc)
             finally:
                 with self._cond:
                     self._cancel = None
+                    self._running = 0
                     self._cond.notify_all()
             if self._on_idle is not None:
                 try:
                     self._on_idle()
                 except Exception as exc:  # noqa: BLE001
                     self._crashed(exc)
+
+    def _take_batch(self) -> list[T]:
+        """The next batch (caller holds the lock; the queue is not empty): the first item, then later
+        items in order whose key no item of the batch has, up to the batch limit."""
+        limit = max(1, int(self._batch_limit())) if self._handle_many is not None else 1
+        batch, keys = [self._items.popleft()], set()
+        keys.add(self._batch_key(batch[0]))
+        index = 0
+        while len(batch) < limit and index < len(self._items):
+            key = self._batch_key(self._items[index])
+            if key is None or key not in keys:
+                batch.append(self._items[index])
+                del self._items[index]
+                keys.add(key)
+            else:
+                index += 1
+        return batch
 
     def _crashed(self, exc: Exception) -> None:
         if self._on_crash is not None:

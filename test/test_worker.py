@@ -196,3 +196,36 @@ def test_a_handler_that_raises_does_not_end_the_worker():
     worker.stop()
     assert worker.join(TIMEOUT)
     assert [str(exc) for exc in crashes] == ["boom"]
+
+
+def test_waiting_items_are_taken_as_one_batch_without_two_of_one_key():
+    started, release = threading.Event(), threading.Event()
+    batches: list[list[str]] = []
+    done = threading.Condition()
+
+    def one(item: str, cancel: Cancel) -> None:
+        if item == "first":
+            started.set()
+            release.wait(TIMEOUT)
+        with done:
+            batches.append([item])
+            done.notify_all()
+
+    def many(items: list[str], cancel: Cancel) -> None:
+        with done:
+            batches.append(list(items))
+            done.notify_all()
+
+    worker: QuestionWorker[str] = QuestionWorker(one, 10, handle_many=many, batch_limit=lambda: 3,
+                                                 batch_key=lambda item: item.split(":")[0] if ":" in item else None)
+    worker.submit("first")
+    assert started.wait(TIMEOUT)
+    assert worker.running == 1
+    for item in ("a:1", "a:2", "x", "b:1", "y", "z"):  # arrive while "first" runs: they wait for the next batch
+        worker.submit(item)
+    release.set()
+    with done:
+        assert done.wait_for(lambda: sum(len(b) for b in batches) == 7, TIMEOUT)
+    assert batches == [["first"], ["a:1", "x", "b:1"], ["a:2", "y", "z"]]
+    worker.stop()
+    assert worker.join(TIMEOUT)

@@ -1,0 +1,155 @@
+# Copyright 2026 The sage_irp_ros Authors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""Several questions answered together (SageCore.answer_many) and prompt-diverse candidates, on a real
+tiny Llama: exactly one result each, isolation of histories and failures, the greedy row unchanged."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from sage_irp_ros import errors
+from sage_irp_ros.config import SageConfig
+from sage_irp_ros.core import Ask, SageCore
+from sage_irp_ros.irp import RefineJob
+from sage_irp_ros.questions import Question
+
+SCHEMA = {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}
+
+
+def _core(model_dir, tmp_path, **irp):
+    cfg = SageConfig.from_mapping({
+        "model": {"path": str(model_dir), "precision": "fp32", "weight_quantization": "none"},
+        "llm_irp": {"max_tokens": 8, "candidates": 3, "min_available_memory_mb": 0, "seed": 7, **irp},
+        "snarc": {"salience_threshold": 0.0},
+        "memory": {"db_path": str(tmp_path / "memory.db")}})
+    core = SageCore(cfg)
+    core.load()
+    return core
+
+
+@pytest.fixture
+def core(tiny_plain_model_dir, tmp_path):
+    core = _core(tiny_plain_model_dir, tmp_path)
+    yield core
+    core.release()
+
+
+def _greedy(result):
+    """The greedy row's text: the candidate at temperature 0."""
+    return result.irp.temperatures.index(0.0)
+
+
+def test_every_question_of_a_batch_gets_exactly_one_result_in_order(core):
+    asks = [Ask(Question(text=f"What is {i}+{i}?", id=f"q{i}")) for i in range(4)]
+    results = core.answer_many(asks)
+    assert [r.id for r in results] == ["q0", "q1", "q2", "q3"]
+    assert all(r.ok and r.irp.candidates == 4 for r in results)
+    assert core.stats.snapshot()["served"] == 4
+
+
+def test_greedy_rows_in_a_batch_match_each_question_alone(core):
+    questions = [Question(text=t) for t in ("What is 2+2?", "How does compression affect meaning?", "Yes.")]
+    alone = [core.engine.refine(q.text) for q in questions]
+    together = core.engine.refine_many([RefineJob(q.text) for q in questions])
+    for one, many in zip(alone, together):
+        g = one.irp.temperatures.index(0.0)
+        assert many.candidates[many.irp.temperatures.index(0.0)].token_ids == one.candidates[g].token_ids
+
+
+def test_two_conversations_in_one_batch_share_no_history(core):
+    core.answer(Question(text="The robot moves to the kitchen.", conversation="a"))
+    core.answer(Question(text="What is 2+2?", conversation="b"))
+    seen = []
+    real = core.engine.refine_many
+
+    def spy(jobs):
+        seen.extend(list(job.history) for job in jobs)
+        return real(jobs)
+
+    core.engine.refine_many = spy
+    results = core.answer_many([Ask(Question(text="And then?", conversation="a")),
+                                Ask(Question(text="And then?", conversation="b"))])
+    assert all(r.ok for r in results)
+    assert [[q for q, _ in h] for h in seen] == [["The robot moves to the kitchen."], ["What is 2+2?"]]
+    assert [q for q, _ in core.history.get("a")] == ["The robot moves to the kitchen.", "And then?"]
+    assert [q for q, _ in core.history.get("b")] == ["What is 2+2?", "And then?"]
+
+
+def test_a_bad_question_fails_alone(core):
+    schema_bad = {"type": "object", "properties": {"x": {"type": "no-such-type"}}}
+    results = core.answer_many([Ask(Question(text="fine?", id="a")),
+                                Ask(Question(text="bad", id="b", json_schema=schema_bad)),
+                                Ask(Question(text="fine too?", id="c")),
+                                Ask(Question(text="late", id="d", deadline_s=0.001), received=0.0)])
+    assert [r.id for r in results] == ["a", "b", "c", "d"]
+    assert results[0].ok and results[2].ok
+    assert results[1].error.code == errors.INVALID_INPUT
+    assert results[3].error.code == errors.DEADLINE
+
+
+def test_a_failing_shared_call_is_retried_question_by_question(core, monkeypatch):
+    import sage_irp_ros.generation as generation
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("batched kernel exploded")
+
+    monkeypatch.setattr(generation, "decode_groups", broken)
+    results = core.answer_many([Ask(Question(text="one?")), Ask(Question(text="two?"))])
+    assert all(r.ok for r in results)  # each answered alone by the one-prompt loop
+
+
+def test_out_of_memory_in_a_batch_retries_each_question(core, monkeypatch):
+    import sage_irp_ros.generation as generation
+
+    calls = []
+
+    def oom(*args, **kwargs):
+        calls.append(1)
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(generation, "decode_groups", oom)
+    results = core.answer_many([Ask(Question(text="one?")), Ask(Question(text="two?")), Ask(Question(text="3?"))])
+    assert calls == [1] and all(r.ok for r in results)
+
+
+def test_a_cancelled_question_of_a_batch_does_not_stop_the_others(core):
+    cancel = threading.Event()
+    cancel.set()
+    results = core.answer_many([Ask(Question(text="one?", id="x"), cancel=cancel), Ask(Question(text="two?"))])
+    assert results[1].ok
+    assert results[0].ok or results[0].error.code == errors.SHUTTING_DOWN
+
+
+def test_prompt_variants_spread_sampled_rows_and_keep_the_greedy_row(tiny_model_dir, tmp_path):
+    plain = _core(tiny_model_dir, tmp_path / "plain")
+    varied = _core(tiny_model_dir, tmp_path / "varied", prompt_variants=3)
+    try:
+        state = varied.engine.init_state("What is 2+2?")
+        assert len(state.variants) == 2
+        requests = varied.engine.round_requests(state)
+        assert [r.temperatures for r in requests] == [[0.7, 0.0], [0.647], [0.594]]
+        assert len({tuple(r.prompt_ids) for r in requests}) == 3
+        assert requests[1].messages[0]["role"] == "system"
+        a, b = plain.engine.refine("What is 2+2?"), varied.engine.refine("What is 2+2?")
+        assert b.irp.candidates == 4 and sorted(b.irp.temperatures) == sorted(a.irp.temperatures)
+        greedy_a = a.candidates[a.irp.temperatures.index(0.0)]
+        greedy_b = b.candidates[b.irp.temperatures.index(0.0)]
+        assert greedy_a.token_ids == greedy_b.token_ids
+    finally:
+        plain.release()
+        varied.release()
