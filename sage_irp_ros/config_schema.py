@@ -85,6 +85,11 @@ class ModelConfig:
         "faster decoding and a fifth of fp32's memory; int8: per output channel (slower than fp32 on CPU); "
         "auto = int4 on CPU where the kernel is usable, else none; LoRA merged first; replaces "
         "pack_cpu_weights (docs/performance.md)", choices=WEIGHT_QUANTIZATIONS, applies=CONFIGURE))
+    int4_dense_above_rows: int = field(default=4, metadata=_key(
+        "With int4 weights on a CPU with native bf16, decoding steps of more rows than this (batched questions) "
+        "run on a bf16 copy of the weights kept as well: PyTorch's CPU int4 kernel costs grow with every 4 rows, "
+        "a bf16 product's barely (+2 bytes per weight)", lo=0, hi=4096, applies=CONFIGURE,
+        off="0 = no copy: int4 only, least memory"))
     pack_cpu_weights: bool = field(default=True, metadata=_key(
         "On CPU, reorder Linear weights once into oneDNN's blocked layout at load: the same fp32/bf16 "
         "arithmetic, 1.5-2x faster decoding of several candidates (a tied output head gets its own copy)",

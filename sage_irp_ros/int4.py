@@ -90,10 +90,29 @@ def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
     return torch.stack([packed & 0x0F, packed >> 4], dim=-1).reshape(packed.shape[0], -1)
 
 
-class Int4Linear(nn.Module):
-    """Weight-only 4-bit ``nn.Linear`` on PyTorch's int4 kernel (or its de-quantised weights without one)."""
+def dense_copy(weight: torch.Tensor, above_rows: int) -> nn.Module | None:
+    """A bf16 Linear over ``weight`` (oneDNN-packed where available) for products of more than
+    ``above_rows`` rows: PyTorch's CPU int4 kernel de-quantises the weight again for every block of 4 rows
+    (16 rows cost 7x one row), a bf16 product on AVX512-BF16/AMX reads its weight once (16 rows cost 1.1x
+    one). None when ``above_rows`` is 0 or the CPU has no native bf16 (the copy would be fp32, 8x int4's bytes).
+    """
+    if above_rows <= 0 or weight.device.type != "cpu" or not torch_kernels.cpu_has_native_bf16():
+        return None
+    from .cpu_packing import ROWS_HINT, PackedLinear
 
-    def __init__(self, weight: Int4Weight, bias: torch.Tensor | None, dtype: torch.dtype, device: torch.device):
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False, dtype=torch.bfloat16)
+    linear.weight.data = weight.to(torch.bfloat16).contiguous()
+    return linear if torch_kernels.unavailable("onednn_linear") else PackedLinear(linear, ROWS_HINT)
+
+
+class Int4Linear(nn.Module):
+    """Weight-only 4-bit ``nn.Linear`` on PyTorch's int4 kernel (or its de-quantised weights without one).
+
+    ``dense_above_rows`` > 0 keeps a bf16 copy too (:func:`dense_copy`), used for products of more rows.
+    """
+
+    def __init__(self, weight: Int4Weight, bias: torch.Tensor | None, dtype: torch.dtype, device: torch.device,
+                 dense_above_rows: int = 0):
         super().__init__()
         self.out_features, self.in_features = weight.q.shape
         self.group_size = weight.group_size
@@ -104,18 +123,25 @@ class Int4Linear(nn.Module):
             return
         zero = weight.minimum.float() + 8.0 * weight.scale.float()  # the kernel computes (q - 8) * scale + zero
         scales_zeros = torch.stack([weight.scale.float(), zero], dim=-1).transpose(0, 1)
+        scales_zeros = scales_zeros.to(torch_kernels.INT4_ACTIVATION).contiguous()
         self.register_buffer("packed", torch_kernels.int4_pack(weight.q, device))
-        self.register_buffer("scales_zeros", scales_zeros.to(torch_kernels.INT4_ACTIVATION).contiguous().to(device))
+        self.register_buffer("scales_zeros", scales_zeros.to(device))
+        self.dense_above_rows = dense_above_rows
+        self.dense = dense_copy(_kernel_weight(weight.q, scales_zeros, self.group_size), dense_above_rows) \
+            if dense_above_rows > 0 and device.type == "cpu" else None
 
     @property
     def nbytes(self) -> int:
         tensors = [self.weight] if self.reason else [self.packed, self.scales_zeros]
-        return sum(t.numel() * t.element_size() for t in tensors)
+        return sum(t.numel() * t.element_size() for t in tensors) + _dense_bytes(getattr(self, "dense", None))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.reason:
             return F.linear(x, self.weight, self.bias)
         flat = x.reshape(-1, self.in_features).to(torch_kernels.INT4_ACTIVATION)
+        if self.dense is not None and flat.shape[0] > self.dense_above_rows:
+            out = self.dense(flat).to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+            return out if self.bias is None else out + self.bias
         out = torch_kernels.int4_mm(flat, self.packed, self.group_size, self.scales_zeros)
         out = out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         return out if self.bias is None else out + self.bias
@@ -135,10 +161,12 @@ class Q8Linear(nn.Module):
     model's first answer token; these two products keep the GGUF's head at an int8's bytes.
     """
 
-    def __init__(self, q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, device: torch.device):
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, device: torch.device,
+                 dense_above_rows: int = 0):
         super().__init__()
         self.out_features, self.in_features = q.shape
         self.reason = torch_kernels.int4_unavailable(device)
+        self.dense_above_rows, self.dense = dense_above_rows, None
         if self.reason:  # one de-quantised copy, as Int4Linear does without the kernel
             blocks = q.reshape(q.shape[0], -1, 32).float() * scale.float()[..., None]
             self.register_buffer("weight", blocks.reshape(q.shape).to(device=device, dtype=dtype))
@@ -149,9 +177,17 @@ class Q8Linear(nn.Module):
         low = Int4Weight((shifted & 0x0F).to(torch.uint8), scale.half(), torch.zeros_like(scale).half())
         self.high = Int4Linear(high, None, dtype, device)
         self.low = Int4Linear(low, None, dtype, device)
+        if dense_above_rows > 0 and device.type == "cpu":
+            blocks = q.reshape(q.shape[0], -1, 32).float() * scale.float()[..., None]
+            self.dense = dense_copy(blocks.reshape(q.shape), dense_above_rows)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight) if self.reason else self.high(x) + self.low(x)
+        if self.reason:
+            return F.linear(x, self.weight)
+        if self.dense is not None and x.reshape(-1, self.in_features).shape[0] > self.dense_above_rows:
+            flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+            return self.dense(flat).to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        return self.high(x) + self.low(x)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, weight=int8 blocks of 32"
@@ -191,6 +227,21 @@ class Q8Embedding(nn.Module):
         return f"{self.num_embeddings}, {self.embedding_dim}, weight=int8 blocks of {self.BLOCK}"
 
 
+def _kernel_weight(q: torch.Tensor, scales_zeros: torch.Tensor, group_size: int) -> torch.Tensor:
+    """The float weight the int4 kernel multiplies by: ``(q - 8) * scale + zero`` with its bf16 scale and zero."""
+    out, width = q.shape
+    scale = scales_zeros[..., 0].float().transpose(0, 1)[..., None]  # [out, groups, 1]
+    zero = scales_zeros[..., 1].float().transpose(0, 1)[..., None]
+    w = (q.reshape(out, -1, group_size).float() - 8.0) * scale + zero
+    return w.reshape(out, width)
+
+
+def _dense_bytes(dense: nn.Module | None) -> int:
+    if dense is None:
+        return 0
+    return getattr(dense, "nbytes", None) or dense.weight.numel() * dense.weight.element_size()
+
+
 def int4_layers(model: nn.Module) -> list[nn.Module]:
     """The model's 4-bit Linear layers and 8-bit heads (a head's two 4-bit products count as one layer)."""
     inner = {id(m) for head in model.modules() if isinstance(head, Q8Linear) and not head.reason
@@ -198,7 +249,7 @@ def int4_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, (Int4Linear, Q8Linear)) and id(m) not in inner]
 
 
-def quantize_model_int4(model: nn.Module, device: torch.device) -> tuple[int, str]:
+def quantize_model_int4(model: nn.Module, device: torch.device, dense_above_rows: int = 0) -> tuple[int, str]:
     """Replace plain ``nn.Linear`` layers by 4-bit ones, group-wise from their float weights; the embedding
     becomes a :class:`Q8Embedding` and the output head a :class:`Q8Linear`. Returns (layers, reason if none)."""
     from .cpu_packing import _plain_linears
@@ -217,13 +268,14 @@ def quantize_model_int4(model: nn.Module, device: torch.device) -> tuple[int, st
             group = group_size_for(child.in_features)
             if child is head and child.in_features % Q8Embedding.BLOCK == 0:  # the head stays 8-bit
                 blocks = table if tied else Q8Embedding.from_weight(child.weight, dtype)
-                setattr(parent, name, Q8Linear(blocks.q, blocks.scale, dtype, device))
+                setattr(parent, name, Q8Linear(blocks.q, blocks.scale, dtype, device, dense_above_rows))
                 count += 1
                 continue
             if group is None:
                 skipped.append(name)
                 continue
-            setattr(parent, name, Int4Linear(quantize_groups(child.weight, group), child.bias, dtype, device))
+            setattr(parent, name, Int4Linear(quantize_groups(child.weight, group), child.bias, dtype, device,
+                                             dense_above_rows))
             count += 1
         if head is not None and hasattr(model, "config"):
             model.config.tie_word_embeddings = False  # the head and the embedding are separate tensors now

@@ -95,8 +95,9 @@ def folder_format(folder: Path) -> str:
         return "fp32"
 
 
-def load_int4_folder(folder: Path, dtype: torch.dtype, device: torch.device):
-    """(model, tokenizer) from a folder written by :func:`converted_int4`; raises ModelLoadError."""
+def load_int4_folder(folder: Path, dtype: torch.dtype, device: torch.device, dense_above_rows: int = 0):
+    """(model, tokenizer) from a folder written by :func:`converted_int4`; raises ModelLoadError.
+    ``dense_above_rows``: see :class:`~sage_irp_ros.int4.Int4Linear`."""
     from safetensors.torch import load
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -107,7 +108,7 @@ def load_int4_folder(folder: Path, dtype: torch.dtype, device: torch.device):
         tensors = load((folder / WEIGHTS).read_bytes())
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-        _replace_quantized(model, tensors, dtype, device)
+        _replace_quantized(model, tensors, dtype, device, dense_above_rows)
         model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in tensors.items()},
                               strict=False, assign=True)
         _rebuild_meta_buffers(model, device)
@@ -124,7 +125,7 @@ def load_int4_folder(folder: Path, dtype: torch.dtype, device: torch.device):
 
 
 def _replace_quantized(model: torch.nn.Module, tensors: dict[str, torch.Tensor], dtype: torch.dtype,
-                       device: torch.device) -> None:
+                       device: torch.device, dense_above_rows: int = 0) -> None:
     """Put an Int4Linear where ``<module>.q4`` is stored and a Q8Embedding for the embedding (pops them)."""
     for key in [k for k in tensors if k.endswith(".q4")]:
         module = key.removesuffix(".q4")
@@ -132,16 +133,17 @@ def _replace_quantized(model: torch.nn.Module, tensors: dict[str, torch.Tensor],
                             tensors.pop(f"{module}.minimum"))
         bias = tensors.pop(f"{module}.bias", None)
         parent, _, attr = module.rpartition(".")
-        setattr(model.get_submodule(parent), attr, Int4Linear(weight, bias, dtype, device))
+        setattr(model.get_submodule(parent), attr, Int4Linear(weight, bias, dtype, device, dense_above_rows))
     if f"{EMBEDDING}.q8" in tensors:
         old = model.get_input_embeddings()
         model.set_input_embeddings(Q8Embedding(tensors.pop(f"{EMBEDDING}.q8"), tensors.pop(f"{EMBEDDING}.scale8"),
                                                dtype, getattr(old, "padding_idx", None)).to(device))
     if "lm_head.q8" in tensors:
-        model.lm_head = Q8Linear(tensors.pop("lm_head.q8"), tensors.pop("lm_head.scale8"), dtype, device)
+        model.lm_head = Q8Linear(tensors.pop("lm_head.q8"), tensors.pop("lm_head.scale8"), dtype, device,
+                                 dense_above_rows)
     elif "lm_head.q4" not in tensors and isinstance(model.get_input_embeddings(), Q8Embedding):
         embedding = model.get_input_embeddings()  # tied: the head reads the embedding's blocks
-        model.lm_head = Q8Linear(embedding.q, embedding.scale, dtype, device)
+        model.lm_head = Q8Linear(embedding.q, embedding.scale, dtype, device, dense_above_rows)
 
 
 def _rebuild_meta_buffers(model: torch.nn.Module, device: torch.device) -> None:

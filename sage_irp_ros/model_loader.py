@@ -128,8 +128,9 @@ def load_model(model_cfg: ModelConfig, progress: Callable[[str], None] | None = 
     adapter = _check_adapter(model_cfg.adapter_path)
     quant = resolve_quantization(model_cfg.weight_quantization, device)
     pack = model_cfg.pack_cpu_weights and device.type == "cpu" and quant == "none"
+    dense = model_cfg.int4_dense_above_rows if quant == "int4" and device.type == "cpu" else 0
     key = (_identity(folder), _identity(gguf), _identity(adapter), model_cfg.merge_adapter,
-           str(device), str(dtype), pack, quant)
+           str(device), str(dtype), pack, quant, dense)
     with _cache_lock:
         cached = _cache.get(key)
         if cached is not None:
@@ -144,7 +145,7 @@ def load_model(model_cfg: ModelConfig, progress: Callable[[str], None] | None = 
             folder = converted_gguf(gguf, cache_dir, say)
         say(f"loading model from {folder} ({dtype}, {device})")
         if blocks:
-            model, tokenizer = load_int4_folder(folder, dtype, device)
+            model, tokenizer = load_int4_folder(folder, dtype, device, dense)
         else:
             model, tokenizer = _from_pretrained(folder, dtype, device)
         model_id = EMBEDDED_NAME if not model_cfg.path else Path(model_cfg.path).name
@@ -157,7 +158,8 @@ def load_model(model_cfg: ModelConfig, progress: Callable[[str], None] | None = 
             quantized = len(int4_layers(model))
             say(f"int4 weights in {quantized} Linear layers, from the GGUF's blocks")
         elif quant != "none":  # after the adapter merge: the merged weights are what gets quantised
-            quantizer = quantize_model_int4 if quant == "int4" else (lambda m, d: quantize_model(m, quant, d))
+            quantizer = (lambda m, d: quantize_model_int4(m, d, dense)) if quant == "int4" else (
+                lambda m, d: quantize_model(m, quant, d))
             quantized, why_not = quantizer(model, device)
             say(f"{quant} weights in {quantized} Linear layers" if quantized else
                 f"model.weight_quantization: weights left as they were ({why_not})")

@@ -76,7 +76,7 @@ def test_greedy_matches_generate_on_smollm2():
 def test_logprobs_are_untempered_and_match_a_forward_pass(tiny):
     ids = tiny.tokenizer("Tell me about robots")["input_ids"]
     torch.manual_seed(0)
-    temps = [0.0, 0.5, 1.5]
+    temps = [0.0, 0.25, 4.0]
     out = _decode(tiny, ids, temps, 8)
     for row in range(len(temps)):
         full = torch.tensor([ids + out.tokens[row].tolist()])
@@ -88,7 +88,7 @@ def test_logprobs_are_untempered_and_match_a_forward_pass(tiny):
         torch.testing.assert_close(out.logprobs[row], want, atol=1e-2, rtol=1e-3)
         if temps[row] not in (0.0, 1.0):
             tempered = torch.log_softmax(logits / temps[row], -1).gather(1, full[0, len(ids):, None]).squeeze(1)
-            assert (tempered - want).abs().max() > 0.1
+            assert (tempered - want).abs().sum() > 0.5
 
 
 def test_per_row_temperatures_sample_apart_and_greedy_rows_stay_greedy(tiny):

@@ -113,7 +113,7 @@ def test_without_the_kernel_the_same_weights_run_dequantised(monkeypatch):
 def test_hf_folder_int4_replaces_every_linear_and_keeps_logits_close(tiny_plain_model_dir):
     _kernel_or_skip()
     fp32 = load_on_cpu(path=str(tiny_plain_model_dir))
-    int4 = load_on_cpu(path=str(tiny_plain_model_dir), weight_quantization="int4")
+    int4 = load_on_cpu(path=str(tiny_plain_model_dir), weight_quantization="int4", int4_dense_above_rows=0)
     assert int4.weight_quantization == "int4" and int4.quantized_layers == 2 * 7 + 1
     assert isinstance(int4.model.get_output_embeddings(), Q8Linear)
     assert isinstance(int4.model.get_input_embeddings(), Q8Embedding)
@@ -121,6 +121,24 @@ def test_hf_folder_int4_replaces_every_linear_and_keeps_logits_close(tiny_plain_
     want, got = prompt_logits(fp32), prompt_logits(int4)
     assert (got.argmax(-1) == want.argmax(-1)).float().mean() >= 0.8
     assert (got.log_softmax(-1) - want.log_softmax(-1)).abs().mean() < 0.1
+
+
+def test_a_dense_copy_serves_products_of_more_rows_with_the_same_weights(tiny_plain_model_dir):
+    _kernel_or_skip()
+    from sage_irp_ros.torch_kernels import cpu_has_native_bf16
+
+    if not cpu_has_native_bf16():
+        pytest.skip("the bf16 copy is kept only on CPUs with native bf16")
+    lean = load_on_cpu(path=str(tiny_plain_model_dir), weight_quantization="int4", int4_dense_above_rows=0)
+    dual = load_on_cpu(path=str(tiny_plain_model_dir), weight_quantization="int4", int4_dense_above_rows=4,
+                       precision="bf16")
+    assert dual.footprint_mb > lean.footprint_mb
+    layer = next(m for m in dual.model.modules() if isinstance(m, Int4Linear))
+    assert layer.dense is not None
+    x = torch.randn(8, layer.in_features, dtype=torch.bfloat16)
+    few = torch.cat([layer(x[:4]), layer(x[4:])])  # 4 rows each: the int4 kernel
+    many = layer(x)  # 8 rows: the bf16 copy of the same weights
+    assert (many.float() - few.float()).abs().max() <= 0.02 * few.float().abs().max()
 
 
 def test_auto_is_int4_on_cpu_only_where_the_kernel_is_usable(monkeypatch):

@@ -98,13 +98,14 @@ def load_on_cpu(**model):
 
     fp32 full-width weights unless the test asks otherwise: ``precision: auto`` means bf16 on CPUs with
     native bf16 and ``weight_quantization: auto`` int4 where PyTorch's int4 kernel is usable, and a test's
-    arithmetic must not depend on the machine it runs on.
+    arithmetic must not depend on the machine it runs on; for the same reason int4 weights get no bf16
+    copy for many-row products (``int4_dense_above_rows``, kept only on CPUs with native bf16).
     """
     from sage_irp_ros.config import SageConfig
     from sage_irp_ros.model_loader import load_model
 
     cfg = SageConfig.from_mapping({"model": {"device": "cpu", "precision": "fp32", "weight_quantization": "none",
-                                             **model}})
+                                             "int4_dense_above_rows": 0, **model}})
     return load_model(cfg.model)
 
 
