@@ -235,6 +235,10 @@ class NodeConfig:
         "Waiting questions answered together, their candidates decoded in one batch (two questions of one "
         "conversation never share a batch; while throttled: one at a time)", lo=1, hi=64,
         off="1 = one question at a time"))
+    batch_wait_s: float = field(default=0.05, metadata=_key(
+        "With batch_size above 1, how long the worker waits for more questions before starting a batch that "
+        "is not full (the questions of a burst arrive milliseconds apart)", lo=0.0, hi=10.0,
+        off="0 = start at once"))
     status_period_s: float = field(default=1.0, metadata=_key(
         "Period of the status heartbeat", lo=0.05, hi=3600.0))
     shutdown_timeout_s: float = field(default=10.0, metadata=_key(

@@ -110,7 +110,7 @@ class IrpNode(Node, LifecycleNodeMixin):
             self._answer, self.cfg.node.queue_size, name="sage_irp_worker", on_idle=self.publish_status,
             on_crash=lambda exc: self.get_logger().error(f"worker: {type(exc).__name__}: {exc}"),
             handle_many=self._answer_many, batch_limit=self._batch_limit,
-            batch_key=lambda item: item.question.conversation)
+            batch_key=lambda item: item.question.conversation, batch_wait=lambda: self.cfg.node.batch_wait_s)
         inputs = MutuallyExclusiveCallbackGroup()
         self.create_subscription(String, "question", self._on_question, BURST, callback_group=inputs)
         self.create_subscription(Bool, "throttled", self._on_throttled, THROTTLED_IN, callback_group=inputs)

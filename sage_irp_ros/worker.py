@@ -58,8 +58,10 @@ class QuestionWorker(Generic[T]):
 
     Batches: with ``handle_many``, the worker takes up to ``batch_limit()`` waiting items at once, in
     queue order but never two with the same non-None ``batch_key`` (the later one waits for the next
-    batch), and hands them to ``handle_many(items, cancel)``; a batch of one goes to ``handle``. An item
-    arriving while a batch runs waits for the next one. One :class:`Cancel` covers the whole batch.
+    batch), and hands them to ``handle_many(items, cancel)``; a batch of one goes to ``handle``. Before
+    starting a batch that is not full, it waits up to ``batch_wait()`` seconds for more items (questions
+    of a burst arrive a few milliseconds apart). An item arriving while a batch runs waits for the next
+    one. One :class:`Cancel` covers the whole batch.
     """
 
     def __init__(self, handle: Callable[[T, Cancel], None], maxsize: int, *, name: str = "worker",
@@ -67,13 +69,15 @@ class QuestionWorker(Generic[T]):
                  on_idle: Callable[[], None] | None = None,
                  handle_many: Callable[[list[T], Cancel], None] | None = None,
                  batch_limit: Callable[[], int] | None = None,
-                 batch_key: Callable[[T], Hashable | None] | None = None):
+                 batch_key: Callable[[T], Hashable | None] | None = None,
+                 batch_wait: Callable[[], float] | None = None):
         if maxsize < 1:
             raise ValueError(f"maxsize must be at least 1, not {maxsize}")
         self._handle = handle
         self._handle_many = handle_many
         self._batch_limit = batch_limit or (lambda: 1)
         self._batch_key = batch_key or (lambda item: None)
+        self._batch_wait = batch_wait or (lambda: 0.0)
         self._running = 0
         self._on_crash = on_crash
         self._on_idle = on_idle
@@ -185,7 +189,15 @@ class QuestionWorker(Generic[T]):
                 self._cond.wait_for(lambda: self._items or self._stopping)
                 if self._stopping:
                     return
-                items = self._take_batch()
+                limit = max(1, int(self._batch_limit())) if self._handle_many is not None else 1
+                wait = self._batch_wait() if limit > 1 else 0.0
+                if wait > 0 and len(self._items) < limit:
+                    self._cond.wait_for(lambda: len(self._items) >= limit or self._stopping, wait)
+                    if self._stopping:
+                        return
+                    if not self._items:  # take_pending() refused them meanwhile
+                        continue
+                items = self._take_batch(limit)
                 cancel = self._cancel = Cancel()
                 self._running = len(items)
             try:
@@ -206,10 +218,9 @@ class QuestionWorker(Generic[T]):
                 except Exception as exc:  # noqa: BLE001
                     self._crashed(exc)
 
-    def _take_batch(self) -> list[T]:
+    def _take_batch(self, limit: int) -> list[T]:
         """The next batch (caller holds the lock; the queue is not empty): the first item, then later
-        items in order whose key no item of the batch has, up to the batch limit."""
-        limit = max(1, int(self._batch_limit())) if self._handle_many is not None else 1
+        items in order whose key no item of the batch has, up to ``limit``."""
         batch, keys = [self._items.popleft()], set()
         keys.add(self._batch_key(batch[0]))
         index = 0
