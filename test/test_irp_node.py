@@ -283,6 +283,24 @@ def test_history_changes_the_prompt_and_reset_clears_it(t):
     assert _ok(t.ask("Again?", conversation="history-2"))["irp"]["history_used"] == 0
 
 
+def test_two_conversations_asked_together_are_one_batch_and_share_no_history(t):
+    """node.batch_size 2: both questions wait for each other (up to batch_wait_s), decode together, and
+    each gets exactly one result with its own conversation's history only."""
+    _ok(t.ask("The robot is in the kitchen.", conversation="batch-a"))
+    results = t.set_parameters({"node.batch_size": 2, "node.batch_wait_s": 30.0})
+    assert all(r.successful for r in results), [r.reason for r in results]
+    try:
+        ids = [t.send("Where is the robot?", conversation="batch-a"),
+               t.send("Where is the robot?", conversation="batch-b")]
+        got = t.wait_results(ids)
+        assert [_ok(got[i])["irp"]["history_used"] for i in ids] == [1, 0]
+        assert [len(t.results_for(i)) for i in ids] == [1, 1]
+        assert any(s.get("batch") == 2 and s.get("batch_size") == 2 for s in t.statuses)
+    finally:
+        results = t.set_parameters({"node.batch_size": 4, "node.batch_wait_s": 0.05})
+        assert all(r.successful for r in results)
+
+
 def test_questions_without_conversation_share_nothing_and_a_named_one_keeps_its_history(t, shared):
     """Independent askers do not see each other's exchanges; a named conversation is a dialogue."""
     first = _ok(t.exchange_raw("What is the capital of France?"))  # plain text
