@@ -113,7 +113,8 @@ class RemoteGenerator:
         self._lock = threading.Lock()
         self._latencies: deque[float] = deque(maxlen=200)
         self._ids: dict[str, int] = {}
-        self.requests = self.failures = self.overlong = 0
+        self.requests = self.failures = self.overlong = self.in_flight = 0
+        self._verified = False  # the server listed the configured model (probe succeeded)
         self.last_error: str | None = None
         self.reachable: bool | None = None
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -160,7 +161,7 @@ class RemoteGenerator:
             if request.constraints is not None and any(c is not None for c in request.constraints):
                 raise SageError(errors.BACKEND_UNSUPPORTED,
                                 "a generation server cannot apply on-board token constraints (json_schema)")
-        if self.model is None:
+        if not self._verified:  # llama.cpp accepts any model name: check it is the one served
             self.probe()
         stops = [asyncio.Event() for _ in requests]
         return self._run(self._many(list(requests), stops), [r.cancel for r in requests], stops)
@@ -267,11 +268,14 @@ class RemoteGenerator:
         if self.cfg.model and self.cfg.model not in served:
             raise self._failed(RemoteError(UNKNOWN_MODEL, f"model {self.cfg.model!r} is not served by {self.url} "
                                                           f"(it serves: {', '.join(served) or 'none'})"))
+        self._verified = True
         return served
 
     async def _request(self, method: str, path: str, body: dict | None) -> Any:
         """One HTTP exchange, bounded by ``remote.timeout_s``; its JSON, or RemoteError."""
         begin = time.monotonic()
+        with self._lock:
+            self.in_flight += 1
         try:
             response = await asyncio.wait_for(self._client.request(method, path, json=body), self.cfg.timeout_s)
             payload = response.content
@@ -280,6 +284,9 @@ class RemoteGenerator:
                                                     f"remote.timeout_s = {self.cfg.timeout_s:g} s ({type(exc).__name__})"))
         except httpx.HTTPError as exc:
             raise self._failed(RemoteError(UNREACHABLE, f"{self.url} unreachable: {type(exc).__name__}: {exc}"))
+        finally:
+            with self._lock:
+                self.in_flight -= 1
         if response.status_code >= 400:
             detail = payload[:200].decode("utf-8", errors="replace")
             kind = UNKNOWN_MODEL if response.status_code == 404 and "model" in detail.lower() else HTTP
