@@ -366,7 +366,8 @@ class SageCore:
         Keys as in docs/interface.md "Status JSON": model, device, precision, packed_layers, weights,
         quantized_layers, model_mb,
         gpu_mem_mb, max_memory_mb, served, errors, refused, consecutive_errors, last, latency,
-        memory_store, generation (where candidates come from). Without a model, device and precision are the configured ones.
+        memory_store, generation (where candidates come from). Without a model, device and precision are
+        the configured ones.
         """
         lm, cfg = self.lm, self.cfg
         gpu_mb = None

@@ -280,8 +280,9 @@ class RemoteGenerator:
             response = await asyncio.wait_for(self._client.request(method, path, json=body), self.cfg.timeout_s)
             payload = response.content
         except (asyncio.TimeoutError, httpx.TimeoutException) as exc:
-            raise self._failed(RemoteError(TIMEOUT, f"{self.url}{path} did not answer within "
-                                                    f"remote.timeout_s = {self.cfg.timeout_s:g} s ({type(exc).__name__})"))
+            raise self._failed(RemoteError(TIMEOUT, (
+                f"{self.url}{path} did not answer within remote.timeout_s = {self.cfg.timeout_s:g} s "
+                f"(timeout: {type(exc).__name__})")))
         except httpx.HTTPError as exc:
             raise self._failed(RemoteError(UNREACHABLE, f"{self.url} unreachable: {type(exc).__name__}: {exc}"))
         finally:
