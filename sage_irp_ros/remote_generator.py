@@ -117,8 +117,13 @@ class RemoteGenerator:
         self._verified = False  # the server listed the configured model (probe succeeded)
         self.last_error: str | None = None
         self.reachable: bool | None = None
+        if urlsplit(self.base_url).scheme not in ("http", "https") or not urlsplit(self.base_url).hostname:
+            raise ModelLoadError(f"remote.url {self.url!r} is not an http:// or https:// URL with a host")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        verify: Any = ssl.create_default_context(cafile=cfg.ca_file) if cfg.ca_file else cfg.verify_tls
+        try:
+            verify: Any = ssl.create_default_context(cafile=cfg.ca_file) if cfg.ca_file else cfg.verify_tls
+        except (OSError, ssl.SSLError) as exc:
+            raise ModelLoadError(f"cannot read remote.ca_file {cfg.ca_file}: {exc}") from exc
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="sage_remote_http", daemon=True)
         self._thread.start()

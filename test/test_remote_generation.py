@@ -334,3 +334,12 @@ def test_killed_mid_question_then_the_breaker_opens_and_closes_on_restart(tmp_pa
         core.release()
         proxy.close()
         server.kill()
+
+
+def test_a_bad_url_or_ca_file_fails_the_load_naming_the_key(tmp_path):
+    from sage_irp_ros.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="remote.url"):
+        make_core("gpu-host:8000", tmp_path)
+    with pytest.raises(ModelLoadError, match="remote.ca_file"):
+        make_core("https://127.0.0.1:1", tmp_path, ca_file=str(tmp_path / "missing.pem"))
