@@ -39,7 +39,7 @@ setup(
     python_requires=">=3.10",
     install_requires=["setuptools", "packaging", "pyyaml", "numpy", "psutil", "torch>=2.13",
                       "transformers>=4.57.6", "peft>=0.17.1", "safetensors", "gguf", "jsonschema>=4.18",
-                      "llguidance>=1.9"],
+                      "llguidance>=1.9", "httpx>=0.21"],
     extras_require={
         "test": ["pytest", "hypothesis"],
         "jetson": ["jetson-stats"],

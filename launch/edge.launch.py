@@ -16,6 +16,7 @@
 
     ros2 launch sage_irp_ros edge.launch.py [params_file:=FILE] [model_path:=DIR] [namespace:=sage]
         [log_level:=info] [use_sim_time:=false] [respawn:=false] [autostart:=true] [sigterm_timeout:=30]
+        [remote_url:=URL] [remote_model:=NAME]
 
 ``ros2 launch sage_irp_ros edge.launch.py --show-args`` describes every argument. With ``autostart``
 true (the default) this launch file drives the IRP node's lifecycle itself: ``configure`` once the
@@ -50,6 +51,9 @@ ARGUMENTS = {  # name: (default, description); --show-args prints them
     "params_file": (None, "ROS 2 parameters file for both nodes (default: the package's config/edge.yaml)"),
     "model_path": ("", "Local Hugging Face folder or .gguf for the IRP node; empty = the params file's "
                        "model.path (empty there too = the embedded SmolLM2-135M-Instruct)"),
+    "remote_url": ("", "OpenAI-compatible generation server (vLLM, llama.cpp server) for the IRP node's candidates; "
+                       "empty = the params file's remote.url (empty there too = the on-board model)"),
+    "remote_model": ("", "Model name on the generation server; empty = the params file's remote.model"),
     "namespace": ("sage", "Namespace of both nodes and their topics (/sage/question, /sage/result, ...)"),
     "log_level": ("info", "ROS log level of both nodes: debug, info, warn, error or fatal"),
     "use_sim_time": ("false", "Use /clock for both nodes' ROS time (simulation)"),
@@ -77,6 +81,10 @@ def _nodes(context):
     irp_overrides = {**common_params, "node.autostart": False}  # launch, or a manager, drives the lifecycle
     if model_path:  # empty keeps the file's model.path
         irp_overrides["model.path"] = model_path
+    for argument, key in (("remote_url", "remote.url"), ("remote_model", "remote.model")):
+        value = LaunchConfiguration(argument).perform(context)
+        if value:  # empty keeps the file's value
+            irp_overrides[key] = value
     irp = LifecycleNode(executable="irp_node", name="sage_irp", parameters=[params_file, irp_overrides],
                         respawn=_is_true(context, "respawn"), respawn_delay=2.0, **common)
     diagnostics = Node(executable="diagnostics_node", name="sage_diagnostics",

@@ -37,6 +37,7 @@ class Candidate:
     token_ids: list[int] = field(default_factory=list)
     token_logprobs: list[float] = field(default_factory=list)
     finished: bool = False  # the model produced end-of-sequence (the answer is complete)
+    backend: str = "local"  # who generated it: local (on board), remote (a server), local_fallback
 
     @property
     def n_tokens(self) -> int:

@@ -66,6 +66,14 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the IRP and diagnostics nodes in one process")
     run.add_argument("--namespace", default="sage")
     run.add_argument("--model-path", default="", help="local HF folder or .gguf (default: embedded SmolLM2)")
+    run.add_argument("--remote-url", default="", metavar="URL",
+                     help="generate candidates on this OpenAI-compatible server (vLLM, llama.cpp server); "
+                          "sets remote.url (default: the on-board model)")
+    run.add_argument("--remote-model", default="", metavar="NAME",
+                     help="with --remote-url: the served model's name (remote.model; default: the first listed)")
+    run.add_argument("--remote-fallback", choices=("local", "none"),
+                     help="with --remote-url: remote.fallback (local: on-board model while the server is down; "
+                          "none: load no model)")
     run.add_argument("--demo", action="store_true",
                      help=f"ask the research report's five demo questions in conversation '{DEMO_CONVERSATION}'")
     run.add_argument("--once", action="store_true", help="with --demo: exit after the demo")
@@ -133,6 +141,10 @@ def _run(args: argparse.Namespace, ros_args: list[str]) -> int:
         ros_args = ["--ros-args", "--params-file", str(config_file("edge.yaml")), *ros_args]
     if args.model_path:
         ros_args = [*ros_args, "--ros-args", "-p", f"model.path:={args.model_path}"]
+    for key, value in (("remote.url", args.remote_url), ("remote.model", args.remote_model),
+                       ("remote.fallback", args.remote_fallback)):
+        if value:
+            ros_args = [*ros_args, "--ros-args", "-p", f"{key}:={value}"]
     init_ros(["sage_irp", *ros_args])
     try:
         nodes = [IrpNode(namespace=args.namespace)]

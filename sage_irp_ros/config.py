@@ -42,7 +42,8 @@ import yaml
 
 from .config_schema import (DEVICES, ENERGIES, MEMORY_LIMIT_ACTIONS, POWER_MODES, PRECISIONS,  # noqa: F401
                             PROBE_BACKENDS, SECTIONS, WEIGHT_QUANTIZATIONS, DiagnosticsConfig, HistoryConfig,
-                            IRPConfig, MemoryConfig, ModelConfig, NodeConfig, SnarcConfig, ThrottleConfig)
+                            IRPConfig, MemoryConfig, ModelConfig, NodeConfig, RemoteConfig, SnarcConfig,
+                            ThrottleConfig)
 
 _LOG = logging.getLogger("sage_irp_ros.config")
 RESEARCH, RENAMED, NO_EFFECT = "research", "renamed", "no effect"
@@ -129,6 +130,7 @@ class SageConfig:
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     node: NodeConfig = field(default_factory=NodeConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    remote: RemoteConfig = field(default_factory=RemoteConfig)
 
     # -- construction -------------------------------------------------------------------------
     @classmethod

@@ -24,7 +24,8 @@ Sections by concern, in the order the docs list them:
 - ``history:`` conversation history kept in RAM as context;
 - ``memory:`` the SQLite store of salient exchanges and its retention;
 - ``node:`` the IRP node's ROS-side behaviour;
-- ``diagnostics:`` the diagnostics node and its probes.
+- ``diagnostics:`` the diagnostics node and its probes;
+- ``remote:`` candidate generation on a serving engine (vLLM, llama.cpp server) instead of on board.
 
 Each key's metadata holds a one-line ``doc``, the allowed range or choices, ``applies`` (when a value set
 at run time takes effect in the node that reads it: live, configure or read-only) and ``off``: for the
@@ -45,6 +46,7 @@ PROBE_BACKENDS = ("auto", "jtop", "nvml", "sysfs")
 MEMORY_LIMIT_ACTIONS = ("warn", "error")
 WEIGHT_QUANTIZATIONS = ("auto", "none", "int8", "int4")
 COMPILE_MODES = ("auto", "on", "off")
+FALLBACKS = ("local", "none")
 LIVE, CONFIGURE, READ_ONLY = "live", "configure", "read-only"
 _BETWEEN_ROUNDS = ("; checked between rounds, so it acts only when candidates_per_round is below candidates "
                    "(in the default single round every candidate is already sampled)")
@@ -263,6 +265,54 @@ class DiagnosticsConfig:
         "Zone temperature in deg C at or above which the platform counts as throttled", lo=20.0, hi=130.0))
 
 
+@dataclass(frozen=True)
+class RemoteConfig:
+    """``remote:`` — generate candidates on a serving engine over HTTP (docs/reliability.md, "Remote generation").
+
+    The API key itself is never a key here: only the name of the environment variable or the file that
+    holds it, so it appears in no parameter dump, status or log line.
+    """
+
+    url: str = field(default="", metadata=_key(
+        "Base URL of an OpenAI-compatible server (vLLM, llama.cpp server), e.g. https://gpu-host:8000; "
+        "empty = generate on board", applies=CONFIGURE, off="empty = the on-board model"))
+    model: str = field(default="", metadata=_key(
+        "Model name sent with every request; empty = the first model the server lists", applies=CONFIGURE))
+    api_key_env: str = field(default="SAGE_IRP_API_KEY", metadata=_key(
+        "Environment variable holding the API key (sent as a Bearer token); unset or empty = no key",
+        applies=CONFIGURE))
+    api_key_file: str = field(default="", metadata=_key(
+        "File holding the API key (wins over api_key_env); empty = none", applies=CONFIGURE))
+    timeout_s: float = field(default=60.0, metadata=_key(
+        "Longest wait for one generation request (a question's deadline cuts it shorter)", lo=0.1, hi=3600.0,
+        applies=CONFIGURE))
+    connect_timeout_s: float = field(default=3.0, metadata=_key(
+        "Longest wait to connect to the server", lo=0.05, hi=600.0, applies=CONFIGURE))
+    verify_tls: bool = field(default=True, metadata=_key(
+        "Verify the server's TLS certificate (https URLs); false only on a trusted test network",
+        applies=CONFIGURE))
+    ca_file: str = field(default="", metadata=_key(
+        "CA bundle (PEM) that signs the server's certificate; empty = the system's", applies=CONFIGURE))
+    fallback: str = field(default="local", metadata=_key(
+        "local: keep the on-board model loaded and answer on board while the server is unreachable (and for "
+        "choices / json_schema questions); none: load no model at all (a robot without a GPU)",
+        choices=FALLBACKS, applies=CONFIGURE))
+    max_concurrency: int = field(default=8, metadata=_key(
+        "Requests in flight at once (the rows of a question and of questions decoded together)", lo=1, hi=256,
+        applies=CONFIGURE))
+    use_n: bool = field(default=False, metadata=_key(
+        "Ask for rows sharing a temperature in one request with n (vLLM honours n; llama.cpp ignores it)",
+        applies=CONFIGURE))
+    breaker_failures: int = field(default=3, metadata=_key(
+        "Consecutive failed requests that open the circuit breaker (no requests until its backoff ends)",
+        lo=1, hi=1000, applies=CONFIGURE))
+    breaker_backoff_s: float = field(default=2.0, metadata=_key(
+        "First backoff of an open breaker; doubled after each failed trial", lo=0.01, hi=3600.0,
+        applies=CONFIGURE))
+    breaker_max_backoff_s: float = field(default=30.0, metadata=_key(
+        "Longest backoff of an open breaker", lo=0.01, hi=3600.0, applies=CONFIGURE))
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "llm_irp": IRPConfig,
@@ -272,4 +322,5 @@ SECTIONS: dict[str, type] = {
     "memory": MemoryConfig,
     "node": NodeConfig,
     "diagnostics": DiagnosticsConfig,
+    "remote": RemoteConfig,
 }

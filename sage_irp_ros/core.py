@@ -36,6 +36,7 @@ from .confidence import is_confident, shipped
 from .config import SageConfig
 from .conversation import ConversationHistory
 from .errors import ModelLoadError, SageError
+from .generation_backend import RemoteBackend, backend_of, local_status
 from .irp import CANCELLED as HALT_CANCELLED
 from .irp import DEADLINE as HALT_DEADLINE
 from .irp import IRPEngine, RefineJob, Refinement
@@ -58,6 +59,8 @@ class SageCore:
         self._progress = progress or log.info
         self.lm: LoadedModel | None = None
         self.engine: IRPEngine | None = None
+        self.backend: RemoteBackend | None = None  # remote.url set: the serving engine (and its fallback)
+        self._local_engine: IRPEngine | None = None  # the on-board engine (choices, json_schema, fallback)
         self.history = ConversationHistory(cfg.history.depth, cfg.history.max_conversations,
                                            heard_window=SURPRISE_WINDOW)
         self.snarc = SnarcScorer(cfg.snarc)
@@ -70,29 +73,60 @@ class SageCore:
         self._state_lock = threading.Lock()
 
     # -- lifecycle --------------------------------------------------------------------------------
-    def load(self) -> LoadedModel:
+    def load(self) -> LoadedModel | None:
         """Load the model (or reuse the resident one), warm it up and open the memory store.
 
         Any failure (also in warm-up: a RuntimeError, CUDA OOM) propagates after the model this call
         made resident is released again, so a retry does not hold a second copy. Settings changed by
         :meth:`reconfigure` while loading are applied to the engine that is installed.
+
+        With ``remote.url`` set, candidates come from that server (:mod:`generation_backend`); the
+        on-board model is loaded only with ``remote.fallback: local`` (returns None otherwise). A server
+        that does not answer now does not fail the load: the status says it is unreachable.
         """
         cfg = self.cfg
         apply_power_mode(cfg.model.power_mode)
         previous = self.lm
-        lm = load_model(cfg.model, self._progress)
+        lm = None if cfg.remote.url and cfg.remote.fallback == "none" else load_model(cfg.model, self._progress)
         try:
-            if cfg.model.warmup:
+            if lm is not None and cfg.model.warmup:
                 self._progress(f"warm-up generation took {IRPEngine(lm, cfg.llm_irp).warm_up():.2f} s")
+            backend = self.backend
+            if cfg.remote.url and backend is None:
+                backend = RemoteBackend.from_config(cfg.remote, None)  # its fallback: _install_engines
+                self._progress(f"generation server {backend.remote.url}: model {backend.remote.model}, "
+                               f"reachable {backend.remote.reachable}, fallback {cfg.remote.fallback}")
         except BaseException:
-            if lm is not previous:
+            if lm is not None and lm is not previous:
                 release(lm)
             raise
         with self._state_lock:
-            self.lm, self.engine = lm, IRPEngine(lm, self.cfg.llm_irp)
+            self.lm, self.backend = lm, backend
+            self._install_engines(self.cfg)
             if self.store is None:
                 self.store = open_store(self.cfg.memory)
         return lm
+
+    def _install_engines(self, cfg: SageConfig) -> None:
+        """The engines over the resident model and the backend (under ``_state_lock``)."""
+        local = IRPEngine(self.lm, cfg.llm_irp) if self.lm is not None else None
+        if self.backend is not None:
+            self.backend.local = local.generator if local is not None else None
+            self.engine = IRPEngine(self.lm, cfg.llm_irp, generator=self.backend)
+        else:
+            self.engine = local
+        self._local_engine = local
+
+    def _engine_for(self, q: Question) -> IRPEngine:
+        """The engine for ``q``: choices and json_schema questions need the resident model's logits."""
+        engine = self._engine()
+        if self.backend is None or not (q.choices or q.json_schema is not None):
+            return engine
+        if self._local_engine is None:
+            raise SageError(errors.BACKEND_UNSUPPORTED, (
+                "choices and json_schema questions need the on-board model: this node generates on "
+                f"{self.backend.remote.url} with remote.fallback: none"))
+        return self._local_engine
 
     def release(self, timeout: float | None = None) -> bool:
         """Drop the model from memory (cleanup) and close the store, after the running generation.
@@ -106,10 +140,12 @@ class SageCore:
             return False
         try:
             with self._state_lock:
-                lm, store = self.lm, self.store
-                self.lm = self.engine = self.store = None
+                lm, store, backend = self.lm, self.store, self.backend
+                self.lm = self.engine = self.store = self.backend = self._local_engine = None
             if lm is not None:
                 release(lm)
+            if backend is not None:
+                backend.close()
             if store is not None:
                 store.close()
         finally:
@@ -125,8 +161,8 @@ class SageCore:
             self.history.resize(cfg.history.depth, cfg.history.max_conversations)
             if self.store is not None:
                 self.store.set_policy(cfg.memory)
-            if self.lm is not None:
-                self.engine = IRPEngine(self.lm, cfg.llm_irp)
+            if self.engine is not None:
+                self._install_engines(cfg)
 
     @property
     def loaded(self) -> bool:
@@ -158,23 +194,27 @@ class SageCore:
         """
         start = time.monotonic()
         results: list[Result | None] = [None] * len(asks)
-        prepared: dict[int, _Prepared] = {}
+        prepared: dict[int, tuple[IRPEngine, _Prepared]] = {}
         with self._lock:
             try:
-                engine = self._engine()
+                self._engine()  # no engine at all: every question fails with the reason
                 for i, ask in enumerate(asks):
                     try:
-                        prepared[i] = self._prepare(engine, ask, start)
+                        engine = self._engine_for(ask.question)
+                        prepared[i] = (engine, self._prepare(engine, ask, start))
                     except Exception as exc:  # noqa: BLE001 - this question's result says why
                         results[i] = self._failed(ask, exc, start)
-                refined = self._refine_batch(engine, list(prepared.values()))
-                for (i, prep), outcome in zip(list(prepared.items()), refined):
-                    try:
-                        if isinstance(outcome, Exception):
-                            raise outcome
-                        results[i] = self._finish(engine, prep, outcome)
-                    except Exception as exc:  # noqa: BLE001
-                        results[i] = self._failed(asks[i], exc, start)
+                engines = {id(engine): engine for engine, _ in prepared.values()}
+                for key, engine in engines.items():  # on-board and remote questions refine apart
+                    mine = [i for i, (e, _) in prepared.items() if id(e) == key]
+                    refined = self._refine_batch(engine, [prepared[i][1] for i in mine])
+                    for i, outcome in zip(mine, refined):
+                        try:
+                            if isinstance(outcome, Exception):
+                                raise outcome
+                            results[i] = self._finish(engine, prepared[i][1], outcome)
+                        except Exception as exc:  # noqa: BLE001
+                            results[i] = self._failed(asks[i], exc, start)
             except Exception as exc:  # noqa: BLE001 - no engine: every question not yet answered fails
                 for i, ask in enumerate(asks):
                     if results[i] is None:
@@ -265,7 +305,8 @@ class SageCore:
                               start=p.started, inference_s=inference_s, tokens=refined.tokens,
                               choice=picked.choice if picked is not None else None,
                               probabilities=picked.probabilities if picked is not None else None, json=value,
-                              confidence=confidence, confident=is_confident(confidence, options.min_confidence))
+                              confidence=confidence, confident=is_confident(confidence, options.min_confidence),
+                              backend=backend_of(refined.candidates))
         self._store(result)
         self.stats.record(ok=True, total_s=result.timing.total_s, inference_s=result.timing.inference_s,
                           tokens=result.timing.tokens)
@@ -317,7 +358,7 @@ class SageCore:
     def release_model_only(self) -> None:
         """keep_alive false: free the model after each answer, keep the store open."""
         with self._state_lock:
-            lm, self.lm, self.engine = self.lm, None, None
+            lm, self.lm, self.engine, self._local_engine = self.lm, None, None, None
         if lm is not None:
             release(lm)
 
@@ -360,8 +401,14 @@ class SageCore:
                       **answered, error=error, snarc=snarc, irp=irp,
                       timing=Timing.measure(received=received, start=start, now=time.monotonic(),
                                             inference_s=inference_s, tokens=tokens),
-                      model=self.lm.model_id if self.lm is not None else None, warnings=list(q.warnings),
+                      model=self._model_name(answered.get("backend")), warnings=list(q.warnings),
                       stamp=time.time())
+
+    def _model_name(self, backend: str | None) -> str | None:
+        """The model a result names: the server's for a remote answer, else the resident one."""
+        if self.backend is not None and (backend == "remote" or self.lm is None):
+            return self.backend.remote.model
+        return self.lm.model_id if self.lm is not None else None
 
     def refuse(self, q: Question | None, error: SageError, *, question_id: str | None = None,
                received: float | None = None) -> Result:
@@ -375,14 +422,16 @@ class SageCore:
         Keys as in docs/interface.md "Status JSON": model, device, precision, packed_layers, weights,
         quantized_layers, model_mb,
         gpu_mem_mb, max_memory_mb, served, errors, refused, consecutive_errors, last, latency,
-        memory_store. Without a model, device and precision are the configured ones.
+        memory_store, generation (where candidates come from). Without a model, device and precision are
+        the configured ones.
         """
         lm, cfg = self.lm, self.cfg
         gpu_mb = None
         if lm is not None and lm.device.type == "cuda":
             gpu_mb = round(torch.cuda.memory_allocated(lm.device) / 2**20, 1)
+        backend = self.backend
         return {
-            "model": lm.model_id if lm else None,
+            "model": lm.model_id if lm else backend.remote.model if backend else None,
             "device": str(lm.device) if lm else cfg.model.device,
             "precision": lm.precision if lm else cfg.model.precision,
             "packed_layers": lm.packed_layers if lm else None,
@@ -391,6 +440,7 @@ class SageCore:
             "model_mb": round(lm.footprint_mb, 1) if lm else None, "gpu_mem_mb": gpu_mb,
             "max_memory_mb": cfg.model.max_memory_mb,
             **self.stats.snapshot(), "memory_store": self.store_status(),
+            "generation": backend.status() if backend is not None else local_status(),
         }
 
     def store_status(self) -> dict[str, Any]:

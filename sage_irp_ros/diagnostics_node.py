@@ -21,7 +21,9 @@ A thin rclpy adapter over the ROS-free core (:mod:`sage_irp_ros.probes`,
 - ``throttled`` (``std_msgs/Bool``, reliable, TRANSIENT_LOCAL depth 1): at start and on every tick;
   false while the probe fails (the Throttling status then says the state is unknown)
 - ``metrics/latency_s``, ``metrics/tokens_per_s``, ``metrics/temperature_c``,
-  ``metrics/ram_used_pct``, ``metrics/gpu_mem_mb``, ``metrics/power_w`` (``std_msgs/Float32``)
+  ``metrics/ram_used_pct``, ``metrics/gpu_mem_mb``, ``metrics/power_w``, and for a remote generation
+  backend ``metrics/backend_p95_s``, ``metrics/backend_failures``, ``metrics/backend_fallback_active``,
+  ``metrics/backend_breaker_open`` (``std_msgs/Float32``)
 - subscribes ``status`` (``std_msgs/String`` JSON from the IRP node, TRANSIENT_LOCAL depth 1)
 """
 

@@ -12,7 +12,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""The diagnostics node's six statuses as plain data (no ROS): built from a probe snapshot and the
+"""The diagnostics node's seven statuses as plain data (no ROS): built from a probe snapshot and the
 IRP node's latest ``status`` JSON.
 
 Levels follow ``diagnostic_msgs/DiagnosticStatus`` (OK 0, WARN 1, ERROR 2, STALE 3). Names follow
@@ -31,9 +31,9 @@ from .probes.snapshot import SystemSnapshot
 OK, WARN, ERROR, STALE = 0, 1, 2, 3
 LEVEL_NAMES = {OK: "OK", WARN: "WARN", ERROR: "ERROR", STALE: "STALE"}
 
-IRP_INFERENCE, MEMORY, THERMAL, THROTTLING, POWER, PROBE = (
-    "IRP inference", "Memory", "Thermal", "Throttling", "Power", "Probe")
-STATUS_NAMES = (IRP_INFERENCE, MEMORY, THERMAL, THROTTLING, POWER, PROBE)
+IRP_INFERENCE, MEMORY, THERMAL, THROTTLING, POWER, PROBE, GENERATION = (
+    "IRP inference", "Memory", "Thermal", "Throttling", "Power", "Probe", "Generation backend")
+STATUS_NAMES = (IRP_INFERENCE, MEMORY, THERMAL, THROTTLING, POWER, PROBE, GENERATION)
 
 REPEATED_FAILURES = 3          # consecutive IRP failures that make the status ERROR
 RAM_WARN_PCT, RAM_ERROR_PCT = 85.0, 95.0
@@ -314,16 +314,51 @@ def probe_status(info: ProbeInfo, hardware_id: str) -> Status:
     return b.done(info.reason)
 
 
-# -- all six -----------------------------------------------------------------------------------------
+# -- Generation backend ------------------------------------------------------------------------------
+def generation_status(irp: Optional[Mapping[str, Any]]) -> Status:
+    """Where candidates come from: on board, or a generation server with its latency, errors and breaker."""
+    b = _Builder(GENERATION)
+    if irp is None:
+        b.problem(STALE, "no status from the IRP node")
+        return b.done("")
+    gen = irp.get("generation") if isinstance(irp.get("generation"), Mapping) else {"backend": "local"}
+    b.kv("backend", gen.get("backend"))
+    if gen.get("backend") != "remote":
+        return b.done("on-board model")
+    latency = gen.get("latency") if isinstance(gen.get("latency"), Mapping) else {}
+    breaker = gen.get("breaker") if isinstance(gen.get("breaker"), Mapping) else {}
+    for key in ("url", "model", "reachable", "requests", "failures", "overlong_replies", "fallback",
+                "fallback_active", "fallbacks"):
+        b.kv(key, gen.get(key))
+    b.kv("p50_request_s", _number(latency.get("p50_s")), 3)
+    b.kv("p95_request_s", _number(latency.get("p95_s")), 3)
+    b.kv("breaker", breaker.get("state"))
+    b.kv("breaker_retry_in_s", _number(breaker.get("retry_in_s")), 1)
+    b.kv("last_error", gen.get("last_error"))
+    on_board = gen.get("fallback") == "local"
+    level, outcome = (WARN, "answering on board") if on_board else (ERROR, "questions fail")
+    if breaker.get("state") == "open":
+        b.problem(level, f"circuit breaker open: {outcome} ({gen.get('last_error')})")
+    elif gen.get("reachable") is False:
+        b.problem(level, f"server unreachable: {outcome} ({gen.get('last_error')})")
+    elif gen.get("fallback_active"):
+        b.problem(WARN, f"answering on board: {gen.get('last_error')}")
+    summary = f"remote {gen.get('url')}"
+    if _number(latency.get("p50_s")) is not None:
+        summary += f", p50 {latency['p50_s']:.2f} s, p95 {latency['p95_s']:.2f} s per request"
+    return b.done(summary)
+
+
+# -- all seven ---------------------------------------------------------------------------------------
 def build_statuses(node_name: str, snap: Optional[SystemSnapshot], irp: Optional[Mapping[str, Any]],
                    irp_age_s: Optional[float], probe: ProbeInfo, limits: Limits,
                    hardware_id: str) -> list[Status]:
-    """The six statuses in publishing order, named ``"<node_name>: <task>"``."""
+    """The seven statuses in publishing order, named ``"<node_name>: <task>"``."""
     known = snap is not None
     snap = snap if snap is not None else SystemSnapshot()
     statuses = [irp_status(irp, irp_age_s, limits), memory_status(snap, irp, limits),
                 thermal_status(snap, limits), throttling_status(snap, known), power_status(snap),
-                probe_status(probe, hardware_id)]
+                probe_status(probe, hardware_id), generation_status(irp)]
     for status in statuses:
         status.name = f"{node_name}: {status.task}"
         status.hardware_id = hardware_id
@@ -334,6 +369,10 @@ def metrics(snap: Optional[SystemSnapshot], irp: Optional[Mapping[str, Any]]) ->
     """Values of the ``metrics/*`` Float32 topics (None: not published this cycle)."""
     last = (irp or {}).get("last") if isinstance((irp or {}).get("last"), Mapping) else {}
     hottest = snap.hottest if snap else None
+    gen = (irp or {}).get("generation") if isinstance((irp or {}).get("generation"), Mapping) else {}
+    remote = gen.get("backend") == "remote"
+    latency = gen.get("latency") if isinstance(gen.get("latency"), Mapping) else {}
+    breaker = gen.get("breaker") if isinstance(gen.get("breaker"), Mapping) else {}
     return {
         "metrics/latency_s": _number(last.get("total_s")),
         "metrics/tokens_per_s": _number(last.get("tokens_per_s")),
@@ -341,6 +380,11 @@ def metrics(snap: Optional[SystemSnapshot], irp: Optional[Mapping[str, Any]]) ->
         "metrics/ram_used_pct": snap.ram_used_pct if snap else None,
         "metrics/gpu_mem_mb": snap.gpu_mem_used_mb if snap else None,
         "metrics/power_w": snap.power_total_w if snap else None,
+        # a remote generation backend only (not published on an on-board node)
+        "metrics/backend_p95_s": _number(latency.get("p95_s")) if remote else None,
+        "metrics/backend_failures": _number(gen.get("failures")) if remote else None,
+        "metrics/backend_fallback_active": float(bool(gen.get("fallback_active"))) if remote else None,
+        "metrics/backend_breaker_open": float(breaker.get("state") == "open") if remote else None,
     }
 
 

@@ -29,12 +29,15 @@ INFERENCE_FAILED = "inference_failed"  # generation raised
 OUT_OF_MEMORY = "out_of_memory"      # OOM during generation, or available RAM under the floor
 MODEL_NOT_LOADED = "model_not_loaded"  # no model is configured (unconfigured node, failed load)
 SHUTTING_DOWN = "shutting_down"      # the process is stopping; the question was not answered
+BACKEND_UNAVAILABLE = "backend_unavailable"  # the generation server failed or is unreachable, no fallback
+BACKEND_UNSUPPORTED = "backend_unsupported"  # choices / json_schema on a node without an on-board model
 
 ALL_CODES = (INVALID_INPUT, TOO_LONG, QUEUE_FULL, NOT_ACTIVE, DEADLINE, INFERENCE_FAILED,
-             OUT_OF_MEMORY, MODEL_NOT_LOADED, SHUTTING_DOWN)
+             OUT_OF_MEMORY, MODEL_NOT_LOADED, SHUTTING_DOWN, BACKEND_UNAVAILABLE, BACKEND_UNSUPPORTED)
 # Refusals caused by the client or by the node's state, not by inference: they are counted as
 # ``refused``, never as failures, and logged at WARN (throttled) rather than ERROR.
-CLIENT_ERRORS = frozenset({INVALID_INPUT, TOO_LONG, QUEUE_FULL, NOT_ACTIVE, DEADLINE, SHUTTING_DOWN})
+CLIENT_ERRORS = frozenset({INVALID_INPUT, TOO_LONG, QUEUE_FULL, NOT_ACTIVE, DEADLINE, SHUTTING_DOWN,
+                           BACKEND_UNSUPPORTED})
 
 
 class SageError(Exception):

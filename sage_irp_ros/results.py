@@ -136,6 +136,9 @@ class Result:
     irp: IRPSummary | None = None
     timing: Timing = field(default_factory=Timing)
     model: str | None = None
+    # who generated the candidates: local (on board), remote (a generation server) or local_fallback
+    # (on board because the server was unreachable); None on an error result and from older nodes
+    backend: str | None = None
     warnings: list[str] = field(default_factory=list)
     stamp: float = 0.0
 
@@ -163,7 +166,8 @@ class Result:
                 "error": self.error.to_dict() if self.error is not None else None,
                 "snarc": self.snarc.as_dict() if self.snarc is not None else None,
                 "irp": self.irp.to_dict() if self.irp is not None else None,
-                "timing": self.timing.to_dict(), "model": self.model, "warnings": list(self.warnings),
+                "timing": self.timing.to_dict(), "model": self.model, "backend": self.backend,
+                "warnings": list(self.warnings),
                 "stamp": self.stamp}
 
     def to_json(self, indent: int | None = None) -> str:
@@ -188,6 +192,7 @@ class Result:
                    snarc=_known(SnarcScores, snarc) if snarc else None,
                    irp=IRPSummary.from_dict(irp) if irp else None,
                    timing=Timing.from_dict(data.get("timing") or {}), model=data.get("model"),
+                   backend=_optional(data.get("backend"), str),
                    warnings=list(data.get("warnings") or []), stamp=float(data.get("stamp") or 0.0))
 
     @classmethod

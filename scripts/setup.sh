@@ -18,12 +18,19 @@
 # With a folder of ROS 2 tooling wheels (launch, launch_testing, the `ros2` CLI, ament_copyright:
 # ../shared/ros2-wheels, or the folder named by SAGE_ROS2_WHEELS) they are installed too, so `.venv/bin/ros2`
 # exists and the launch, CLI and copyright tests run; without it those tests are skipped. On a robot all of these come from the
-# ROS distro instead. Idempotent: a second run with unchanged requirement files and wheels does nothing.
+# ROS distro instead. With the llama-cpp-python wheel in ../shared/wheels (or SAGE_LLAMA_WHEELS) the
+# llama.cpp server is installed too (requirements/llama-server.txt), so the remote-generation tests run
+# against a real server; without it they are skipped. Idempotent: a second run with unchanged requirement files and wheels does nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 ROS2_WHEELS=${SAGE_ROS2_WHEELS:-../shared/ros2-wheels}
+LLAMA_WHEELS=${SAGE_LLAMA_WHEELS:-../shared/wheels}
+llama=()
+if [ -d "$LLAMA_WHEELS" ] && compgen -G "$LLAMA_WHEELS/llama_cpp_python-*.whl" >/dev/null; then
+  llama=("$LLAMA_WHEELS"/llama_cpp_python-*.whl)
+fi
 if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv with $($PYTHON --version)"
   "$PYTHON" -m venv .venv
@@ -33,10 +40,14 @@ wheels=()
 if [ -d "$ROS2_WHEELS" ] && compgen -G "$ROS2_WHEELS/*.whl" >/dev/null; then
   wheels=("$ROS2_WHEELS"/*.whl)
 fi
-want=$({ cat requirements/*.txt setup.py; [ ${#wheels[@]} -eq 0 ] || sha256sum "${wheels[@]}" | cut -c1-64; } \
+want=$({ cat requirements/*.txt setup.py; [ ${#wheels[@]} -eq 0 ] || sha256sum "${wheels[@]}" | cut -c1-64
+         [ ${#llama[@]} -eq 0 ] || sha256sum "${llama[@]}" | cut -c1-64; } \
        | sha256sum | cut -c1-16)
 if [ ${#wheels[@]} -eq 0 ]; then
   echo "[setup] no ROS 2 tooling wheels in $ROS2_WHEELS (set SAGE_ROS2_WHEELS): the ROS 2 CLI and launch tests will be skipped"
+fi
+if [ ${#llama[@]} -eq 0 ]; then
+  echo "[setup] no llama-cpp-python wheel in $LLAMA_WHEELS (set SAGE_LLAMA_WHEELS): the remote-generation tests will be skipped"
 fi
 if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
   echo "[setup] .venv is up to date"
@@ -52,6 +63,11 @@ if [ ${#wheels[@]} -gt 0 ]; then
   echo "[setup] installing the ROS 2 launch/launch_testing/ros2 CLI/ament_copyright wheels from $ROS2_WHEELS"
   .venv/bin/python -m pip install -q -r requirements/ros2-cli.txt 2>&1 | quiet
   .venv/bin/python -m pip install -q --no-deps "${wheels[@]}" 2>&1 | quiet
+fi
+if [ ${#llama[@]} -gt 0 ]; then
+  # A real llama.cpp server for the remote-generation tests and bench/fleet.py (never a runtime dependency).
+  echo "[setup] installing the llama.cpp server from ${llama[0]} with requirements/llama-server.txt"
+  .venv/bin/python -m pip install -q "${llama[0]}" -r requirements/llama-server.txt 2>&1 | quiet
 fi
 echo "$want" > "$stamp"
 echo "[setup] done: $(.venv/bin/python -c 'import torch, transformers, rclpy; print("torch", torch.__version__, "transformers", transformers.__version__, "rclpy ok")')$([ -x .venv/bin/ros2 ] && echo ", ros2 CLI ok")"

@@ -28,7 +28,7 @@ from sage_irp_ros.questions import Question
 from sage_irp_ros.results import Result, ResultError
 
 RESULT_KEYS = {"id", "conversation", "question", "ok", "answer", "choice", "probabilities", "json", "confidence",
-               "confident", "error", "snarc", "irp", "timing", "model",
+               "confident", "error", "snarc", "irp", "timing", "model", "backend",
                "warnings", "stamp"}
 
 
@@ -343,7 +343,7 @@ def test_status_has_what_the_status_json_needs(core):
     status = core.status()
     assert {"model", "device", "precision", "packed_layers", "weights", "quantized_layers", "model_mb",
             "gpu_mem_mb", "max_memory_mb", "served", "errors", "refused", "consecutive_errors", "last", "latency",
-            "memory_store"} == set(status)
+            "memory_store", "generation"} == set(status)
     assert status["model"] and status["device"] == "cpu" and status["model_mb"] > 0
     core.refuse(None, errors.SageError(errors.QUEUE_FULL, "full"), question_id="r1")
     assert core.status()["refused"] == 1

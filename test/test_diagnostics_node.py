@@ -169,7 +169,7 @@ def test_tripped_alert_device_reports_error_and_throttled(observer, launch, tmp_
     assert throttling.hardware_id == ORIN_MODEL
     names = [s.name for s in observer.arrays[-1].status]
     assert names == [f"sage_diagnostics: {t}" for t in
-                     ("IRP inference", "Memory", "Thermal", "Throttling", "Power", "Probe")]
+                     ("IRP inference", "Memory", "Thermal", "Throttling", "Power", "Probe", "Generation backend")]
     probe = observer.status("Probe")
     assert probe.level == DiagnosticStatus.OK and probe.message == "sysfs requested"
     assert observer.status("Power").message == "5.1 W, power mode 25W"

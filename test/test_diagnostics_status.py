@@ -12,7 +12,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""The six statuses (ROS-free): levels, messages, keys; and the aggregator configuration."""
+"""The seven statuses (ROS-free): levels, messages, keys; and the aggregator configuration."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import yaml
 
 from diag_fakes import SYSFS
 from sage_irp_ros.diagnostics_status import (ERROR, OK, STALE, STATUS_NAMES, WARN, Limits, ProbeInfo,
-                                             build_statuses, irp_status, memory_status, metrics,
+                                             build_statuses, generation_status, irp_status, memory_status, metrics,
                                              power_status, probe_status, snake, thermal_status,
                                              throttling_status)
 from sage_irp_ros.probes.snapshot import (CoolingDevice, GpuFreq, SystemSnapshot, ThermalZone,
@@ -179,9 +179,40 @@ def test_build_statuses_names_and_metrics():
     assert metrics(None, None) == dict.fromkeys(values)
     empty = build_statuses("n", None, None, None, ProbeInfo("none", "auto", "", error="boom"),
                            Limits(), "h")
-    assert [s.level for s in empty] == [STALE, OK, OK, WARN, OK, ERROR]
+    assert [s.level for s in empty] == [STALE, OK, OK, WARN, OK, ERROR, STALE]
     throttling = next(s for s in empty if s.task == "Throttling")  # no probe reading: unknown
     assert throttling.value("throttled") == "unknown" and "unknown" in throttling.message
+
+
+def _remote(**changes):
+    generation = {"backend": "remote", "url": "https://gpu-host:8000", "model": "m", "reachable": True,
+                  "requests": 30, "failures": 0, "overlong_replies": 0, "last_error": None,
+                  "latency": {"p50_s": 0.4, "p95_s": 0.9, "count": 30}, "fallback": "local",
+                  "fallback_active": False, "fallbacks": 0,
+                  "breaker": {"state": "closed", "consecutive_failures": 0, "backoff_s": 2.0, "retry_in_s": None,
+                              "opened": 0}}
+    for key, value in changes.items():
+        generation[key] = value
+    return irp(generation=generation)
+
+
+def test_generation_backend_status_and_metrics():
+    on_board = generation_status(irp(generation={"backend": "local"}))
+    assert on_board.level == OK and on_board.value("backend") == "local"
+    assert generation_status(IRP).level == OK  # an older node without "generation": on board
+    assert metrics(None, IRP)["metrics/backend_p95_s"] is None  # published by a remote node only
+    healthy = generation_status(_remote())
+    assert healthy.level == OK and "gpu-host" in healthy.message and healthy.value("p95_request_s") == "0.900"
+    values = metrics(None, _remote())
+    assert values["metrics/backend_p95_s"] == 0.9 and values["metrics/backend_breaker_open"] == 0.0
+    fallback = generation_status(_remote(fallback_active=True, last_error="timeout: x"))
+    assert fallback.level == WARN and "on board" in fallback.message
+    open_breaker = {"state": "open", "consecutive_failures": 3, "backoff_s": 2.0, "retry_in_s": 1.5, "opened": 1}
+    assert generation_status(_remote(breaker=open_breaker)).level == WARN
+    dead = generation_status(_remote(breaker=open_breaker, fallback="none"))
+    assert dead.level == ERROR and "breaker open" in dead.message
+    assert metrics(None, _remote(breaker=open_breaker))["metrics/backend_breaker_open"] == 1.0
+    assert generation_status(_remote(reachable=False, fallback="none")).level == ERROR
 
 
 def test_snake_keys():
