@@ -35,9 +35,9 @@ Layout of the one static KV cache (``width`` = the longest prompt)::
    rows then leave the batch (the cache, mask and row state are compacted) and the others go on.
 
 A greedy row gets the tokens it gets decoded alone (test_decode_groups) up to float rounding of the
-padded attention. Sampled rows draw from the same tempered distribution, not the same
-tokens: a seed's random numbers are spread over other rows. The compiled step is not used here: its fixed shapes serve one prompt's rows
-(:mod:`decode`); a lone request is decoded there.
+padded attention. Sampled rows draw from the same tempered distribution, not the same tokens: a seed's
+random numbers are spread over other rows. The compiled step is not used here: its fixed shapes serve
+one prompt's rows (:mod:`decode`); a lone request is decoded there.
 """
 
 from __future__ import annotations

@@ -148,8 +148,8 @@ def table(summary: dict, dump: dict) -> str:
                      f"{h['vs_greedy'][0]:+.1f} [{h['vs_greedy'][1]:+.1f}, {h['vs_greedy'][2]:+.1f}] | "
                      f"{h['vs_plain'][0]:+.1f} [{h['vs_plain'][1]:+.1f}, {h['vs_plain'][2]:+.1f}] | "
                      f"{h['ceiling']:.1f} % |")
-    lines += ["", "Phrasings: " + "; ".join(f"{i} = " + (f"\"{s}\"" if s else "the plain prompt")
-                                           for i, s in enumerate(dump["bank"])) + "."]
+    named = [f"{i} = " + (f'"{s}"' if s else "the plain prompt") for i, s in enumerate(dump["bank"])]
+    lines += ["", "Phrasings: " + "; ".join(named) + "."]
     return "\n".join(lines)
 
 

@@ -43,7 +43,6 @@ import tempfile
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 from bench.record import REPO, add_update_docs_flag, run_info, update_docs, write_result
@@ -209,14 +208,14 @@ def table(result: dict[str, Any]) -> str:
     for run in runs:
         lines.append(f"| {run['batch_size']} | {run['lone']['p50_s']:.2f} s | {run['burst']['answers_per_s']:.3f} | "
                      f"{run['burst']['p95_s']:.2f} s |")
-    lines += ["", "| arrivals/s | " + " | ".join(f"batch {r['batch_size']}: answered, refused, cut, p50 / p95, "
-                                                "answers/s" for r in runs) + " |",
-              "|---|" + "---|" * len(runs)]
+    heads = [f"batch {r['batch_size']}: answered, refused, cut, p50 / p95, answers/s" for r in runs]
+    lines += ["", "| arrivals/s | " + " | ".join(heads) + " |", "|---|" + "---|" * len(runs)]
     for index, rate in enumerate(runs[0]["rates"]):
         cells = []
         for run in runs:
             row = run["rates"][index]
-            cells.append(f"{row['answered']}/{row['questions']}, {sum(row['refused'].values())}, {row['deadline_cut']}, "
+            refused = sum(row["refused"].values())
+            cells.append(f"{row['answered']}/{row['questions']}, {refused}, {row['deadline_cut']}, "
                          f"{row['p50_s']:.1f} / {row['p95_s']:.1f} s, {row['answers_per_s']:.3f}")
         lines.append(f"| {rate['rate_per_s']:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
