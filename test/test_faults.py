@@ -203,7 +203,7 @@ def test_signal_during_generation_answers_everything_and_exits_cleanly(slow_mode
     db = tmp_path / "memory.db"
     node = RunningNode(tmp_path, env=ros_env, params={
         "model.path": str(slow_model_dir), "memory.db_path": str(db), "snarc.salience_threshold": 0.0,
-        "llm_irp.max_tokens": 4000, "node.shutdown_timeout_s": 1.0})
+        "llm_irp.max_tokens": 4000, "node.shutdown_timeout_s": 1.0, "node.batch_size": 1})
     t = node.tester
     try:
         _ok(t.ask("Stored before the signal?", qid="sig-0", deadline_s=0.3))

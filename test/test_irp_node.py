@@ -287,7 +287,7 @@ def test_two_conversations_asked_together_are_one_batch_and_share_no_history(t):
     """node.batch_size 2: both questions wait for each other (up to batch_wait_s), decode together, and
     each gets exactly one result with its own conversation's history only."""
     _ok(t.ask("The robot is in the kitchen.", conversation="batch-a"))
-    results = t.set_parameters({"node.batch_size": 2, "node.batch_wait_s": 30.0})
+    results = t.set_parameters({"node.batch_size": 2, "node.batch_wait_s": 10.0})
     assert all(r.successful for r in results), [r.reason for r in results]
     try:
         ids = [t.send("Where is the robot?", conversation="batch-a"),
@@ -340,7 +340,7 @@ def test_lifecycle_transitions_from_another_process(slow_model_dir, tmp_path, ro
     node = RunningNode(tmp_path, env=ros_env, wait=False, params={
         "model.path": str(slow_model_dir), "memory.db_path": str(tmp_path / "memory.db"),
         "node.autostart": False, "llm_irp.max_tokens": 1500, "llm_irp.deadline_s": 5.0,
-        "node.shutdown_timeout_s": 1.0})
+        "node.shutdown_timeout_s": 1.0, "node.batch_size": 1})  # one running question, the others queued
     t = node.tester
     try:
         t.wait_status(lambda s: s["lifecycle"] == "unconfigured", START_TIMEOUT, "the unconfigured status")
