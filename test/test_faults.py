@@ -232,6 +232,31 @@ def test_signal_during_generation_answers_everything_and_exits_cleanly(slow_mode
     assert "sig-0" in _stored_ids(db)
 
 
+def test_sigterm_during_a_batch_answers_every_question_of_it(slow_model_dir, tmp_path, ros_env):
+    """node.batch_size 4: four long questions decode together; SIGTERM cancels the batch and each of them
+    still gets exactly one result (its best answer so far, or shutting_down)."""
+    node = RunningNode(tmp_path, env=ros_env, params={
+        "model.path": str(slow_model_dir), "memory.db_path": str(tmp_path / "memory.db"),
+        "llm_irp.max_tokens": 4000, "node.shutdown_timeout_s": 1.0, "node.batch_size": 4,
+        "node.batch_wait_s": 10.0})
+    t = node.tester
+    try:
+        _ok(t.ask("Warm?", qid="b-0", deadline_s=10.5))  # alone: waits batch_wait_s for company first
+        mark = t.status_mark()
+        ids = [t.send("Tell me a very long story.", qid=f"b-{i}") for i in range(1, 5)]
+        t.wait_status(lambda s: s["state"] == "busy" and s["batch"] == 4, 30, "a batch of four", mark)
+        node.proc.signal(signal.SIGTERM)
+        rc = node.proc.wait(20)
+        results = t.wait_results(ids, 5)
+    finally:
+        node.close()
+    assert rc == 0, node.proc.log()[-3000:]
+    for qid in ids:
+        assert len(t.results_for(qid)) == 1
+        assert results[qid]["ok"] or results[qid]["error"]["code"] == "shutting_down", results[qid]
+    assert "Traceback" not in node.proc.log()
+
+
 # -- model path missing or corrupt at configure ------------------------------------------------------------
 def test_missing_then_corrupt_model_path_is_fixed_without_restarting(tiny_model_dir, tmp_path, ros_env):
     model = tmp_path / "later" / "model"
