@@ -72,9 +72,12 @@ def prefill(model, prompt: torch.Tensor, cache) -> torch.Tensor:
 
 
 def step(model, tokens: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
-    """One decoding step: (rows,) new tokens at (rows, 1) positions -> (rows, vocab) logits."""
+    """One decoding step: (rows,) new tokens at (rows, 1) positions -> (rows, vocab) logits. Every row
+    has the same position, which is also the cache slot written (``cache_position`` on 4.x: a finished
+    row's padding token may have a zero embedding, which 4.x would not count as a filled slot)."""
+    slot = {"cache_position": positions[0]} if hf_compat.takes_cache_position(model) else {}
     return model(input_ids=tokens[:, None], position_ids=positions, use_cache=True,
-                 **hf_compat.cache_kwargs(model, cache)).logits[:, -1]
+                 **hf_compat.cache_kwargs(model, cache), **slot).logits[:, -1]
 
 
 def sample(logits: torch.Tensor, temperatures: torch.Tensor, greedy: torch.Tensor,

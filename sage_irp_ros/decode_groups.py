@@ -71,10 +71,13 @@ def supports_groups(model, static_cache: bool) -> bool:
     return static_cache and hf_compat.cache_argument(model) is not None
 
 
-def step_masked(model, tokens: torch.Tensor, positions: torch.Tensor, cache, mask: torch.Tensor) -> torch.Tensor:
-    """One decoding step with per-row positions and a (rows, cache length) attention mask."""
+def step_masked(model, tokens: torch.Tensor, positions: torch.Tensor, cache, mask: torch.Tensor,
+                slot: int) -> torch.Tensor:
+    """One decoding step with per-row positions and a (rows, cache length) attention mask; every row
+    writes cache slot ``slot``."""
     return model(input_ids=tokens[:, None], position_ids=positions, attention_mask=mask, use_cache=True,
-                 **hf_compat.cache_kwargs(model, cache)).logits[:, -1]
+                 **hf_compat.cache_kwargs(model, cache),
+                 **hf_compat.cache_position_kwargs(model, slot, 1, tokens.device)).logits[:, -1]
 
 
 @torch.inference_mode()
@@ -91,6 +94,7 @@ def decode_groups(model, requests: Sequence[GenerationRequest], *, eos_ids: Sequ
     last = torch.tensor([n - 1 for n in lengths], dtype=torch.long, device=device)
     keep = torch.unique(last)  # sorted: the positions whose logits some prompt needs
     logits = model(input_ids=prompts, use_cache=True, **hf_compat.cache_kwargs(model, cache),
+                   **hf_compat.cache_position_kwargs(model, 0, width, device),
                    **hf_compat.prefill_kwargs(model, keep)).logits
     column = torch.searchsorted(keep, last) if logits.shape[1] == keep.numel() else last
     logits = logits[torch.arange(len(requests), device=device), column]
@@ -134,7 +138,7 @@ def decode_groups(model, requests: Sequence[GenerationRequest], *, eos_ids: Sequ
             hf_compat.select_cache_rows(cache, keep_rows)
             state = state.select(keep_rows)
             tokens = tokens.index_select(0, keep_rows)
-        logits = step_masked(model, tokens, state.positions, cache, state.mask)
+        logits = step_masked(model, tokens, state.positions, cache, state.mask, width + index)
         state.positions += 1
     prefill_s = first_step - start
     return [Decoded(torch.tensor(g.tokens, dtype=torch.long).reshape(len(g.rows), -1),

@@ -156,6 +156,22 @@ def prefill_kwargs(model: Any, keep: int | torch.Tensor = 1) -> dict[str, Any]:
     return {}
 
 
+def cache_position_kwargs(model: Any, start: int, length: int, device: Any) -> dict[str, Any]:
+    """``cache_position`` (the cache slots the new tokens are written to) where ``forward`` takes it (4.x).
+
+    4.x infers it from a static cache's content (the slots of row 0 holding a non-zero key), which a
+    padding token with a zero embedding (``padding_idx``) leaves out; 5.x counts the tokens fed instead.
+    """
+    if not takes_cache_position(model):
+        return {}
+    return {"cache_position": torch.arange(start, start + length, device=device)}
+
+
+def takes_cache_position(model: Any) -> bool:
+    """Whether ``model.forward`` takes ``cache_position`` (4.x; 5.x tracks it in the cache)."""
+    return "cache_position" in _forward_parameters(model)
+
+
 def select_cache_rows(cache: Any, rows: torch.Tensor) -> None:
     """Keep (and repeat) the cache's rows at the indices ``rows``, in place (static or dynamic layers):
     a prefilled row per prompt becomes one row per candidate, and rows of a finished group leave."""

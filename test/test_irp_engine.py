@@ -35,7 +35,8 @@ from tiny_models import build_tiny_model
 def _engine(model_dir, energy=None, **irp):
     """An engine on a tiny fp32 model; the greedy row is off unless asked for (scripted energy streams)."""
     irp = {"greedy_candidate": False, **irp}
-    cfg = SageConfig.from_mapping({"model": {"path": str(model_dir), "device": "cpu", "precision": "fp32"},
+    cfg = SageConfig.from_mapping({"model": {"path": str(model_dir), "device": "cpu", "precision": "fp32",
+                                             "weight_quantization": "none"},
                                    "llm_irp": {"max_tokens": 6, **irp}})
     return IRPEngine(load_model(cfg.model), cfg.llm_irp, energy=energy)
 
