@@ -44,6 +44,7 @@ from .config_schema import (DEVICES, ENERGIES, MEMORY_LIMIT_ACTIONS, POWER_MODES
                             PROBE_BACKENDS, SECTIONS, WEIGHT_QUANTIZATIONS, DiagnosticsConfig, HistoryConfig,
                             IRPConfig, MemoryConfig, ModelConfig, NodeConfig, RemoteConfig, SnarcConfig,
                             ThrottleConfig)
+from .prompts import bank_indices
 
 _LOG = logging.getLogger("sage_irp_ros.config")
 RESEARCH, RENAMED, NO_EFFECT = "research", "renamed", "no effect"
@@ -285,10 +286,14 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
 
 
 def _cross_checks(irp: IRPConfig) -> list[str]:
-    """Rules that involve more than one key."""
+    """Rules that involve more than one key, and the format of llm_irp.sampled_prompts."""
     problems = []
     if irp.min_temperature > irp.initial_temperature:
         problems.append(
             f"llm_irp.min_temperature: {irp.min_temperature} is above llm_irp.initial_temperature "
             f"{irp.initial_temperature}; allowed (0, initial_temperature]")
+    try:
+        bank_indices(irp.sampled_prompts)
+    except ValueError as exc:
+        problems.append(f"llm_irp.sampled_prompts: {exc}")
     return problems

@@ -132,9 +132,10 @@ class IRPConfig:
     greedy_candidate: bool = field(default=True, metadata=_key(
         "Add the greedy (temperature 0) continuation as one more row of the first round, so the pick can "
         "never miss the plain greedy answer; off reproduces the research loop's sampling"))
-    prompt_variants: int = field(default=1, metadata=_key(
-        "Prompt phrasings the sampled candidates are spread over (system prompts of a small bank, the plain "
-        "prompt first); the greedy row always uses the plain prompt", lo=1, hi=4, off="1 = the plain prompt only"))
+    sampled_prompts: str = field(default="2", metadata=_key(
+        "Phrasings of the prompt the sampled candidates use, in turn: comma-separated indices into the prompt "
+        "bank (0 = the plain prompt; 1-3 = system prompts, docs/performance.md 'Prompt-diverse candidates'); "
+        "the greedy row always uses the plain prompt; chosen on the tuning half", off="0 = the plain prompt only"))
     energy_convergence_threshold: float = field(default=0.1, metadata=_key(
         "Halt when the best energy falls below this (also sets the result's irp.converged)" + _BETWEEN_ROUNDS,
         lo=0.0, hi=1.0))

@@ -41,7 +41,7 @@ from .candidates import Batch, Candidate, GenerationRequest, Generator, TokenCon
 from .generation import TorchGenerator
 from .model_loader import LoadedModel
 from .options import AnswerOptions
-from .prompts import Prompt, clean_answer, prompt_bank, render_prompt
+from .prompts import PROMPT_BANK, Prompt, clean_answer, render_prompt
 from .results import IRPSummary
 from .selection import PerCandidate, SelectionRule, best_index, selection_rule
 
@@ -92,7 +92,8 @@ class IRPState:
     history_used: int = 0
     messages: list[dict[str, str]] | None = None  # what prompt_ids were rendered from (a remote backend's prompt)
     prompt_text: str = ""
-    variants: list[Prompt] = field(default_factory=list)  # prompt phrasings the sampled rows are spread over
+    variants: dict[int, Prompt] = field(default_factory=dict)  # the bank's other phrasings the sampled rows use
+    sampled_prompts: tuple[int, ...] = (0,)  # the phrasing of sampled row i is sampled_prompts[i % len]
     timings: dict[str, float] = field(default_factory=lambda: {
         "prefill_s": 0.0, "decode_s": 0.0, "scoring_s": 0.0})
 
@@ -161,18 +162,20 @@ class IRPEngine:
                     f"model's context window of {self.lm.context_window} tokens"))
             history.pop(0)
         schedule = temperature_schedule(self.cfg, options.iterations)
-        variants = []
-        for system in prompt_bank(options.prompt_variants)[1:] if schedule else ():
-            variant = render_prompt(tokenizer, question, context, history, self.use_chat_template, system=system)
+        variants, sampled = {}, list(options.sampled_prompts) if schedule else [0]
+        for index in sorted(set(sampled) - {0}):
+            variant = render_prompt(tokenizer, question, context, history, self.use_chat_template,
+                                    system=PROMPT_BANK[index])
             if self.lm is None or len(variant.ids) + max_tokens <= self.lm.context_window:
-                variants.append(variant)
+                variants[index] = variant
+        sampled = [i if i == 0 or i in variants else 0 for i in sampled]  # a phrasing too long: the plain one
         return IRPState(question=question, context=context, prompt_ids=prompt.ids, schedule=schedule,
                         max_tokens=max_tokens, round_size=options.candidates_per_round or len(schedule),
                         deadline=options.deadline, cancel=options.cancel, min_new_tokens=options.min_new_tokens,
                         temperature=self.cfg.initial_temperature, history_used=len(history),
                         greedy_pending=options.greedy, throttled=options.throttled,
                         constraint=options.constraint, messages=prompt.messages, prompt_text=prompt.text,
-                        variants=variants)
+                        variants=variants, sampled_prompts=tuple(sampled))
 
     def step(self, state: IRPState) -> list[Candidate]:
         """Sample one round of candidates at the next temperatures, score them all, keep the best.
@@ -188,11 +191,12 @@ class IRPEngine:
         """The next round's row groups: one request per prompt the round's rows use (the greedy row and
         the plain prompt's sampled rows share one; each prompt variant gets its own). Empty when none."""
         temps = state.schedule[state.iteration:state.iteration + state.round_size]
-        prompts = [(state.prompt_ids, state.messages, state.prompt_text)]
-        prompts += [(v.ids, v.messages, v.text) for v in state.variants]
+        prompts = {0: (state.prompt_ids, state.messages, state.prompt_text)}
+        prompts.update({i: (v.ids, v.messages, v.text) for i, v in state.variants.items()})
+        turn = state.sampled_prompts
         rows: dict[int, list[float]] = {}
-        for offset, temperature in enumerate(temps):  # sampled rows: round-robin over the prompts
-            rows.setdefault((state.iteration + offset) % len(prompts), []).append(temperature)
+        for offset, temperature in enumerate(temps):  # sampled rows: the phrasings in turn
+            rows.setdefault(turn[(state.iteration + offset) % len(turn)], []).append(temperature)
         if state.greedy_pending:
             rows.setdefault(0, []).append(0.0)
         return [GenerationRequest(
@@ -206,7 +210,8 @@ class IRPEngine:
         far and keep the best."""
         temps = state.schedule[state.iteration:state.iteration + state.round_size]
         state.greedy_pending = False
-        candidates = [c for batch in batches for c in batch.candidates]
+        # in row order whatever the grouping by prompt: the schedule's temperatures (falling), the greedy row last
+        candidates = sorted((c for batch in batches for c in batch.candidates), key=lambda c: -c.temperature)
         for batch in batches:
             state.timings["prefill_s"] += batch.prefill_s
         state.timings["decode_s"] += max(batch.decode_s for batch in batches)

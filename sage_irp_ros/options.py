@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .config import IRPConfig, ThrottleConfig
+from .prompts import bank_indices
 from .questions import Question
 
 
@@ -55,7 +56,7 @@ class AnswerOptions:
     throttled: bool = False
     min_confidence: float = 0.0
     constraint: Callable[[], Any] | None = None  # a fresh TokenConstraint per row (a JSON schema's grammar)
-    prompt_variants: int = 1  # prompt phrasings the sampled rows are spread over (prompts.PROMPT_BANK)
+    sampled_prompts: tuple[int, ...] = (0,)  # phrasings the sampled rows use in turn (prompts.PROMPT_BANK)
 
     @classmethod
     def resolve(cls, cfg: IRPConfig, question: Question | None = None, *, throttled: bool = False,
@@ -78,7 +79,7 @@ class AnswerOptions:
                        throttled=True, **common)
         iterations = (question.candidates if question is not None else None) or cfg.candidates
         return cls(iterations=iterations, max_tokens=cfg.max_tokens, candidates_per_round=cfg.candidates_per_round,
-                   greedy=cfg.greedy_candidate, prompt_variants=cfg.prompt_variants, **common)
+                   greedy=cfg.greedy_candidate, sampled_prompts=bank_indices(cfg.sampled_prompts), **common)
 
     @property
     def rows(self) -> int:

@@ -25,7 +25,7 @@ from typing import Sequence
 
 History = Sequence[tuple[str, str]]
 
-# Phrasings of the task that sampled candidates are spread over (``llm_irp.prompt_variants``): a small
+# Phrasings of the task that sampled candidates use (``llm_irp.sampled_prompts``, in turn): a small
 # model's errors under one phrasing agree with each other, under different phrasings less so. The first
 # is the plain prompt (the model's own default system prompt, if its template has one); the greedy row
 # always uses it.
@@ -107,9 +107,15 @@ def _with_system(text: str, system: str | None) -> str:
     return f"{system}\n\n{text}" if system else text
 
 
-def prompt_bank(variants: int) -> list[str | None]:
-    """The first ``variants`` phrasings of :data:`PROMPT_BANK` (None: the plain prompt), at least one."""
-    return list(PROMPT_BANK[:max(1, min(variants, len(PROMPT_BANK)))])
+def bank_indices(text: str) -> tuple[int, ...]:
+    """``llm_irp.sampled_prompts`` ("2", "0,1,2") as indices into :data:`PROMPT_BANK`; ValueError if bad."""
+    try:
+        indices = tuple(int(part) for part in str(text).replace(" ", "").split(",") if part != "")
+    except ValueError:
+        raise ValueError(f"sampled_prompts must be comma-separated integers, not {text!r}") from None
+    if not indices or any(not 0 <= i < len(PROMPT_BANK) for i in indices):
+        raise ValueError(f"sampled_prompts {text!r}: each index must be 0..{len(PROMPT_BANK) - 1}")
+    return indices
 
 
 def build_prompt_ids(tokenizer, question: str, context: str = "", history: History = (),

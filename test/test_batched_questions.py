@@ -26,6 +26,7 @@ from sage_irp_ros import errors
 from sage_irp_ros.config import SageConfig
 from sage_irp_ros.core import Ask, SageCore
 from sage_irp_ros.irp import RefineJob
+from sage_irp_ros.options import AnswerOptions
 from sage_irp_ros.questions import Question
 
 SCHEMA = {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}
@@ -34,7 +35,8 @@ SCHEMA = {"type": "object", "properties": {"x": {"type": "integer"}}, "required"
 def _core(model_dir, tmp_path, **irp):
     cfg = SageConfig.from_mapping({
         "model": {"path": str(model_dir), "precision": "fp32", "weight_quantization": "none"},
-        "llm_irp": {"max_tokens": 8, "candidates": 3, "min_available_memory_mb": 0, "seed": 7, **irp},
+        "llm_irp": {"max_tokens": 8, "candidates": 3, "min_available_memory_mb": 0, "seed": 7,
+                    "sampled_prompts": "0", **irp},
         "snarc": {"salience_threshold": 0.0},
         "memory": {"db_path": str(tmp_path / "memory.db")}})
     core = SageCore(cfg)
@@ -135,12 +137,12 @@ def test_a_cancelled_question_of_a_batch_does_not_stop_the_others(core):
     assert results[0].ok or results[0].error.code == errors.SHUTTING_DOWN
 
 
-def test_prompt_variants_spread_sampled_rows_and_keep_the_greedy_row(tiny_model_dir, tmp_path):
-    plain = _core(tiny_model_dir, tmp_path / "plain")
-    varied = _core(tiny_model_dir, tmp_path / "varied", prompt_variants=3)
+def test_sampled_prompts_spread_sampled_rows_and_keep_the_greedy_row(tiny_model_dir, tmp_path):
+    plain = _core(tiny_model_dir, tmp_path / "plain", sampled_prompts="0")
+    varied = _core(tiny_model_dir, tmp_path / "varied", sampled_prompts="0,1,2")
     try:
         state = varied.engine.init_state("What is 2+2?")
-        assert len(state.variants) == 2
+        assert sorted(state.variants) == [1, 2]
         requests = varied.engine.round_requests(state)
         assert [r.temperatures for r in requests] == [[0.7, 0.0], [0.647], [0.594]]
         assert len({tuple(r.prompt_ids) for r in requests}) == 3
@@ -150,6 +152,17 @@ def test_prompt_variants_spread_sampled_rows_and_keep_the_greedy_row(tiny_model_
         greedy_a = a.candidates[a.irp.temperatures.index(0.0)]
         greedy_b = b.candidates[b.irp.temperatures.index(0.0)]
         assert greedy_a.token_ids == greedy_b.token_ids
+        one = varied.engine.init_state("What is 2+2?", options=AnswerOptions.resolve(
+            varied.engine.cfg).replace(sampled_prompts=(2,)))
+        assert [r.temperatures for r in varied.engine.round_requests(one)] == [[0.0], [0.7, 0.647, 0.594]]
     finally:
         plain.release()
         varied.release()
+
+
+def test_sampled_prompts_must_name_phrasings_of_the_bank():
+    from sage_irp_ros.config import ConfigError
+
+    for bad in ("x", "9", "", "1,-1"):
+        with pytest.raises(ConfigError, match="sampled_prompts"):
+            SageConfig.from_mapping({"llm_irp": {"sampled_prompts": bad}})

@@ -35,7 +35,8 @@ RESULT_KEYS = {"id", "conversation", "question", "ok", "answer", "choice", "prob
 def _core(model_dir, tmp_path):
     cfg = SageConfig.from_mapping({
         "model": {"path": str(model_dir)},
-        "llm_irp": {"max_tokens": 8, "irp_iterations": 3, "min_available_memory_mb": 0},
+        "llm_irp": {"max_tokens": 8, "irp_iterations": 3, "min_available_memory_mb": 0,
+                    "sampled_prompts": "0"},  # one prompt: the failure tests patch the one-prompt loop
         "snarc": {"salience_threshold": 0.0},  # everything is salient: every answer is stored
         "memory": {"db_path": str(tmp_path / "memory.db"), "consolidation_interval": 2}})
     core = SageCore(cfg)

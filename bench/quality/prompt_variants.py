@@ -24,6 +24,8 @@ each sampled row uses (``0,1,2``: row i from phrasing i; ``0,0,0``: the plain pr
 package's default selection rule picks among those rows and the greedy row, offline. The assignment
 (and whether prompt diversity is on by default) is chosen on the tuning half; the held-out half reports
 it, paired against greedy decoding and against the plain prompt, with bootstrap 95 % intervals.
+Ties on the tuning half go to the assignment with fewer distinct prompts (fewer prefills). An
+assignment is ``llm_irp.sampled_prompts`` spelled per row (``2,2,2`` = ``sampled_prompts: "2"``).
 Writes ``prompt_variants.json`` and ``quality_dump_variants_<setting>.json.gz`` into ``--out``.
 """
 
@@ -89,15 +91,10 @@ def generate(setting: str, questions: list[dict], cfg: SageConfig, per_call: int
 
 
 def composed(trial: dict, assignment: str) -> tuple[list[Candidate], list[bool]]:
-    """The candidates a node with this assignment would see, in the engine's order: the plain prompt's
-    rows (its sampled rows, then the greedy row), then each other phrasing's rows."""
-    use = [int(v) for v in assignment.split(",")]
-    picked: dict[int, list[dict]] = {}
-    for row, variant in enumerate(use):
-        picked.setdefault(variant, []).append(trial["variants"][variant][row])
-    greedy = trial["variants"][0][-1]
-    picked.setdefault(0, []).append(greedy)
-    rows = [r for v in sorted(picked) for r in picked[v]]
+    """The candidates a node with this assignment would see, in the engine's row order: sampled row i
+    from phrasing ``assignment[i]``, then the greedy row (plain prompt)."""
+    rows = [trial["variants"][int(v)][row] for row, v in enumerate(assignment.split(","))]
+    rows.append(trial["variants"][0][-1])
     return [Candidate(r["text"], r["t"], r["ids"], r["lp"], r["finished"]) for r in rows], [r["correct"] for r in rows]
 
 
@@ -130,7 +127,8 @@ def evaluate(dump: dict) -> dict:
     for row in out["assignments"].values():
         for half in ("tune", "heldout"):
             row[half].pop("_scores")
-    best = max(ASSIGNMENTS, key=lambda a: (out["assignments"][a]["tune"]["accuracy"], a == "0,0,0"))
+    # Ties on the tuning half go to the cheaper assignment: fewer distinct prompts, fewer prefills.
+    best = max(ASSIGNMENTS, key=lambda a: (out["assignments"][a]["tune"]["accuracy"], -len(set(a.split(",")) - {"0"})))
     out["chosen_on_tune"] = best
     return out
 

@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lone", type=int, default=4, help="questions asked one at a time")
     parser.add_argument("--burst", type=int, default=4, help="questions published together")
     parser.add_argument("--set", action="append", default=[], metavar="KEY:=VALUE",
-                        help="another node parameter for every run (e.g. llm_irp.prompt_variants:=2)")
+                        help="another node parameter for every run (e.g. llm_irp.sampled_prompts:=0)")
     parser.add_argument("--out", default="", help="folder for arrivals.json (default bench/results)")
     add_update_docs_flag(parser, SECTION)
     args = parser.parse_args(argv)
