@@ -23,9 +23,10 @@ so selection, energies, the benchmarks' analysis and a remote client use these t
 
 from __future__ import annotations
 
+import inspect
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 
 @dataclass
@@ -110,7 +111,8 @@ class Generator(Protocol):
     def generate_many(self, requests: Sequence[GenerationRequest]) -> list[Batch]:
         """Every request's rows in one call where the backend can (several prompts in one batch); one
         :class:`Batch` per request, in order. A request that ends (finished, deadline, cancel) leaves the
-        others running. Optional: :func:`generate_all` falls back to one :meth:`generate` per request."""
+        others running; a backend may take ``on_done(index, batch)`` too, called as each request ends.
+        Optional: :func:`generate_all` falls back to one :meth:`generate` per request."""
         ...
 
     def score(self, prompt_ids: Sequence[int], text: str) -> Candidate:
@@ -124,9 +126,17 @@ class Generator(Protocol):
         ...
 
 
-def generate_all(generator: Generator, requests: Sequence[GenerationRequest]) -> list[Batch]:
-    """``generator.generate_many(requests)`` where the generator has it, else one ``generate`` each."""
+def generate_all(generator: Generator, requests: Sequence[GenerationRequest],
+                 on_done: Callable[[int, Batch], None] | None = None) -> list[Batch]:
+    """``generator.generate_many(requests)`` where the generator has it, else one ``generate`` each;
+    ``on_done(index, batch)`` once per request, as soon as the generator hands it over."""
     many = getattr(generator, "generate_many", None)
-    if many is not None:
-        return list(many(requests))
-    return [generator.generate(request) for request in requests]
+    if many is not None and on_done is not None and "on_done" in inspect.signature(many).parameters:
+        return list(many(requests, on_done=on_done))
+    batches = list(many(requests)) if many is not None else []
+    for index, request in enumerate(requests):
+        if many is None:
+            batches.append(generator.generate(request))
+        if on_done is not None:
+            on_done(index, batches[index])
+    return batches

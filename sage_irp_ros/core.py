@@ -184,16 +184,29 @@ class SageCore:
         """
         return self.answer_many([Ask(question, received, throttled, cancel)])[0]
 
-    def answer_many(self, asks: Sequence["Ask"]) -> list[Result]:
+    def answer_many(self, asks: Sequence["Ask"],
+                    on_result: Callable[[int, Result], None] | None = None) -> list[Result]:
         """Answer several questions together: exactly one :class:`Result` each, in order. Never raises.
 
         Their candidates are decoded in shared batched calls (:meth:`IRPEngine.refine_many`); each
         question keeps its own prompt, history, options, deadline and cancel. A question that fails
         (a bad schema, a prompt too long, a deadline passed in the queue) fails alone; when the shared
-        call itself fails (out of memory, a constraint's error), every question is retried on its own.
+        call itself fails (out of memory, a constraint's error), every question not answered yet is
+        retried on its own. ``on_result(index, result)`` is called once per question as soon as its
+        result is ready, while the others may still decode (the node publishes there).
         """
         start = time.monotonic()
         results: list[Result | None] = [None] * len(asks)
+
+        def deliver(i: int, result: Result) -> None:
+            if results[i] is None:
+                results[i] = result
+                if on_result is not None:
+                    try:
+                        on_result(i, result)
+                    except Exception:  # noqa: BLE001 - a front end's failure must not fail the others
+                        log.exception("delivering the result of question %s failed", result.id)
+
         prepared: dict[int, tuple[IRPEngine, _Prepared]] = {}
         with self._lock:
             try:
@@ -203,22 +216,25 @@ class SageCore:
                         engine = self._engine_for(ask.question)
                         prepared[i] = (engine, self._prepare(engine, ask, start))
                     except Exception as exc:  # noqa: BLE001 - this question's result says why
-                        results[i] = self._failed(ask, exc, start)
+                        deliver(i, self._failed(ask, exc, start))
                 engines = {id(engine): engine for engine, _ in prepared.values()}
                 for key, engine in engines.items():  # on-board and remote questions refine apart
                     mine = [i for i, (e, _) in prepared.items() if id(e) == key]
-                    refined = self._refine_batch(engine, [prepared[i][1] for i in mine])
-                    for i, outcome in zip(mine, refined):
+
+                    def refined(k: int, outcome: Refinement | Exception, engine=engine, mine=mine) -> None:
+                        i = mine[k]
                         try:
                             if isinstance(outcome, Exception):
                                 raise outcome
-                            results[i] = self._finish(engine, prepared[i][1], outcome)
+                            deliver(i, self._finish(engine, prepared[i][1], outcome))
                         except Exception as exc:  # noqa: BLE001
-                            results[i] = self._failed(asks[i], exc, start)
+                            deliver(i, self._failed(asks[i], exc, start))
+
+                    self._refine_batch(engine, [prepared[i][1] for i in mine], refined,
+                                       pending=lambda k, mine=mine: results[mine[k]] is None)
             except Exception as exc:  # noqa: BLE001 - no engine: every question not yet answered fails
                 for i, ask in enumerate(asks):
-                    if results[i] is None:
-                        results[i] = self._failed(ask, exc, start)
+                    deliver(i, self._failed(ask, exc, start))
             finally:
                 if not self.cfg.model.keep_alive:
                     self.release_model_only()
@@ -259,24 +275,28 @@ class SageCore:
             options = options.replace(constraint=_grammar(engine, q.json_schema).constraint)
         return _Prepared(q, received, history, heard, options, RefineJob(text, q.context, history, options))
 
-    def _refine_batch(self, engine: IRPEngine, batch: list["_Prepared"]) -> list[Refinement | Exception]:
-        """Refine the prepared questions together; alone (with the out-of-memory retry) when the shared
-        call fails or there is only one."""
+    def _refine_batch(self, engine: IRPEngine, batch: list["_Prepared"],
+                      refined: Callable[[int, Refinement | Exception], None], pending: Callable[[int], bool]) -> None:
+        """Refine the prepared questions together, handing each to ``refined(k, outcome)`` as it halts;
+        when the shared call fails, the questions still ``pending`` are refined alone (with the
+        out-of-memory retry). One question is refined alone from the start."""
         if len(batch) > 1:
             try:
-                return list(engine.refine_many([p.job for p in batch]))
+                engine.refine_many([p.job for p in batch], on_done=refined)
+                return
             except Exception as exc:  # noqa: BLE001 - retried alone below, so one question's fault stays its own
                 if _is_oom(exc):
                     _free_memory()
                 log.warning("batched generation of %d questions failed (%s: %s); answering them one by one",
                             len(batch), type(exc).__name__, exc)
-        outcomes: list[Refinement | Exception] = []
-        for p in batch:
+        for k, p in enumerate(batch):
+            if not pending(k):
+                continue
             try:
-                outcomes.append(self._refine_with_oom_retry(engine, p.job))
+                outcome: Refinement | Exception = self._refine_with_oom_retry(engine, p.job)
             except Exception as exc:  # noqa: BLE001
-                outcomes.append(exc)
-        return outcomes
+                outcome = exc
+            refined(k, outcome)
 
     def _finish(self, engine: IRPEngine, p: "_Prepared", refined: Refinement) -> Result:
         """The question's result from its refinement: the pick (option, JSON), confidence, SNARC, history, store."""

@@ -31,8 +31,9 @@ Layout of the one static KV cache (``width`` = the longest prompt)::
 3. each step feeds every row its own position (``L_g + step``) while all rows write the same slot; a
    2-D attention mask hides each row's padding slots. Keys carry their rotary position, so where a key
    sits in the cache changes nothing;
-4. a group ends when its rows have all ended, at its ``max_new_tokens``, its deadline or its cancel; its
-   rows then leave the batch (the cache, mask and row state are compacted) and the others go on.
+4. a group ends when its rows have all ended, at its ``max_new_tokens``, its deadline or its cancel; it
+   is handed to ``on_done`` at once (its question can be answered while the others decode), its rows
+   leave the batch (the cache, mask and row state are compacted) and the others go on.
 
 A greedy row gets the tokens it gets decoded alone (test_decode_groups) up to float rounding of the
 padded attention. Sampled rows draw from the same tempered distribution, not the same tokens: a seed's
@@ -44,7 +45,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -81,9 +82,10 @@ def step_masked(model, tokens: torch.Tensor, positions: torch.Tensor, cache, mas
 
 
 @torch.inference_mode()
-def decode_groups(model, requests: Sequence[GenerationRequest], *, eos_ids: Sequence[int],
-                  pad_id: int) -> list[Decoded]:
-    """Decode every group of ``requests`` in one batch; one :class:`Decoded` per request, in order."""
+def decode_groups(model, requests: Sequence[GenerationRequest], *, eos_ids: Sequence[int], pad_id: int,
+                  on_done: Callable[[int, Decoded], None] | None = None) -> list[Decoded]:
+    """Decode every group of ``requests`` in one batch; one :class:`Decoded` per request, in order.
+    ``on_done(index, decoded)`` is called as each group ends, while the others go on decoding."""
     device = next(model.parameters()).device
     lengths = [len(r.prompt_ids) for r in requests]
     width, max_new = max(lengths), max(r.max_new_tokens for r in requests)
@@ -111,6 +113,7 @@ def decode_groups(model, requests: Sequence[GenerationRequest], *, eos_ids: Sequ
     state = _Rows.build(requests, owner, lengths, width, width + max_new, device)
     eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=device)
     end_id = int(eos[0]) if eos.numel() else pad_id
+    out: list[Decoded | None] = [None] * len(requests)
     is_eos = torch.isin(torch.arange(logits.shape[1], device=device), eos)[None, :]
     for index in range(max_new):
         banned = state.min_new > index
@@ -130,6 +133,10 @@ def decode_groups(model, requests: Sequence[GenerationRequest], *, eos_ids: Sequ
             groups[g].logprobs[r].append(logp_list[i])
             state.generated[i].append(token_list[i])
         ended = _end_groups(groups, state, finished, index, now)
+        for g in ended:
+            out[g] = _decoded(groups[g], first_step - start, first_step)
+            if on_done is not None:
+                on_done(g, out[g])
         if all(group.done for group in groups):
             break
         if ended:
@@ -140,16 +147,20 @@ def decode_groups(model, requests: Sequence[GenerationRequest], *, eos_ids: Sequ
             tokens = tokens.index_select(0, keep_rows)
         logits = step_masked(model, tokens, state.positions, cache, state.mask, width + index)
         state.positions += 1
-    prefill_s = first_step - start
-    return [Decoded(torch.tensor(g.tokens, dtype=torch.long).reshape(len(g.rows), -1),
-                    torch.tensor(g.logprobs, dtype=torch.float32).reshape(len(g.rows), -1),
-                    prefill_s=prefill_s, decode_s=(g.end or time.monotonic()) - first_step, stopped_early=g.stopped)
-            for g in groups]
+    return [decoded if decoded is not None else _decoded(group, first_step - start, first_step)
+            for decoded, group in zip(out, groups)]
 
 
-def _end_groups(groups: list[_Group], state: "_Rows", finished: list[bool], index: int, now: float) -> bool:
-    """Mark the groups that end after step ``index``; True when any did."""
-    ended = False
+def _decoded(group: _Group, prefill_s: float, first_step: float) -> Decoded:
+    rows = len(group.rows)
+    return Decoded(torch.tensor(group.tokens, dtype=torch.long).reshape(rows, -1),
+                   torch.tensor(group.logprobs, dtype=torch.float32).reshape(rows, -1), prefill_s=prefill_s,
+                   decode_s=(group.end or time.monotonic()) - first_step, stopped_early=group.stopped)
+
+
+def _end_groups(groups: list[_Group], state: "_Rows", finished: list[bool], index: int, now: float) -> list[int]:
+    """Mark the groups that end after step ``index``; returns their indices."""
+    ended = []
     for g, group in enumerate(groups):
         if group.done:
             continue
@@ -158,7 +169,8 @@ def _end_groups(groups: list[_Group], state: "_Rows", finished: list[bool], inde
         stopped = ((request.cancel is not None and request.cancel.is_set())
                    or (request.deadline is not None and now >= request.deadline))
         if all(finished[i] for i in mine) or index + 1 >= request.max_new_tokens or stopped:
-            group.done, group.end, ended = True, now, True
+            group.done, group.end = True, now
+            ended.append(g)
             group.stopped = stopped and not all(finished[i] for i in mine) and index + 1 < request.max_new_tokens
     return ended
 

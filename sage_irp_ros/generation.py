@@ -22,7 +22,7 @@ log-probs of the kept tokens (and of the end-of-sequence token, which is part of
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -53,13 +53,27 @@ class TorchGenerator:
                             static_cache=self.static_cache, step_fn=self.step_fn)
         return self._batch(request, out)
 
-    def generate_many(self, requests: Sequence[GenerationRequest]) -> list[Batch]:
-        """Every request's rows in one batched decode (:mod:`decode_groups`); a lone request, or a model
-        without a static cache, goes through :func:`decode.decode` one request at a time."""
+    def generate_many(self, requests: Sequence[GenerationRequest],
+                      on_done: Callable[[int, Batch], None] | None = None) -> list[Batch]:
+        """Every request's rows in one batched decode (:mod:`decode_groups`); ``on_done(index, batch)`` as
+        each request ends. A lone request, or a model without a static cache, goes through
+        :func:`decode.decode` one request at a time."""
         if len(requests) == 1 or not supports_groups(self.lm.model, self.static_cache):
-            return [self.generate(request) for request in requests]
-        outs = decode_groups(self.lm.model, requests, eos_ids=self.eos_ids, pad_id=self.pad_id)
-        return [self._batch(request, out) for request, out in zip(requests, outs)]
+            batches = []
+            for index, request in enumerate(requests):
+                batches.append(self.generate(request))
+                if on_done is not None:
+                    on_done(index, batches[-1])
+            return batches
+        done: dict[int, Batch] = {}
+
+        def finished(index: int, out: decode.Decoded) -> None:
+            done[index] = self._batch(requests[index], out)
+            if on_done is not None:
+                on_done(index, done[index])
+
+        outs = decode_groups(self.lm.model, requests, eos_ids=self.eos_ids, pad_id=self.pad_id, on_done=finished)
+        return [done[i] if i in done else self._batch(r, out) for i, (r, out) in enumerate(zip(requests, outs))]
 
     def _batch(self, request: GenerationRequest, out: decode.Decoded) -> Batch:
         candidates = [self._candidate(out.tokens[i].tolist(), out.logprobs[i].tolist(), request.temperatures[i])

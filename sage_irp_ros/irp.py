@@ -271,32 +271,64 @@ class IRPEngine:
             raise refined
         return refined
 
-    def refine_many(self, jobs: Sequence["RefineJob"]) -> list[Refinement | SageError]:
+    def refine_many(self, jobs: Sequence["RefineJob"],
+                    on_done: Callable[[int, "Refinement | SageError"], None] | None = None,
+                    ) -> list[Refinement | SageError]:
         """Several questions refined together: each round, the row groups of every question still
         refining are decoded in ONE generation call (:meth:`Generator.generate_many`); each question
-        halts on its own. A question whose prompt cannot be built gets its :class:`SageError` in its
-        place; an exception of the generation call itself propagates (the caller retries alone)."""
+        halts on its own and is handed to ``on_done(index, refinement)`` as soon as it has (while the
+        others may still decode). A question whose prompt cannot be built gets its :class:`SageError`
+        in its place; an exception of the generation call itself propagates (the caller retries alone)."""
         states: list[IRPState | SageError] = []
         for job in jobs:
             try:
                 states.append(self.init_state(job.question, job.context, job.history, job.options))
             except SageError as exc:
                 states.append(exc)
+        outcomes: dict[int, Refinement | SageError] = {}
+
+        def report(index: int) -> None:
+            if index not in outcomes:
+                state = states[index]
+                outcomes[index] = state if isinstance(state, SageError) else self.get_result(state)
+                if on_done is not None:
+                    on_done(index, outcomes[index])
+
+        for index, state in enumerate(states):
+            if isinstance(state, SageError):
+                report(index)
         if self.cfg.seed >= 0:
             torch.manual_seed(self.cfg.seed)
         while True:
-            live = [s for s in states if isinstance(s, IRPState) and not self.halt(s)]
-            rounds = [(state, self.round_requests(state)) for state in live]
-            for state, requests in rounds:
-                if not requests:  # nothing left to sample: the schedule is spent
-                    state.halt_reason = MAX_ITERATIONS
-            rounds = [(state, requests) for state, requests in rounds if requests]
+            rounds = []
+            for index, state in enumerate(states):
+                if isinstance(state, IRPState) and not self.halt(state):
+                    requests = self.round_requests(state)
+                    if requests:
+                        rounds.append((index, requests))
+                    else:  # nothing left to sample: the schedule is spent
+                        state.halt_reason = MAX_ITERATIONS
             if not rounds:
                 break
-            batches = iter(generate_all(self.generator, [r for _, requests in rounds for r in requests]))
-            for state, requests in rounds:
-                self.absorb(state, [next(batches) for _ in requests])
-        return [s if isinstance(s, SageError) else self.get_result(s) for s in states]
+            owner, starts = [], {}
+            for index, requests in rounds:  # a flat position per request; each question's first position
+                starts[index] = len(owner)
+                owner += [(index, len(requests))] * len(requests)
+            got: dict[int, Batch] = {}
+
+            def arrived(position: int, batch: Batch) -> None:
+                got[position] = batch
+                index, count = owner[position]
+                first = starts[index]
+                if all(p in got for p in range(first, first + count)):
+                    self.absorb(states[index], [got[p] for p in range(first, first + count)])
+                    if self.halt(states[index]):
+                        report(index)
+
+            generate_all(self.generator, [r for _, requests in rounds for r in requests], on_done=arrived)
+        for index in range(len(states)):
+            report(index)
+        return [outcomes[index] for index in range(len(states))]
 
     def warm_up(self) -> float:
         """One short generation with the real batch shape, so the first question is not slower."""

@@ -301,7 +301,8 @@ class IrpNode(Node, LifecycleNodeMixin):
                                               throttled=self.throttle_state().throttled, cancel=cancel))
 
     def _answer_many(self, items: list[Pending], cancel: Cancel) -> None:
-        """Run a batch of queued questions together (node.batch_size): one result each."""
+        """Run a batch of queued questions together (node.batch_size): one result each, published as soon
+        as it is ready."""
         error = self._not_serving(DEACTIVATED)
         if error is not None:
             for item in items:
@@ -309,8 +310,8 @@ class IrpNode(Node, LifecycleNodeMixin):
             return
         self.publish_status()  # busy, with the batch
         throttled = self.throttle_state().throttled
-        for result in self.core.answer_many([Ask(item.question, item.received, throttled, cancel) for item in items]):
-            self._publish_result(result)
+        self.core.answer_many([Ask(item.question, item.received, throttled, cancel) for item in items],
+                              on_result=lambda index, result: self._publish_result(result))
 
     def _batch_limit(self) -> int:
         """Questions the worker may take at once: node.batch_size, one while the platform is throttled."""

@@ -73,6 +73,20 @@ def test_greedy_rows_in_a_batch_match_each_question_alone(core):
         assert many.candidates[many.irp.temperatures.index(0.0)].token_ids == one.candidates[g].token_ids
 
 
+def test_a_question_that_ends_early_is_answered_while_the_others_decode(core):
+    long = AnswerOptions.resolve(core.engine.cfg).replace(max_tokens=40, min_new_tokens=40)
+    short = AnswerOptions.resolve(core.engine.cfg).replace(max_tokens=2)
+    order = []
+    outs = core.engine.refine_many([RefineJob("Tell me a story.", options=long), RefineJob("Yes?", options=short)],
+                                   on_done=lambda index, refined: order.append((index, refined.tokens)))
+    assert [i for i, _ in order] == [1, 0]  # the short one first, handed over before the long one ended
+    assert [t for _, t in order] == [outs[1].tokens, outs[0].tokens] and outs[0].tokens == 4 * 40
+    delivered = []
+    results = core.answer_many([Ask(Question(text="one?", id="a")), Ask(Question(text="two?", id="b"))],
+                               on_result=lambda index, result: delivered.append((index, result.id)))
+    assert sorted(delivered) == [(0, "a"), (1, "b")] and [r.id for r in results] == ["a", "b"]
+
+
 def test_two_conversations_in_one_batch_share_no_history(core):
     core.answer(Question(text="The robot moves to the kitchen.", conversation="a"))
     core.answer(Question(text="What is 2+2?", conversation="b"))
