@@ -234,7 +234,7 @@ class NodeConfig:
         "Configure and activate by itself, without a lifecycle manager (edge.launch.py sets it false and "
         "drives the lifecycle itself)", applies=READ_ONLY))
     queue_size: int = field(default=8, metadata=_key("Questions waiting for inference", lo=1, hi=10_000))
-    batch_size: int = field(default=4, metadata=_key(
+    batch_size: int = field(default=8, metadata=_key(
         "Waiting questions answered together, their candidates decoded in one batch (two questions of one "
         "conversation never share a batch; while throttled: one at a time)", lo=1, hi=64,
         off="1 = one question at a time"))

@@ -21,7 +21,8 @@ with config/edge.yaml (its own ROS domain, localhost discovery, no memory store)
 process publishes questions on ``question`` and times each ``result`` from the moment it was published:
 
 - ``lone``: questions one at a time, each after the previous result (a question alone);
-- ``burst``: 4 questions published together: throughput with 4 waiting questions;
+- ``burst``: 4 questions published together, after the previous burst's results, ``--repeats`` times:
+  throughput with 4 waiting questions (answers over the bursts' summed spans);
 - ``rate R``: questions arriving every 1/R s: answered, refused, cut by the deadline (halt reason
   ``deadline``), p50/p95 latency and answers per second.
 
@@ -147,7 +148,7 @@ def _stats(driver: Driver, sent: dict[str, float]) -> dict[str, Any]:
             "mean_inference_s": round(statistics.mean(r[1]["timing"]["inference_s"] for r in ok), 3) if ok else None}
 
 
-def measure(batch_size: int, rates: list[float], questions: int, lone: int, burst: int,
+def measure(batch_size: int, rates: list[float], questions: int, lone: int, burst: int, repeats: int,
             bank: list[str], extra: list[str]) -> dict[str, Any]:
     """One node with ``node.batch_size = batch_size``: lone, burst and every arrival rate."""
     env = dict(os.environ, ROS_DOMAIN_ID=str(random.randint(1, 101)), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
@@ -172,10 +173,15 @@ def measure(batch_size: int, rates: list[float], questions: int, lone: int, burs
             sent[qid] = t
         out["lone"] = _stats(driver, sent)
         print(f"batch_size {batch_size}: lone {out['lone']}", flush=True)
-        sent = dict(driver.ask(next(texts)) for _ in range(burst))
-        driver.wait(list(sent))
-        out["burst"] = _stats(driver, sent)
-        print(f"batch_size {batch_size}: burst of {burst} {out['burst']}", flush=True)
+        bursts, spans = {}, []
+        for _ in range(repeats):  # each burst after the previous one's results: 4 waiting, `repeats` times
+            sent = dict(driver.ask(next(texts)) for _ in range(burst))
+            driver.wait(list(sent))
+            spans.append(max(driver.results[i][0] for i in sent) - min(sent.values()))
+            bursts.update(sent)
+        out["burst"] = {**_stats(driver, bursts), "repeats": repeats,
+                        "answers_per_s": round(len(bursts) / sum(spans), 4)}
+        print(f"batch_size {batch_size}: {repeats} bursts of {burst} {out['burst']}", flush=True)
         out["rates"] = []
         for rate in rates:
             count = max(4, min(questions, round(questions * rate * 2)))  # 16 at 0.5/s: one every 2 s
@@ -204,10 +210,14 @@ def measure(batch_size: int, rates: list[float], questions: int, lone: int, burs
 def table(result: dict[str, Any]) -> str:
     """Markdown: lone and burst per batch size, then the arrival rates side by side."""
     runs = result["runs"]
-    lines = ["| node.batch_size | lone question p50 | 4 waiting: answers/s | burst p95 |", "|---|---|---|---|"]
+    lines = ["| node.batch_size | lone question p50 | 4 waiting: answers/s | vs batch size " +
+             f"{runs[0]['batch_size']} | burst p50 / p95 |", "|---|---|---|---|---|"]
     for run in runs:
+        ratio = run["burst"]["answers_per_s"] / runs[0]["burst"]["answers_per_s"]
         lines.append(f"| {run['batch_size']} | {run['lone']['p50_s']:.2f} s | {run['burst']['answers_per_s']:.3f} | "
-                     f"{run['burst']['p95_s']:.2f} s |")
+                     f"{ratio:.2f}x | {run['burst']['p50_s']:.2f} / {run['burst']['p95_s']:.2f} s |")
+    if not runs[0]["rates"]:
+        return "\n".join(lines)
     heads = [f"batch {r['batch_size']}: answered, refused, cut, p50 / p95, answers/s" for r in runs]
     lines += ["", "| arrivals/s | " + " | ".join(heads) + " |", "|---|" + "---|" * len(runs)]
     for index, rate in enumerate(runs[0]["rates"]):
@@ -228,21 +238,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--questions", type=int, default=16, help="questions at the highest rate")
     parser.add_argument("--lone", type=int, default=4, help="questions asked one at a time")
     parser.add_argument("--burst", type=int, default=4, help="questions published together")
+    parser.add_argument("--repeats", type=int, default=4, help="bursts, one after the other's results")
     parser.add_argument("--set", action="append", default=[], metavar="KEY:=VALUE",
                         help="another node parameter for every run (e.g. llm_irp.sampled_prompts:=0)")
     parser.add_argument("--out", default="", help="folder for arrivals.json (default bench/results)")
     add_update_docs_flag(parser, SECTION)
     args = parser.parse_args(argv)
-    rates = [float(r) for r in args.rates.split(",")]
+    rates = [float(r) for r in args.rates.split(",") if r]
     bank = _questions()
     result = {"run": run_info(argv, f"bench.speed.{NAME}"), "config": "config/edge.yaml", "extra": args.set,
-              "runs": [measure(int(k), rates, args.questions, args.lone, args.burst, bank, args.set)
+              "runs": [measure(int(k), rates, args.questions, args.lone, args.burst, args.repeats, bank, args.set)
                        for k in args.batch_sizes.split(",")]}
     base = result["runs"][0]
     for run in result["runs"][1:]:
         run["burst_throughput_vs_first"] = round(run["burst"]["answers_per_s"] / base["burst"]["answers_per_s"], 3)
         run["lone_vs_first"] = round(run["lone"]["p50_s"] / base["lone"]["p50_s"], 3)
-        run["p95_at_highest_rate_vs_lone"] = round(run["rates"][-1]["p95_s"] / run["lone"]["p50_s"], 3)
+        if run["rates"]:
+            run["p95_at_highest_rate_vs_lone"] = round(run["rates"][-1]["p95_s"] / run["lone"]["p50_s"], 3)
     text = table(result)
     print(text)
     print(f"wrote {write_result(NAME, result, args.out or None)}")
