@@ -90,6 +90,7 @@ class IRPState:
     rounds: int = 0
     halt_reason: str | None = None
     history_used: int = 0
+    batch: int = 1  # questions refined together with this one (refine_many), itself included
     messages: list[dict[str, str]] | None = None  # what prompt_ids were rendered from (a remote backend's prompt)
     prompt_text: str = ""
     variants: dict[int, Prompt] = field(default_factory=dict)  # the bank's other phrasings the sampled rows use
@@ -257,6 +258,7 @@ class IRPEngine:
             halt_reason=state.halt_reason,
             converged=bool(state.energies) and state.best_energy < self.cfg.energy_convergence_threshold,
             finished=state.best_finished, throttled=state.throttled, history_used=state.history_used,
+            batch=state.batch,
             **{k: round(v, 6) for k, v in state.timings.items()})
         return Refinement(answer=state.best_response, irp=summary, tokens=state.tokens,
                           final_temperature=state.temperature, candidates=tuple(state.candidates),
@@ -285,6 +287,9 @@ class IRPEngine:
                 states.append(self.init_state(job.question, job.context, job.history, job.options))
             except SageError as exc:
                 states.append(exc)
+        built = [state for state in states if isinstance(state, IRPState)]
+        for state in built:
+            state.batch = len(built)
         outcomes: dict[int, Refinement | SageError] = {}
 
         def report(index: int) -> None:

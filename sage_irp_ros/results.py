@@ -109,6 +109,7 @@ class IRPSummary(_Record):
     finished: bool = False
     throttled: bool = False
     history_used: int = 0
+    batch: int = 1  # questions decoded together with this one, itself included (node.batch_size)
     prefill_s: float = 0.0
     decode_s: float = 0.0
     scoring_s: float = 0.0

@@ -295,7 +295,7 @@ def test_two_conversations_asked_together_are_one_batch_and_share_no_history(t):
         got = t.wait_results(ids)
         assert [_ok(got[i])["irp"]["history_used"] for i in ids] == [1, 0]
         assert [len(t.results_for(i)) for i in ids] == [1, 1]
-        assert any(s.get("batch") == 2 and s.get("batch_size") == 2 for s in t.statuses)
+        assert [got[i]["irp"]["batch"] for i in ids] == [2, 2]
     finally:
         results = t.set_parameters({"node.batch_size": 8, "node.batch_wait_s": 0.05})
         assert all(r.successful for r in results)
