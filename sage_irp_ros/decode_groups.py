@@ -59,8 +59,7 @@ class _Group:
     """One request's bookkeeping while the batch decodes."""
 
     request: GenerationRequest
-    rows: list[int]  # indices into the original row order
-    tokens: list[list[int]] = field(default_factory=list)  # per row
+    tokens: list[list[int]] = field(default_factory=list)  # per row (also what its constraints read)
     logprobs: list[list[float]] = field(default_factory=list)
     done: bool = False
     stopped: bool = False  # the deadline or cancel cut it short
@@ -100,17 +99,13 @@ def decode_groups(model, requests: Sequence[GenerationRequest], *, eos_ids: Sequ
                    **hf_compat.prefill_kwargs(model, keep)).logits
     column = torch.searchsorted(keep, last) if logits.shape[1] == keep.numel() else last
     logits = logits[torch.arange(len(requests), device=device), column]
-    groups, owner = [], []
-    for g, request in enumerate(requests):
-        first = len(owner)
-        owner += [g] * request.rows
-        groups.append(_Group(request, list(range(first, len(owner))), [[] for _ in range(request.rows)],
-                             [[] for _ in range(request.rows)]))
+    groups = [_Group(r, [[] for _ in range(r.rows)], [[] for _ in range(r.rows)]) for r in requests]
+    owner = [g for g, request in enumerate(requests) for _ in range(request.rows)]
     row_group = torch.tensor(owner, dtype=torch.long, device=device)
     hf_compat.select_cache_rows(cache, row_group)
     logits = logits.index_select(0, row_group)
     first_step = time.monotonic()
-    state = _Rows.build(requests, owner, lengths, width, width + max_new, device)
+    state = _Rows.build(groups, lengths, width, width + max_new, device)
     eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=device)
     end_id = int(eos[0]) if eos.numel() else pad_id
     out: list[Decoded | None] = [None] * len(requests)
@@ -131,7 +126,6 @@ def decode_groups(model, requests: Sequence[GenerationRequest], *, eos_ids: Sequ
         for i, (g, r) in enumerate(state.slots):
             groups[g].tokens[r].append(token_list[i])
             groups[g].logprobs[r].append(logp_list[i])
-            state.generated[i].append(token_list[i])
         ended = _end_groups(groups, state, finished, index, now)
         for g in ended:
             out[g] = _decoded(groups[g], first_step - start, first_step)
@@ -152,7 +146,7 @@ def decode_groups(model, requests: Sequence[GenerationRequest], *, eos_ids: Sequ
 
 
 def _decoded(group: _Group, prefill_s: float, first_step: float) -> Decoded:
-    rows = len(group.rows)
+    rows = group.request.rows
     return Decoded(torch.tensor(group.tokens, dtype=torch.long).reshape(rows, -1),
                    torch.tensor(group.logprobs, dtype=torch.float32).reshape(rows, -1), prefill_s=prefill_s,
                    decode_s=(group.end or time.monotonic()) - first_step, stopped_early=group.stopped)
@@ -166,12 +160,12 @@ def _end_groups(groups: list[_Group], state: "_Rows", finished: list[bool], inde
             continue
         mine = [i for i, (owner, _) in enumerate(state.slots) if owner == g]
         request = group.request
+        complete = all(finished[i] for i in mine) or index + 1 >= request.max_new_tokens
         stopped = ((request.cancel is not None and request.cancel.is_set())
                    or (request.deadline is not None and now >= request.deadline))
-        if all(finished[i] for i in mine) or index + 1 >= request.max_new_tokens or stopped:
-            group.done, group.end = True, now
+        if complete or stopped:
+            group.done, group.end, group.stopped = True, now, not complete
             ended.append(g)
-            group.stopped = stopped and not all(finished[i] for i in mine) and index + 1 < request.max_new_tokens
     return ended
 
 
@@ -187,13 +181,14 @@ class _Rows:
     positions: torch.Tensor  # (rows, 1)
     mask: torch.Tensor  # (rows, cache length)
     constraints: list
-    generated: list[list[int]]
+    generated: list[list[int]]  # each row's tokens so far: its group's own lists, not copies
 
     @classmethod
-    def build(cls, requests: Sequence[GenerationRequest], owner: list[int], lengths: list[int], width: int,
-              cache_len: int, device: torch.device) -> "_Rows":
+    def build(cls, groups: Sequence[_Group], lengths: list[int], width: int, cache_len: int,
+              device: torch.device) -> "_Rows":
         slots, temps, mins, positions, constraints = [], [], [], [], []
-        for g, request in enumerate(requests):
+        for g, group in enumerate(groups):
+            request = group.request
             for r, t in enumerate(request.temperatures):
                 slots.append((g, r))
                 temps.append(float(t))
@@ -202,13 +197,13 @@ class _Rows:
                 constraints.append(request.constraints[r] if request.constraints else None)
         temps_t = torch.tensor(temps, dtype=torch.float32, device=device)
         greedy = temps_t <= 0.0
-        mask = torch.ones((len(owner), cache_len), dtype=torch.long, device=device)
-        for i, g in enumerate(owner):
+        mask = torch.ones((len(slots), cache_len), dtype=torch.long, device=device)
+        for i, (g, _) in enumerate(slots):
             mask[i, lengths[g]:width] = 0
         return cls(slots, torch.where(greedy, torch.ones_like(temps_t), temps_t)[:, None], greedy,
-                   torch.tensor(mins, device=device), torch.zeros(len(owner), dtype=torch.bool, device=device),
+                   torch.tensor(mins, device=device), torch.zeros(len(slots), dtype=torch.bool, device=device),
                    torch.tensor(positions, dtype=torch.long, device=device)[:, None], mask, constraints,
-                   [[] for _ in owner])
+                   [groups[g].tokens[r] for g, r in slots])
 
     def select(self, rows: torch.Tensor) -> "_Rows":
         keep = rows.tolist()

@@ -52,7 +52,6 @@ import asyncio
 import math
 import os
 import ssl
-import statistics
 import threading
 import time
 from collections import deque
@@ -66,6 +65,7 @@ from . import errors
 from .candidates import Batch, Candidate, GenerationRequest
 from .config_schema import RemoteConfig
 from .errors import ModelLoadError, SageError
+from .stats import latency_summary
 
 POLL_S = 0.02  # how often the waiting caller looks at its cancel events (the on-board loop: every token)
 UNREACHABLE, TIMEOUT, HTTP, MALFORMED, NO_LOGPROBS, UNKNOWN_MODEL = (
@@ -353,16 +353,6 @@ class RemoteGenerator:
     def snapshot(self) -> dict[str, Any]:
         """Counts and request latency percentiles for the status (no key, no credentials)."""
         with self._lock:
-            values = sorted(self._latencies)
             return {"url": self.url, "model": self.model, "reachable": self.reachable, "requests": self.requests,
                     "failures": self.failures, "overlong_replies": self.overlong, "last_error": self.last_error,
-                    "latency": {"p50_s": _quantile(values, 0.5), "p95_s": _quantile(values, 0.95),
-                                "count": len(values)}}
-
-
-def _quantile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    if len(values) == 1:
-        return round(values[0], 4)
-    return round(statistics.quantiles(values, n=100, method="inclusive")[int(q * 100) - 1], 4)
+                    "latency": latency_summary(self._latencies, digits=4)}

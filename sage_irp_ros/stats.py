@@ -26,7 +26,7 @@ from __future__ import annotations
 import statistics
 import threading
 from collections import deque
-from typing import Any
+from typing import Any, Sequence
 
 from .errors import CLIENT_ERRORS
 
@@ -63,16 +63,21 @@ class ServingStats:
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
-            values = sorted(self._latencies)
             return {"served": self.served, "errors": self.errors, "refused": self.refused,
                     "consecutive_errors": self.consecutive_errors, "last": self.last,
-                    "latency": {"p50_s": _quantile(values, 0.5), "p95_s": _quantile(values, 0.95),
-                                "count": len(values)}}
+                    "latency": latency_summary(self._latencies)}
 
 
-def _quantile(values: list[float], q: float) -> float | None:
+def latency_summary(values: Sequence[float], digits: int = 6) -> dict[str, Any]:
+    """``{"p50_s", "p95_s", "count"}`` of latencies (None without any), as the status JSON gives them."""
+    ordered = sorted(values)
+    return {"p50_s": _quantile(ordered, 0.5, digits), "p95_s": _quantile(ordered, 0.95, digits),
+            "count": len(ordered)}
+
+
+def _quantile(values: list[float], q: float, digits: int) -> float | None:
     if not values:
         return None
     if len(values) == 1:
-        return round(values[0], 6)
-    return round(statistics.quantiles(values, n=100, method="inclusive")[int(q * 100) - 1], 6)
+        return round(values[0], digits)
+    return round(statistics.quantiles(values, n=100, method="inclusive")[int(q * 100) - 1], digits)

@@ -51,11 +51,6 @@ def core(tiny_plain_model_dir, tmp_path):
     core.release()
 
 
-def _greedy(result):
-    """The greedy row's text: the candidate at temperature 0."""
-    return result.irp.temperatures.index(0.0)
-
-
 def test_every_question_of_a_batch_gets_exactly_one_result_in_order(core):
     asks = [Ask(Question(text=f"What is {i}+{i}?", id=f"q{i}")) for i in range(4)]
     results = core.answer_many(asks)

@@ -40,14 +40,14 @@ from pathlib import Path
 import torch
 
 from bench.quality.evaluate import bootstrap_diff, mean, per_question
-from bench.quality.question_set import is_correct, load_questions
-from bench.quality.run_quality import interleave, parse_overrides, setting_plan
+from bench.quality.question_set import load_questions
+from bench.quality.run_quality import candidate_row, interleave, parse_overrides, setting_plan
 from bench.record import RESULTS, add_update_docs_flag, run_info, update_docs, write_result
 from sage_irp_ros.candidates import Candidate, GenerationRequest
 from sage_irp_ros.config import SageConfig
 from sage_irp_ros.generation import TorchGenerator
 from sage_irp_ros.model_loader import load_model
-from sage_irp_ros.prompts import PROMPT_BANK, clean_answer, render_prompt
+from sage_irp_ros.prompts import PROMPT_BANK, render_prompt
 from sage_irp_ros.selection import best_index, selection_rule
 
 NAME = "prompt_variants"
@@ -73,15 +73,8 @@ def generate(setting: str, questions: list[dict], cfg: SageConfig, per_call: int
         torch.manual_seed(first)
         batches = generator.generate_many(requests)
         for n, item in enumerate(chunk):
-            variants = []
-            for batch in batches[n * len(PROMPT_BANK):(n + 1) * len(PROMPT_BANK)]:
-                rows = []
-                for c in batch.candidates:
-                    text = clean_answer(c.text)
-                    rows.append({"t": c.temperature, "text": text, "ids": c.token_ids,
-                                 "lp": [round(x, 4) for x in c.token_logprobs], "finished": c.finished,
-                                 "correct": is_correct(text, item["a"])})
-                variants.append(rows)
+            variants = [[candidate_row(c, item["a"]) for c in batch.candidates]
+                        for batch in batches[n * len(PROMPT_BANK):(n + 1) * len(PROMPT_BANK)]]
             trials.append({"q": item["q"], "kind": item["kind"], "half": item["half"], "seed": 0,
                            "variants": variants})
         log(f"[{setting}] {len(trials)}/{len(ordered)} questions, {time.monotonic() - start:.0f} s")

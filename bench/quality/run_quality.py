@@ -132,12 +132,7 @@ def generate(setting: str, questions: list[dict], seeds: int, cfg: SageConfig, l
             prompt = build_prompt_ids(lm.tokenizer, item["q"])
             torch.manual_seed(seed)
             batch = generator.generate(GenerationRequest(prompt, rows, max_tokens))
-            cands = []
-            for c in batch.candidates:
-                text = clean_answer(c.text)
-                cands.append({"t": c.temperature, "text": text, "ids": c.token_ids,
-                              "lp": [round(x, 4) for x in c.token_logprobs], "finished": c.finished,
-                              "correct": is_correct(text, item["a"])})
+            cands = [candidate_row(c, item["a"]) for c in batch.candidates]
             trials.append({"q": item["q"], "kind": item["kind"], "half": item["half"], "seed": seed,
                            "gen_s": round(batch.prefill_s + batch.decode_s, 4), "candidates": cands})
             if (n + 1) % 5 == 0:
@@ -146,6 +141,14 @@ def generate(setting: str, questions: list[dict], seeds: int, cfg: SageConfig, l
                 if checkpoint is not None:
                     checkpoint(dump())
     return dump()
+
+
+def candidate_row(candidate, answers) -> dict:
+    """One candidate as a dump stores it: temperature, cleaned text, token ids, log-probs, finished, correct."""
+    text = clean_answer(candidate.text)
+    return {"t": candidate.temperature, "text": text, "ids": candidate.token_ids,
+            "lp": [round(x, 4) for x in candidate.token_logprobs], "finished": candidate.finished,
+            "correct": is_correct(text, answers)}
 
 
 def dump_path(out: Path, setting: str) -> Path:
