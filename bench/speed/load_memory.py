@@ -39,7 +39,8 @@ DEFAULT_VARIANTS = ("defaults (auto):", "full width, precision auto:weight_quant
                     "fp32 packed:precision=fp32,weight_quantization=none",
                     "fp32 not packed:precision=fp32,pack_cpu_weights=false,weight_quantization=none",
                     "bf16 packed:precision=bf16,weight_quantization=none", "int8:weight_quantization=int8",
-                    "int4:weight_quantization=int4")
+                    "int4 (with the bf16 copy for batches):weight_quantization=int4",
+                    "int4 only:weight_quantization=int4,int4_dense_above_rows=0")
 
 
 def _rss_mb() -> float:
