@@ -56,10 +56,10 @@ setup(
     license_files=["LICENSE"],
     entry_points={
         "console_scripts": [
-            "irp_node = sage_irp_ros.irp_node:main",
-            "diagnostics_node = sage_irp_ros.diagnostics_node:main",
-            "sage_irp = sage_irp_ros.cli:main",
-            "sage_irp_bt_example = sage_irp_ros.examples.ask_tree:main",
+            "irp_node = sage_irp_ros.ros.irp_node:main",
+            "diagnostics_node = sage_irp_ros.ros.diagnostics_node:main",
+            "sage_irp = sage_irp_ros.tools.cli:main",
+            "sage_irp_bt_example = sage_irp_ros.ros.examples.ask_tree:main",
         ],
     },
 )

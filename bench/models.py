@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import time
 
-# The demo questions live in one place; sage_irp_ros.cli imports only the standard library at module
+# The demo questions live in one place; sage_irp_ros.tools.cli imports only the standard library at module
 # level, so this keeps bench.models (and the GPU check that imports it) free of the package's dependencies.
-from sage_irp_ros.cli import DEMO_QUESTIONS  # noqa: E402
+from sage_irp_ros.tools.cli import DEMO_QUESTIONS  # noqa: E402
 
 # Earlier exchanges for "a question in a conversation": the first four demo questions with answers of
 # a typical length (the research system rendered them as a CONVERSATION HISTORY context block).

@@ -29,7 +29,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import INVALID_INPUT, TOO_LONG, SageError
+from sage_irp_ros.errors import INVALID_INPUT, TOO_LONG, SageError
 
 FIELDS = ("id", "question", "text", "conversation", "context", "candidates", "max_iterations", "deadline_s", "reset",
           "choices", "min_confidence", "json_schema")
@@ -159,7 +159,7 @@ def _from_json(text: str, max_chars: int) -> Question:
     if data.get("json_schema") is not None and question.choices is not None:
         raise SageError(INVALID_INPUT, "'choices' and 'json_schema' cannot be combined: send one of them")
     if data.get("json_schema") is not None:
-        from .json_answers import check_schema
+        from sage_irp_ros.answers.json_answers import check_schema
 
         question.json_schema = check_schema(data["json_schema"])
     if "min_confidence" in data:

@@ -29,7 +29,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping, TypeVar
 
-from .snarc import SnarcScores
+from sage_irp_ros.salience.snarc import SnarcScores
 
 _T = TypeVar("_T")
 

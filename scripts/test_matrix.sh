@@ -77,7 +77,7 @@ import importlib.metadata as m, platform
 def v(d):
     try: return m.version(d)
     except m.PackageNotFoundError: return "-"
-from sage_irp_ros.doctor import rclpy_distro
+from sage_irp_ros.tools.doctor import rclpy_distro
 r = v("ros-rclpy")
 print(f"Python {platform.python_version()}, torch {v('torch')}, transformers {v('transformers')}, "
       f"peft {v('peft')}, rclpy {r} ({rclpy_distro(r) or '-'})")

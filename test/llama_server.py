@@ -63,7 +63,7 @@ class LlamaServer:
     """``python -m llama_cpp.server`` on 127.0.0.1; ``kill()`` and ``start()`` again keep the port."""
 
     def __init__(self, log_dir: Path, api_key: str | None = API_KEY, threads: int = 1):
-        from sage_irp_ros.embedded_model import embedded_gguf
+        from sage_irp_ros.weights.embedded_model import embedded_gguf
 
         self.port, self.api_key, self.threads = free_port(), api_key, threads
         self.gguf, self.log_dir = embedded_gguf(), Path(log_dir)

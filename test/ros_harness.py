@@ -14,11 +14,11 @@
 
 """Harness for tests that drive the IRP node over real DDS from another process.
 
-* :class:`NodeProcess` starts ``python -m sage_irp_ros.irp_node`` in its own process (own ROS domain,
+* :class:`NodeProcess` starts ``python -m sage_irp_ros.ros.irp_node`` in its own process (own ROS domain,
   localhost discovery, unique namespace), with ``-p key:=value`` parameters and an optional params file.
   Its stdout/stderr go to a log file (never a pipe that could fill up and block the node).
 * :class:`RosTester` is the test side: its own rclpy Context on the same domain, an executor spinning
-  in a thread, a :class:`~sage_irp_ros.client.SageClient`, a collector that keeps *every* message of
+  in a thread, a :class:`~sage_irp_ros.ros.client.SageClient`, a collector that keeps *every* message of
   ``result``/``answer``/``salience``/``snarc``/``status`` (so duplicates are visible), and lifecycle and
   parameter service clients. All waiting is on conditions and futures with timeouts, never bare sleeps.
 """
@@ -47,7 +47,7 @@ from std_msgs.msg import Float32, Float32MultiArray, String
 from std_srvs.srv import Trigger
 
 from ros2_tooling import interrupt
-from sage_irp_ros.client import SageClient
+from sage_irp_ros.ros.client import SageClient
 
 # The collector keeps everything: a deep reader history so a burst is never overwritten before the
 # executor takes it (the node's writer is what is under test, not this reader).
@@ -112,7 +112,7 @@ class NodeProcess:
         self.namespace = namespace or unique_namespace()
         self.log_path = Path(log_path)
         merged = {**(FAST_PARAMS if fast else {}), **(params or {})}
-        args = [sys.executable, "-m", "sage_irp_ros.irp_node", "--ros-args", "-r", f"__ns:={self.namespace}"]
+        args = [sys.executable, "-m", "sage_irp_ros.ros.irp_node", "--ros-args", "-r", f"__ns:={self.namespace}"]
         if params_file is not None:
             args += ["--params-file", str(params_file)]
         for key, value in merged.items():

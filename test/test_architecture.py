@@ -12,31 +12,67 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""docs/architecture.md names every module of the package, and only modules that exist."""
+"""docs/architecture.md's map is the code's, path by path; the core imports no ROS; no module is too long."""
 
 import re
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "sage_irp_ros"
+ROS_FOLDERS = ("ros", "tools")  # the only places allowed to import rclpy
+MAX_LINES = 400
 
 
 def _modules() -> set[str]:
-    return {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"}
+    return {p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"}
 
 
-def _named(text: str) -> set[str]:
-    """Module names on the page (``core.py``, ``examples/ask_tree.py``); tests are not modules."""
-    names = re.findall(r"\b(?:[a-z0-9_]+/)?[a-z0-9_]+\.py\b", text)
-    return {n for n in names if not n.split("/")[-1].startswith("test_")}
-
-
-def test_every_module_is_on_the_map_and_nothing_else():
+def _mapped() -> set[str]:
+    """The module paths the map draws: a ``name/`` line opens a folder at its indent, ``name.py`` is a module."""
     text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
-    modules, named = _modules(), _named(text)
-    basenames = {n.split("/")[-1] for n in named}
-    missing = sorted(m for m in modules if m not in named and m.split("/")[-1] not in basenames)
-    assert not missing, f"docs/architecture.md does not name: {missing}"
-    module_basenames = {m.split("/")[-1] for m in modules}
-    stale = sorted(n for n in named if n not in modules and n.split("/")[-1] not in module_basenames)
-    assert not stale, f"docs/architecture.md names modules that do not exist: {stale}"
+    block = text.split("```")[1]
+    folders: list[str] = []
+    paths = set()
+    for line in block.splitlines():
+        match = re.match(r"^( *)(\S+)", line)
+        if not match or match.group(2) == "sage_irp_ros/":
+            continue
+        depth = len(match.group(1)) // 2 - 1
+        token = match.group(2)
+        if token.endswith("/"):
+            folders[depth:] = [token.rstrip("/")]
+        elif token.endswith(".py"):
+            paths.add("/".join([*folders[:depth], token]))
+    return paths
+
+
+def test_every_module_is_on_the_map_in_its_folder_and_nothing_else():
+    modules, mapped = _modules(), _mapped()
+    assert not sorted(modules - mapped), f"docs/architecture.md does not draw: {sorted(modules - mapped)}"
+    assert not sorted(mapped - modules), f"docs/architecture.md draws modules that do not exist: {sorted(mapped - modules)}"
+
+
+def test_no_module_is_over_the_length_limit():
+    long = {m: n for m in _modules() if (n := len((PACKAGE / m).read_text(encoding="utf-8").splitlines())) > MAX_LINES}
+    assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+def test_the_core_imports_without_ros():
+    """Every module outside ros/ and tools/ imports with rclpy and the ROS message packages unavailable."""
+    core = sorted("sage_irp_ros." + m[:-3].replace("/", ".") for m in _modules() if m.split("/")[0] not in ROS_FOLDERS)
+    code = ("import sys\n"
+            "for name in ('rclpy', 'std_msgs', 'std_srvs', 'diagnostic_msgs', 'lifecycle_msgs', 'launch', "
+            "'launch_ros', 'py_trees', 'py_trees_ros'):\n"
+            "    sys.modules[name] = None\n"  # `import rclpy` now raises ImportError
+            "import importlib\n"
+            f"for module in {core!r}:\n"
+            "    importlib.import_module(module)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(core) > 40  # the check covers the core, not an empty list

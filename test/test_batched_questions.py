@@ -23,10 +23,10 @@ import pytest
 import torch
 
 from sage_irp_ros import errors
-from sage_irp_ros.config import SageConfig
-from sage_irp_ros.core import Ask, SageCore
-from sage_irp_ros.irp import RefineJob
-from sage_irp_ros.options import AnswerOptions
+from sage_irp_ros.config.settings import SageConfig
+from sage_irp_ros.serving.core import Ask, SageCore
+from sage_irp_ros.irp.engine import RefineJob
+from sage_irp_ros.irp.options import AnswerOptions
 from sage_irp_ros.questions import Question
 
 SCHEMA = {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}
@@ -114,7 +114,7 @@ def test_a_bad_question_fails_alone(core):
 
 
 def test_a_failing_shared_call_is_retried_question_by_question(core, monkeypatch):
-    import sage_irp_ros.generation as generation
+    import sage_irp_ros.decoding.torch_generator as generation
 
     def broken(*args, **kwargs):
         raise RuntimeError("batched kernel exploded")
@@ -125,7 +125,7 @@ def test_a_failing_shared_call_is_retried_question_by_question(core, monkeypatch
 
 
 def test_out_of_memory_in_a_batch_retries_each_question(core, monkeypatch):
-    import sage_irp_ros.generation as generation
+    import sage_irp_ros.decoding.torch_generator as generation
 
     calls = []
 
@@ -170,7 +170,7 @@ def test_sampled_prompts_spread_sampled_rows_and_keep_the_greedy_row(tiny_model_
 
 
 def test_sampled_prompts_must_name_phrasings_of_the_bank():
-    from sage_irp_ros.config import ConfigError
+    from sage_irp_ros.config.settings import ConfigError
 
     for bad in ("x", "9", "", "1,-1"):
         with pytest.raises(ConfigError, match="sampled_prompts"):

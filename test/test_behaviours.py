@@ -35,9 +35,8 @@ from py_trees.common import Access, Status  # noqa: E402
 from std_msgs.msg import Bool  # noqa: E402
 
 from ros_harness import LATCHED, RunningNode, ros_domain_env  # noqa: E402
-from sage_irp_ros.behaviours import AskSage, NotThrottled, SageReady, shared_client  # noqa: E402
-from sage_irp_ros.examples.ask_tree import (FallbackLog, create_choice_tree, create_tree,  # noqa: E402
-                                            tick_until)
+from sage_irp_ros.ros.behaviours import AskSage, NotThrottled, SageReady, shared_client  # noqa: E402
+from sage_irp_ros.ros.examples.ask_tree import FallbackLog, create_choice_tree, create_tree, tick_until  # noqa: E402
 
 TIMEOUT = 90.0  # overall bound for one answer on a busy 2-core machine
 
@@ -276,8 +275,8 @@ def test_not_throttled_follows_the_latched_topic(t):
 
 
 def test_example_main_prints_the_answer(running):
-    """``python -m sage_irp_ros.examples.ask_tree`` (the ``sage_irp_bt_example`` command) end to end."""
-    out = subprocess.run([sys.executable, "-m", "sage_irp_ros.examples.ask_tree", "--namespace",
+    """``python -m sage_irp_ros.ros.examples.ask_tree`` (the ``sage_irp_bt_example`` command) end to end."""
+    out = subprocess.run([sys.executable, "-m", "sage_irp_ros.ros.examples.ask_tree", "--namespace",
                           running.proc.namespace, "--question", "Where is the dock?", "--timeout", str(TIMEOUT)],
                          env=running.env, capture_output=True, text=True, timeout=TIMEOUT + 60)
     assert out.returncode == 0, out.stderr
@@ -288,7 +287,7 @@ def test_example_main_prints_the_answer(running):
 
 
 def test_example_main_times_out_without_a_node(ros_env):
-    out = subprocess.run([sys.executable, "-m", "sage_irp_ros.examples.ask_tree", "--namespace", "/nobody_here",
+    out = subprocess.run([sys.executable, "-m", "sage_irp_ros.ros.examples.ask_tree", "--namespace", "/nobody_here",
                           "--timeout", "2"], env=ros_env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     assert "no answer within 2 s: FallbackLog: throttled or not ready" in out.stderr, out.stderr

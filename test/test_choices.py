@@ -22,9 +22,9 @@ import math
 import pytest
 import torch
 
-from sage_irp_ros import choices
-from sage_irp_ros.config import SageConfig
-from sage_irp_ros.core import SageCore
+from sage_irp_ros.answers import choices
+from sage_irp_ros.config.settings import SageConfig
+from sage_irp_ros.serving.core import SageCore
 from sage_irp_ros.questions import Question
 
 

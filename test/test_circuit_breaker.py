@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-from sage_irp_ros.circuit_breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from sage_irp_ros.remote.circuit_breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 
 
 class Clock:

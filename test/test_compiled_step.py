@@ -12,7 +12,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""The compiled decode step (sage_irp_ros/compiled_step.py) and the decode loop's fixed shapes.
+"""The compiled decode step (sage_irp_ros/decoding/compiled_step.py) and the decode loop's fixed shapes.
 
 One test compiles with inductor (the tiny random Llama: seconds cold, about two warm); the others use
 dynamo's ``eager`` backend or a backend of their own, which trace the same graph without generating code.
@@ -26,13 +26,15 @@ import threading
 import pytest
 import torch
 
-from sage_irp_ros import compiled_step, decode
-from sage_irp_ros.candidates import GenerationRequest
-from sage_irp_ros.compiled_step import CompiledStep, bucket_length, bucket_rows, why_not
-from sage_irp_ros.config import IRPConfig
-from sage_irp_ros.embedded_model import transformers_major
-from sage_irp_ros.generation import TorchGenerator
-from sage_irp_ros.irp import IRPEngine
+from sage_irp_ros.decoding import compiled_step
+
+from sage_irp_ros.decoding import decode
+from sage_irp_ros.decoding.generator import GenerationRequest
+from sage_irp_ros.decoding.compiled_step import CompiledStep, bucket_length, bucket_rows, why_not
+from sage_irp_ros.config.settings import IRPConfig
+from sage_irp_ros.weights.embedded_model import transformers_major
+from sage_irp_ros.decoding.torch_generator import TorchGenerator
+from sage_irp_ros.irp.engine import IRPEngine
 from tiny_models import load_on_cpu
 
 TEMPS = [0.0, 0.9, 0.0]  # two greedy rows and a sampled one: 3 rows, padded to 4
@@ -109,7 +111,7 @@ def test_why_not(monkeypatch):
 
 
 def test_transformers_4_is_refused(monkeypatch):
-    from sage_irp_ros import embedded_model
+    from sage_irp_ros.weights import embedded_model
 
     monkeypatch.setattr(embedded_model, "transformers_major", lambda: "4")
     assert "transformers 5.x only" in why_not("on", torch.device("cpu"))
@@ -218,7 +220,7 @@ def test_finished_rows_checked_every_k_steps_give_the_same_tokens(tiny, monkeypa
 
 @needs_transformers_5
 def test_cli_cache_warm_compiles_the_configured_shapes(tiny_plain_model_dir, tmp_path, monkeypatch, capsys):
-    from sage_irp_ros import cli
+    from sage_irp_ros.tools import cli
 
     monkeypatch.setattr(compiled_step, "DEFAULT_BACKEND", _Counting())
     config = tmp_path / "sage.yaml"

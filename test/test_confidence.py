@@ -22,13 +22,12 @@ import math
 
 import pytest
 
-from sage_irp_ros import choices
-from sage_irp_ros.candidates import Candidate
-from sage_irp_ros.config import SageConfig
-from sage_irp_ros.confidence import (CHOICE_FEATURES, FREE_TEXT_FEATURES, Calibrator, is_confident,
-                                     shipped)
+from sage_irp_ros.answers import choices
+from sage_irp_ros.decoding.generator import Candidate
+from sage_irp_ros.config.settings import SageConfig
+from sage_irp_ros.irp.confidence import CHOICE_FEATURES, FREE_TEXT_FEATURES, Calibrator, is_confident, shipped
 from sage_irp_ros.errors import INVALID_INPUT, SageError
-from sage_irp_ros.options import AnswerOptions
+from sage_irp_ros.irp.options import AnswerOptions
 from sage_irp_ros.questions import parse_question
 
 
@@ -134,9 +133,9 @@ def test_calibrator_is_a_logistic_model():
 
 
 def test_cli_ask_takes_choices_and_min_confidence_and_prints_them():
-    from sage_irp_ros.cli import _format, _parser
+    from sage_irp_ros.tools.cli import _format, _parser
     from sage_irp_ros.results import IRPSummary, Result
-    from sage_irp_ros.snarc import SnarcScores
+    from sage_irp_ros.salience.snarc import SnarcScores
 
     args = _parser().parse_args(["ask", "Is the path clear?", "--choice", "yes", "--choice", "no",
                                  "--min-confidence", "0.7"])

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sage_irp_ros.config import (ALIASES, NO_EFFECT, RENAMED, RESEARCH, ConfigError, SageConfig, describe_keys,
-                                 unwrap_ros_parameters)
-from sage_irp_ros.config_docs import generated_section, parameter_table
+from sage_irp_ros.config.settings import (ALIASES, NO_EFFECT, RENAMED, RESEARCH, ConfigError, SageConfig, describe_keys,
+                                          unwrap_ros_parameters)
+from sage_irp_ros.config.docs import generated_section, parameter_table
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data" / "config"
@@ -108,7 +108,7 @@ def test_every_older_name_sets_its_new_key(old, new, value):
 
 
 def test_renamed_key_warns_naming_the_new_key(caplog):
-    with caplog.at_level(logging.WARNING, logger="sage_irp_ros.config"):
+    with caplog.at_level(logging.WARNING, logger="sage_irp_ros.config.settings"):
         cfg = SageConfig.from_mapping({"llm_irp": {"pack_cpu_weights": False}, "memory": {"max_conversations": 7}})
     assert not cfg.model.pack_cpu_weights and cfg.history.max_conversations == 7
     assert "llm_irp.pack_cpu_weights is deprecated and will be removed in the next release: " \
@@ -118,14 +118,14 @@ def test_renamed_key_warns_naming_the_new_key(caplog):
 
 @pytest.mark.parametrize("key,value", [("decoder", "hf"), ("throttled_candidates", 2)])
 def test_keys_without_effect_are_accepted_with_a_warning(key, value, caplog):
-    with caplog.at_level(logging.WARNING, logger="sage_irp_ros.config"):
+    with caplog.at_level(logging.WARNING, logger="sage_irp_ros.config.settings"):
         cfg = SageConfig.from_mapping({"llm_irp": {key: value}})
     assert cfg == SageConfig()
     assert f"llm_irp.{key} is deprecated and has no effect" in caplog.text
 
 
 def test_new_name_wins_over_older_name_with_a_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger="sage_irp_ros.config"):
+    with caplog.at_level(logging.WARNING, logger="sage_irp_ros.config.settings"):
         cfg = SageConfig.from_mapping({"llm_irp": {"device": "cuda"}, "model": {"device": "cpu"}})
     assert cfg.model.device == "cpu"
     assert "llm_irp.device and model.device are both set; using model.device: 'cpu'" in caplog.text
@@ -204,11 +204,11 @@ def test_halting_keys_say_they_act_between_rounds():
 def test_interface_md_parameter_table_is_generated_from_the_schema():
     interface = (ROOT / "docs" / "interface.md").read_text()
     assert generated_section(interface) == parameter_table(), \
-        "docs/interface.md is stale: run python -m sage_irp_ros.config_docs docs/interface.md"
+        "docs/interface.md is stale: run python -m sage_irp_ros.config.docs docs/interface.md"
 
 
 def test_interface_md_says_when_each_parameter_applies():
-    from sage_irp_ros.ros_params import IRP_NODE_KEYS, when_applied
+    from sage_irp_ros.ros.params import IRP_NODE_KEYS, when_applied
 
     interface = (ROOT / "docs" / "interface.md").read_text()
     rows = {m.group(1): m.group(2) for m in re.finditer(

@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-from sage_irp_ros.conversation import ConversationHistory
+from sage_irp_ros.serving.conversation import ConversationHistory
 
 
 def test_no_conversation_gets_and_leaves_no_history():

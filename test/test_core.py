@@ -21,9 +21,9 @@ import pytest
 import torch
 
 from sage_irp_ros import errors
-from sage_irp_ros.config import SageConfig
-from sage_irp_ros.core import SageCore
-from sage_irp_ros.options import AnswerOptions
+from sage_irp_ros.config.settings import SageConfig
+from sage_irp_ros.serving.core import SageCore
+from sage_irp_ros.irp.options import AnswerOptions
 from sage_irp_ros.questions import Question
 from sage_irp_ros.results import Result, ResultError
 
@@ -105,7 +105,7 @@ def test_questions_without_conversation_share_no_history(core):
 
 def test_named_conversation_salience_is_the_research_scorers_for_its_own_sequence(core):
     """Interleaved unnamed questions and another conversation change nothing in a conversation's SNARC."""
-    from sage_irp_ros.snarc import SnarcScorer
+    from sage_irp_ros.salience.snarc import SnarcScorer
     from test_snarc import reference_vectors
 
     research = SnarcScorer(core.cfg.snarc)
@@ -164,7 +164,7 @@ def test_throttled_answers_with_the_greedy_row_only(plain_core):
 
 
 def test_out_of_memory_while_throttled_retries_the_greedy_row(plain_core, monkeypatch):
-    import sage_irp_ros.decode as decode_loop
+    import sage_irp_ros.decoding.decode as decode_loop
 
     real = decode_loop.decode
     calls = []
@@ -201,8 +201,8 @@ def test_memory_floor_refuses_with_out_of_memory(core):
 
 
 def test_generation_failure_is_a_result_and_serving_continues(core, monkeypatch):
-    # the one decode loop (sage_irp_ros/decode.py)
-    import sage_irp_ros.decode as decode_loop
+    # the one decode loop (sage_irp_ros/decoding/decode.py)
+    import sage_irp_ros.decoding.decode as decode_loop
 
     real = decode_loop.decode
 
@@ -218,7 +218,7 @@ def test_generation_failure_is_a_result_and_serving_continues(core, monkeypatch)
 
 
 def test_out_of_memory_retries_once_with_fewer_candidates(core, monkeypatch):
-    import sage_irp_ros.decode as decode_loop
+    import sage_irp_ros.decoding.decode as decode_loop
 
     real = decode_loop.decode
     calls = []
@@ -294,7 +294,7 @@ def test_history_bounds_apply_at_once(core):
 def test_a_warm_up_failure_releases_the_model_it_loaded(tmp_path):
     from tiny_models import build_tiny_model
 
-    from sage_irp_ros import model_loader
+    from sage_irp_ros.weights import loader as model_loader
 
     short = build_tiny_model(tmp_path / "short", max_positions=8)  # warm-up's prompt does not fit
     core = SageCore(SageConfig.from_mapping({"model": {"path": str(short)},
@@ -326,7 +326,7 @@ def test_reconfigure_during_warm_up_is_applied_to_the_installed_engine(tiny_mode
 
 def test_a_cancelled_question_fails_with_the_cancel_reason(core):
     from sage_irp_ros.errors import SageError
-    from sage_irp_ros.worker import Cancel
+    from sage_irp_ros.serving.worker import Cancel
 
     cancel = Cancel()
     cancel.request(SageError(errors.NOT_ACTIVE, "deactivated while this question ran"))

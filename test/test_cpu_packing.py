@@ -22,10 +22,10 @@ import pytest
 import torch
 from torch import nn
 
-from sage_irp_ros import cpu_packing
-from sage_irp_ros.cpu_packing import PackedLinear, is_packed, pack_linear_weights
-from sage_irp_ros.candidates import GenerationRequest
-from sage_irp_ros.generation import TorchGenerator
+from sage_irp_ros.weights import cpu_packing
+from sage_irp_ros.weights.cpu_packing import PackedLinear, is_packed, pack_linear_weights
+from sage_irp_ros.decoding.generator import GenerationRequest
+from sage_irp_ros.decoding.torch_generator import TorchGenerator
 from tiny_models import load_on_cpu, prompt_logits
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
@@ -87,7 +87,7 @@ def test_unmerged_lora_layers_are_left_to_peft(tiny_model_dir, tiny_adapter_dir)
 def test_a_failed_probe_leaves_the_model_plain_and_says_why(tiny_model_dir, tmp_path, monkeypatch, caplog):
     tiny_model_dir = shutil.copytree(tiny_model_dir, tmp_path / "model")  # not the resident copy
     monkeypatch.setitem(cpu_packing._PROBE_TOLERANCE, torch.float32, -1.0)  # no result can pass
-    with caplog.at_level(logging.INFO, logger="sage_irp_ros.model_loader"):
+    with caplog.at_level(logging.INFO, logger="sage_irp_ros.weights.loader"):
         lm = _load(tiny_model_dir, pack=True)
     assert lm.packed_layers == 0 and not is_packed(lm.model)
     assert "weights left unpacked (oneDNN probe failed" in caplog.text

@@ -12,7 +12,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""The one decode loop (sage_irp_ros/decode.py) and int8 weights (sage_irp_ros/quantize.py).
+"""The one decode loop (sage_irp_ros/decoding/decode.py) and int8 weights (sage_irp_ros/weights/int8.py).
 
 Real models throughout: the tiny random Llama of test/tiny_models.py and, for greedy agreement with
 ``generate``, the embedded SmolLM2-135M-Instruct.
@@ -27,9 +27,9 @@ import time
 import pytest
 import torch
 
-from sage_irp_ros.candidates import GenerationRequest
-from sage_irp_ros.decode import decode
-from sage_irp_ros.quantize import Int8Linear, quantize_model, quantize_per_channel
+from sage_irp_ros.decoding.generator import GenerationRequest
+from sage_irp_ros.decoding.decode import decode
+from sage_irp_ros.weights.int8 import Int8Linear, quantize_model, quantize_per_channel
 from tiny_models import load_on_cpu, prompt_logits
 
 

@@ -12,7 +12,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Row groups with their own prompts in one batch (sage_irp_ros/decode_groups.py), on a real tiny Llama.
+"""Row groups with their own prompts in one batch (sage_irp_ros/decoding/decode_groups.py), on a real tiny Llama.
 
 Each group must decode as it would alone: greedy rows token-identical, untempered log-probs equal up to
 float rounding; a group that ends (its max tokens, its cancel, its deadline) leaves the others untouched.
@@ -26,11 +26,11 @@ import time
 import pytest
 import torch
 
-from sage_irp_ros.candidates import GenerationRequest
-from sage_irp_ros.decode import decode
-from sage_irp_ros.decode_groups import decode_groups
-from sage_irp_ros.generation import TorchGenerator
-from sage_irp_ros.prompts import build_prompt_ids
+from sage_irp_ros.decoding.generator import GenerationRequest
+from sage_irp_ros.decoding.decode import decode
+from sage_irp_ros.decoding.decode_groups import decode_groups
+from sage_irp_ros.decoding.torch_generator import TorchGenerator
+from sage_irp_ros.irp.prompts import build_prompt_ids
 from tiny_models import load_on_cpu
 
 QUESTIONS = ["What is 2+2?", "How does compression affect meaning? Are you aware of this conversation?",

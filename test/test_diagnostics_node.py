@@ -36,7 +36,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Bool, Float32, String
 
 from diag_fakes import SYSFS, copy_tree, write
-from sage_irp_ros.diagnostics_node import PARAMETERS, make_node
+from sage_irp_ros.ros.diagnostics_node import PARAMETERS, make_node
 
 REPO = Path(__file__).resolve().parents[1]
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
@@ -120,11 +120,11 @@ def observer(domain):
 
 @pytest.fixture
 def launch(domain, tmp_path):
-    """Start ``python -m sage_irp_ros.diagnostics_node`` with parameters; stopped at teardown."""
+    """Start ``python -m sage_irp_ros.ros.diagnostics_node`` with parameters; stopped at teardown."""
     children = []
 
     def start(**params) -> subprocess.Popen:
-        args = [sys.executable, "-m", "sage_irp_ros.diagnostics_node", "--ros-args"]
+        args = [sys.executable, "-m", "sage_irp_ros.ros.diagnostics_node", "--ros-args"]
         for name, value in params.items():
             args += ["-p", f"{name.replace('__', '.')}:={value}"]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(

@@ -24,14 +24,13 @@ import pytest
 import yaml
 
 from diag_fakes import SYSFS
-from sage_irp_ros.diagnostics_status import (ERROR, OK, STALE, STATUS_NAMES, WARN, Limits, ProbeInfo,
+from sage_irp_ros.diagnostics.status import (ERROR, OK, STALE, STATUS_NAMES, WARN, Limits, ProbeInfo,
                                              build_statuses, generation_status, irp_status, memory_status, metrics,
                                              power_status, probe_status, snake, thermal_status,
                                              throttling_status)
-from sage_irp_ros.probes.snapshot import (CoolingDevice, GpuFreq, SystemSnapshot, ThermalZone,
-                                          ThrottleState)
-from sage_irp_ros.probes.sysfs import SysfsReader
-from sage_irp_ros.probes.throttle import ThrottleDetector
+from sage_irp_ros.diagnostics.probes.snapshot import CoolingDevice, GpuFreq, SystemSnapshot, ThermalZone, ThrottleState
+from sage_irp_ros.diagnostics.probes.sysfs import SysfsReader
+from sage_irp_ros.diagnostics.probes.throttle import ThrottleDetector
 
 AGGREGATOR = Path(__file__).resolve().parents[1] / "config" / "diagnostics_aggregator.yaml"
 

@@ -22,13 +22,13 @@ import sys
 
 import pytest
 
-from sage_irp_ros.doctor import Facts, judge, rclpy_distro, report
+from sage_irp_ros.tools.doctor import Facts, judge, rclpy_distro, report
 
 NAMES = ["python", "torch", "transformers", "peft", "rclpy", "jtop", "model cache"]
 
 
 def _doctor(*prelude: str) -> subprocess.CompletedProcess:
-    code = "; ".join([*prelude, "from sage_irp_ros.cli import main", "raise SystemExit(main(['doctor']))"])
+    code = "; ".join([*prelude, "from sage_irp_ros.tools.cli import main", "raise SystemExit(main(['doctor']))"])
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
 
@@ -117,7 +117,7 @@ def test_doctor_minimums_are_setup_py_bounds():
     import ast
     from pathlib import Path
 
-    from sage_irp_ros import doctor
+    from sage_irp_ros.tools import doctor
 
     tree = ast.parse((Path(__file__).resolve().parent.parent / "setup.py").read_text())
     call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setup")

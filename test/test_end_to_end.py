@@ -21,9 +21,9 @@ import json
 import subprocess
 import sys
 
-from sage_irp_ros.config import SageConfig
-from sage_irp_ros.core import SageCore
-from sage_irp_ros.embedded_model import EMBEDDED_GGUF, converted_gguf, embedded_gguf
+from sage_irp_ros.config.settings import SageConfig
+from sage_irp_ros.serving.core import SageCore
+from sage_irp_ros.weights.embedded_model import EMBEDDED_GGUF, converted_gguf, embedded_gguf
 from sage_irp_ros.questions import Question
 
 SHORT = ["-p", "llm_irp.max_tokens:=24", "-p", "llm_irp.deadline_s:=0.0"]
@@ -48,7 +48,7 @@ def test_conversion_is_cached():
 
 
 def _sage_irp(*args, env, **kwargs):
-    return [sys.executable, "-m", "sage_irp_ros.cli", *args]
+    return [sys.executable, "-m", "sage_irp_ros.tools.cli", *args]
 
 
 def test_run_then_ask_from_another_process(ros_env, tmp_path):

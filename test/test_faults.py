@@ -55,7 +55,7 @@ def short_context_model_dir(tmp_path_factory) -> Path:
 def _prompt_tokens(model_dir: Path, question: str) -> int:
     from transformers import AutoTokenizer
 
-    from sage_irp_ros.prompts import build_prompt_ids
+    from sage_irp_ros.irp.prompts import build_prompt_ids
 
     return len(build_prompt_ids(AutoTokenizer.from_pretrained(str(model_dir)), question))
 

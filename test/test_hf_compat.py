@@ -24,11 +24,11 @@ import pytest
 import torch
 import transformers
 
-from sage_irp_ros import hf_compat
-from sage_irp_ros.candidates import GenerationRequest
-from sage_irp_ros.config import SageConfig
-from sage_irp_ros.generation import TorchGenerator
-from sage_irp_ros.model_loader import load_model
+from sage_irp_ros.compat import hf_compat
+from sage_irp_ros.decoding.generator import GenerationRequest
+from sage_irp_ros.config.settings import SageConfig
+from sage_irp_ros.decoding.torch_generator import TorchGenerator
+from sage_irp_ros.weights.loader import load_model
 
 
 def _loaded(model_dir):
@@ -91,7 +91,7 @@ class _NoCacheForward(torch.nn.Module):
 
 def test_model_without_cache_argument_is_said_once(caplog):
     hf_compat._warned.clear()
-    with caplog.at_level(logging.WARNING, logger="sage_irp_ros.hf_compat"):
+    with caplog.at_level(logging.WARNING, logger="sage_irp_ros.compat.hf_compat"):
         assert hf_compat.new_cache(_NoCacheForward(), 16) is None
         assert hf_compat.new_cache(_NoCacheForward(), 16) is None
     said = [r.getMessage() for r in caplog.records if "takes neither" in r.getMessage()]

@@ -12,7 +12,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Four-bit weights (sage_irp_ros/int4.py, gguf_int4.py, int4_loader.py): the GGUF's own blocks, the
+"""Four-bit weights (sage_irp_ros/weights/int4.py, gguf_int4.py, int4_loader.py): the GGUF's own blocks, the
 kernel's product, the 8-bit head, the 4-bit conversion cache, and the fallback without the kernel."""
 
 from __future__ import annotations
@@ -22,9 +22,11 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from sage_irp_ros import gguf_int4, torch_kernels
-from sage_irp_ros.int4 import (Int4Linear, Q8Embedding, Q8Linear, int4_layers, pack_nibbles,
-                               quantize_groups, unpack_nibbles)
+from sage_irp_ros.weights import gguf_int4
+
+from sage_irp_ros.compat import torch_kernels
+from sage_irp_ros.weights.int4 import (Int4Linear, Q8Embedding, Q8Linear, int4_layers, pack_nibbles, quantize_groups,
+                                       unpack_nibbles)
 from tiny_models import load_on_cpu, prompt_logits
 
 gguf = pytest.importorskip("gguf")
@@ -125,7 +127,7 @@ def test_hf_folder_int4_replaces_every_linear_and_keeps_logits_close(tiny_plain_
 
 def test_a_dense_copy_serves_products_of_more_rows_with_the_same_weights(tiny_plain_model_dir):
     _kernel_or_skip()
-    from sage_irp_ros.torch_kernels import cpu_has_native_bf16
+    from sage_irp_ros.compat.torch_kernels import cpu_has_native_bf16
 
     if not cpu_has_native_bf16():
         pytest.skip("the bf16 copy is kept only on CPUs with native bf16")
@@ -142,7 +144,7 @@ def test_a_dense_copy_serves_products_of_more_rows_with_the_same_weights(tiny_pl
 
 
 def test_auto_is_int4_on_cpu_only_where_the_kernel_is_usable(monkeypatch):
-    from sage_irp_ros import model_loader
+    from sage_irp_ros.weights import loader as model_loader
 
     monkeypatch.setattr(model_loader, "int4_unavailable", lambda device: "")
     assert model_loader.resolve_quantization("auto", CPU) == "int4"
@@ -161,10 +163,10 @@ def test_embedded_gguf_int4_cache_is_the_gguf_exactly(cache4):
     the folder says its format and is a fifth of the fp32 copy."""
     from safetensors.torch import load_file
 
-    from sage_irp_ros.embedded_model import converted_gguf, embedded_gguf
-    from sage_irp_ros.int4 import Int4Weight
-    from sage_irp_ros.int4_loader import WEIGHTS, converted_int4, folder_format
-    from sage_irp_ros.model_cache import entries
+    from sage_irp_ros.weights.embedded_model import converted_gguf, embedded_gguf
+    from sage_irp_ros.weights.int4 import Int4Weight
+    from sage_irp_ros.weights.int4_loader import WEIGHTS, converted_int4, folder_format
+    from sage_irp_ros.weights.cache import entries
 
     folder = converted_int4(embedded_gguf(), cache4)
     assert converted_int4(embedded_gguf(), cache4) == folder  # converted once

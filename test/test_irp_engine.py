@@ -20,15 +20,15 @@ import time
 import pytest
 import torch
 
-from sage_irp_ros.config import SageConfig, ThrottleConfig
-from sage_irp_ros.energy import ResponseEnergy, repetition, seed_energy
+from sage_irp_ros.config.settings import SageConfig, ThrottleConfig
+from sage_irp_ros.irp.energy import ResponseEnergy, repetition, seed_energy
 from sage_irp_ros.errors import TOO_LONG, SageError
-from sage_irp_ros.candidates import Candidate, GenerationRequest
-from sage_irp_ros.generation import TorchGenerator
-from sage_irp_ros.irp import IRPEngine, temperature_schedule
-from sage_irp_ros.model_loader import load_model
-from sage_irp_ros.options import AnswerOptions
-from sage_irp_ros.prompts import seed_prompt
+from sage_irp_ros.decoding.generator import Candidate, GenerationRequest
+from sage_irp_ros.decoding.torch_generator import TorchGenerator
+from sage_irp_ros.irp.engine import IRPEngine, temperature_schedule
+from sage_irp_ros.weights.loader import load_model
+from sage_irp_ros.irp.options import AnswerOptions
+from sage_irp_ros.irp.prompts import seed_prompt
 from tiny_models import build_tiny_model
 
 

@@ -35,8 +35,8 @@ import torch
 from ros_harness import START_TIMEOUT, RunningNode
 
 from sage_irp_ros.errors import ALL_CODES
-from sage_irp_ros import torch_kernels
-from sage_irp_ros.model_loader import cpu_has_native_bf16
+from sage_irp_ros.compat import torch_kernels
+from sage_irp_ros.weights.loader import cpu_has_native_bf16
 
 SNARC_LABEL = "surprise,novelty,arousal,reward,conflict,total"
 MAX_CHARS = 200
@@ -319,7 +319,7 @@ def test_questions_without_conversation_share_nothing_and_a_named_one_keeps_its_
     # The same through SageClient.ask(conversation=) and `sage_irp ask --conversation`.
     assert t.client.ask("Who am I?", timeout=60, conversation="dialogue-2").irp.history_used == 1
     assert t.client.ask("Who am I?", timeout=60).irp.history_used == 0
-    cli = subprocess.run([sys.executable, "-m", "sage_irp_ros.cli", "ask", "One more?", "--conversation",
+    cli = subprocess.run([sys.executable, "-m", "sage_irp_ros.tools.cli", "ask", "One more?", "--conversation",
                           "dialogue-2", "--json", "--timeout", "60", "--namespace", shared.proc.namespace],
                          env=shared.env, capture_output=True, text=True, timeout=120)
     assert cli.returncode == 0, cli.stderr

@@ -23,7 +23,7 @@ import json
 import pytest
 
 from sage_irp_ros.errors import INVALID_INPUT, SageError
-from sage_irp_ros.json_answers import MAX_SCHEMA_BYTES, check_schema, leaves, parse_valid, pick
+from sage_irp_ros.answers.json_answers import MAX_SCHEMA_BYTES, check_schema, leaves, parse_valid, pick
 from sage_irp_ros.questions import parse_question
 
 SCHEMA = {"type": "object", "properties": {"shelf": {"type": "integer", "minimum": 0, "maximum": 99},
@@ -90,8 +90,8 @@ def test_pick_prefers_the_valid_candidate_that_agrees_with_the_others():
 @pytest.mark.skipif(not (importlib.util.find_spec("torch") and importlib.util.find_spec("llguidance")),
                     reason="needs torch and llguidance")
 def test_json_schema_question_is_decoded_under_the_grammar(tiny_model_dir):
-    from sage_irp_ros.config import SageConfig
-    from sage_irp_ros.core import SageCore
+    from sage_irp_ros.config.settings import SageConfig
+    from sage_irp_ros.serving.core import SageCore
 
     cfg = SageConfig.from_mapping({"model": {"path": str(tiny_model_dir)}, "memory": {"db_path": "none"},
                                    "llm_irp": {"max_tokens": 48, "min_available_memory_mb": 0, "seed": 1}})

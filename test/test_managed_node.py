@@ -228,7 +228,7 @@ def test_answer_topics_are_lifecycle_publishers_status_and_result_are_not(tmp_pa
     import rclpy
     from rclpy.lifecycle import LifecyclePublisher
 
-    from sage_irp_ros.irp_node import IrpNode
+    from sage_irp_ros.ros.irp_node import IrpNode
 
     package = logging.getLogger("sage_irp_ros")  # the node routes it to rclpy: restore it afterwards
     saved = (list(package.handlers), package.propagate, package.level)
@@ -344,7 +344,7 @@ def test_core_logging_reaches_rosout_once_and_respects_the_log_level(boom_model_
 
 
 def test_config_errors_at_start_go_to_the_ros_logger(tmp_path, ros_env):
-    proc = subprocess.run([sys.executable, "-m", "sage_irp_ros.irp_node", "--ros-args", "-p",
+    proc = subprocess.run([sys.executable, "-m", "sage_irp_ros.ros.irp_node", "--ros-args", "-p",
                            "llm_irp.max_tokens:=0"], env=ros_env, capture_output=True, text=True,
                           timeout=START_TIMEOUT)
     assert proc.returncode == 2, proc.stdout + proc.stderr

@@ -33,10 +33,10 @@ from pathlib import Path
 
 import pytest
 
-from sage_irp_ros.config import MemoryConfig
-from sage_irp_ros.memory_store import (
+from sage_irp_ros.config.settings import MemoryConfig
+from sage_irp_ros.salience.memory_store import (
     SCHEMA_VERSION, Exchange, MemoryStore, default_db_path, open_store)
-from sage_irp_ros.snarc import SnarcScores
+from sage_irp_ros.salience.snarc import SnarcScores
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -32,7 +32,7 @@ import pytest
 
 from test_memory_store import REPO, ids, make_exchange, release, spawn_locker
 
-from sage_irp_ros.memory_store import SCHEMA_VERSION, MemoryStore, MemoryStoreError
+from sage_irp_ros.salience.memory_store import SCHEMA_VERSION, MemoryStore, MemoryStoreError
 
 
 # -- faults --------------------------------------------------------------------------------------
@@ -121,8 +121,8 @@ def test_unserialisable_irp_does_not_raise(tmp_path):
 # -- durability ----------------------------------------------------------------------------------
 _WRITER = """
 import sys
-from sage_irp_ros.memory_store import Exchange, MemoryStore
-from sage_irp_ros.snarc import SnarcScores
+from sage_irp_ros.salience.memory_store import Exchange, MemoryStore
+from sage_irp_ros.salience.snarc import SnarcScores
 store = MemoryStore(sys.argv[1], consolidation_interval=25)
 scores = SnarcScores(0.1, 0.2, 0.3, 0.4, 0.5, 0.3, True)
 i = 0

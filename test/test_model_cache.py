@@ -20,9 +20,9 @@ import json
 import os
 import shutil
 
-from sage_irp_ros.cli import main
-from sage_irp_ros.embedded_model import converted_gguf, transformers_major
-from sage_irp_ros.model_cache import INDEX, clear, content_key, entries
+from sage_irp_ros.tools.cli import main
+from sage_irp_ros.weights.embedded_model import converted_gguf, transformers_major
+from sage_irp_ros.weights.cache import INDEX, clear, content_key, entries
 
 
 def _gguf(path, payload: bytes):

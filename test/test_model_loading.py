@@ -19,9 +19,9 @@ import shutil
 import pytest
 import torch
 
-from sage_irp_ros.config import SageConfig
+from sage_irp_ros.config.settings import SageConfig
 from sage_irp_ros.errors import ModelLoadError
-from sage_irp_ros.model_loader import load_model, release
+from sage_irp_ros.weights.loader import load_model, release
 from tiny_models import build_lora_adapter, build_tiny_model, load_on_cpu, prompt_logits
 
 
@@ -100,7 +100,7 @@ def test_cuda_requested_without_cuda_is_a_clear_error(tiny_model_dir):
 
 
 def test_auto_precision_is_bf16_only_on_a_cpu_with_native_bf16(monkeypatch):
-    from sage_irp_ros import model_loader
+    from sage_irp_ros.weights import loader as model_loader
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     monkeypatch.setattr(model_loader, "cpu_has_native_bf16", lambda: True)
@@ -114,7 +114,7 @@ def test_auto_precision_is_bf16_only_on_a_cpu_with_native_bf16(monkeypatch):
 def test_native_bf16_probe_agrees_with_the_cpu_flags():
     from pathlib import Path
 
-    from sage_irp_ros.model_loader import cpu_has_native_bf16
+    from sage_irp_ros.weights.loader import cpu_has_native_bf16
 
     cpuinfo = Path("/proc/cpuinfo")
     if not cpuinfo.exists() or "flags" not in cpuinfo.read_text():

@@ -15,7 +15,7 @@
 """``sage_irp monitor`` against the real IRP and diagnostics nodes, its rendering, and ``sage_irp plot``.
 
 The nodes run in their own processes on a random ROS_DOMAIN_ID (ros_env) with localhost discovery; the
-monitor runs as ``python -m sage_irp_ros.cli monitor --once`` in a third process, which returns once
+monitor runs as ``python -m sage_irp_ros.tools.cli monitor --once`` in a third process, which returns once
 it has the status (and a /diagnostics message) or its timeout passes.
 """
 
@@ -35,10 +35,10 @@ pytest.importorskip("rich")
 from rich.console import Console  # noqa: E402
 
 from ros_harness import RunningNode  # noqa: E402
-from sage_irp_ros.memory_store import Exchange, MemoryStore  # noqa: E402
-from sage_irp_ros.monitor import MonitorState, render  # noqa: E402
+from sage_irp_ros.salience.memory_store import Exchange, MemoryStore  # noqa: E402
+from sage_irp_ros.tools.monitor import MonitorState, render  # noqa: E402
 from sage_irp_ros.results import Result, ResultError, Timing  # noqa: E402
-from sage_irp_ros.snarc import SnarcScores  # noqa: E402
+from sage_irp_ros.salience.snarc import SnarcScores  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SYSFS_ORIN = REPO / "test" / "data" / "sysfs" / "orin_nano_jp6"
@@ -52,7 +52,7 @@ def test_monitor_once_shows_the_running_node(tiny_model_dir, ros_env, tmp_path):
                                                          "memory.db_path": str(tmp_path / "memory.db")})
     diag_log = open(tmp_path / "diag.log", "w", encoding="utf-8")
     diag = subprocess.Popen(
-        [sys.executable, "-m", "sage_irp_ros.diagnostics_node", "--ros-args", "-r",
+        [sys.executable, "-m", "sage_irp_ros.ros.diagnostics_node", "--ros-args", "-r",
          f"__ns:={running.proc.namespace}", "-p", "diagnostics.backend:=sysfs",
          "-p", f"diagnostics.sysfs_root:={SYSFS_ORIN}"],
         env=ros_env, stdout=diag_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -61,7 +61,7 @@ def test_monitor_once_shows_the_running_node(tiny_model_dir, ros_env, tmp_path):
         assert result["ok"], result
         running.tester.wait_status(lambda s: s.get("served", 0) >= 1, 30.0, "served >= 1")
         out = subprocess.run(
-            [sys.executable, "-m", "sage_irp_ros.cli", "monitor", "--once", "--timeout", "60",
+            [sys.executable, "-m", "sage_irp_ros.tools.cli", "monitor", "--once", "--timeout", "60",
              "--namespace", running.proc.namespace],
             env=ros_env, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
@@ -84,7 +84,7 @@ def test_monitor_once_shows_the_running_node(tiny_model_dir, ros_env, tmp_path):
 
 
 def test_monitor_once_without_a_node_exits_0_after_the_timeout(ros_env):
-    out = subprocess.run([sys.executable, "-m", "sage_irp_ros.cli", "monitor", "--once", "--timeout", "1",
+    out = subprocess.run([sys.executable, "-m", "sage_irp_ros.tools.cli", "monitor", "--once", "--timeout", "1",
                           "--namespace", "/nobody_here"], env=ros_env, capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0
@@ -143,7 +143,7 @@ def test_plot_writes_a_png_from_a_real_store(tmp_path):
         for i in range(12):
             assert store.record(_exchange(i, 1_700_000_000.0 + 3 * i, salient=i % 3 == 0))
     out = tmp_path / "session.png"
-    run = subprocess.run([sys.executable, "-m", "sage_irp_ros.cli", "plot", "--db", str(db), "--out", str(out)],
+    run = subprocess.run([sys.executable, "-m", "sage_irp_ros.tools.cli", "plot", "--db", str(db), "--out", str(out)],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "plotted 12 exchanges" in run.stderr
@@ -152,7 +152,7 @@ def test_plot_writes_a_png_from_a_real_store(tmp_path):
 
 
 def test_plot_of_an_empty_store_fails_clearly(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "sage_irp_ros.cli", "plot", "--db", str(tmp_path / "none.db"),
+    run = subprocess.run([sys.executable, "-m", "sage_irp_ros.tools.cli", "plot", "--db", str(tmp_path / "none.db"),
                           "--out", str(tmp_path / "x.png")], capture_output=True, text=True, timeout=120)
     assert run.returncode == 1 and "no exchanges" in run.stderr
     assert not (tmp_path / "x.png").exists()
@@ -160,12 +160,12 @@ def test_plot_of_an_empty_store_fails_clearly(tmp_path):
 
 def test_plot_reliability_of_labelled_answers(tmp_path):
     pytest.importorskip("matplotlib")
-    from sage_irp_ros.confidence import expected_calibration_error, reliability_bins
+    from sage_irp_ros.irp.confidence import expected_calibration_error, reliability_bins
 
     lines = [json.dumps({"confidence": c / 10, "right": i % 10 < c}) for c in range(1, 10) for i in range(10)]
     (tmp_path / "labelled.jsonl").write_text("\n".join([*lines, "not json", '{"confidence": 0.5}']) + "\n")
     out = tmp_path / "reliability.png"
-    run = subprocess.run([sys.executable, "-m", "sage_irp_ros.cli", "plot", "--reliability",
+    run = subprocess.run([sys.executable, "-m", "sage_irp_ros.tools.cli", "plot", "--reliability",
                           str(tmp_path / "labelled.jsonl"), "--out", str(out)], capture_output=True, text=True,
                          timeout=120)
     assert run.returncode == 0, run.stderr

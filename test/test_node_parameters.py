@@ -94,7 +94,7 @@ def test_bad_params_file_exits_with_code_2_naming_the_key(tmp_path, ros_env):
     params = tmp_path / "bad.yaml"
     params.write_text("/**:\n  ros__parameters:\n    llm_irp:\n      max_tokens: 0\n"
                       "    node:\n      queue_size: 20000\n", encoding="utf-8")
-    proc = subprocess.run([sys.executable, "-m", "sage_irp_ros.irp_node", "--ros-args", "--params-file",
+    proc = subprocess.run([sys.executable, "-m", "sage_irp_ros.ros.irp_node", "--ros-args", "--params-file",
                            str(params)], env=ros_env, capture_output=True, text=True, timeout=START_TIMEOUT)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "llm_irp.max_tokens" in proc.stderr and "node.queue_size" in proc.stderr

@@ -53,12 +53,14 @@ def test_launch_file_and_run_command_start_the_same_nodes():
     assert 'DEFAULT_PARAMS = "edge.yaml"' in launch_src and '"namespace": ("sage",' in launch_src
     scripts = {s.split("=")[0].strip(): s.split("=")[1].strip()
                for s in ast.literal_eval(_setup_keywords()["entry_points"])["console_scripts"]}
-    from sage_irp_ros import cli, diagnostics_node, irp_node
+    from sage_irp_ros.tools import cli
+    from sage_irp_ros.ros import diagnostics_node
+    from sage_irp_ros.ros import irp_node
     cli_src = Path(cli.__file__).read_text()
     assert 'config_file("edge.yaml")' in cli_src and 'default="sage"' in cli_src
     # The executables' entry points construct the same classes that `sage_irp run` does.
-    assert scripts["irp_node"] == "sage_irp_ros.irp_node:main" and "IrpNode(namespace=" in cli_src
-    assert scripts["diagnostics_node"] == "sage_irp_ros.diagnostics_node:main"
+    assert scripts["irp_node"] == "sage_irp_ros.ros.irp_node:main" and "IrpNode(namespace=" in cli_src
+    assert scripts["diagnostics_node"] == "sage_irp_ros.ros.diagnostics_node:main"
     assert "DiagnosticsNode(namespace=" in cli_src
     assert irp_node.IrpNode.__init__.__defaults__[0] == "sage_irp"
     assert "sage_diagnostics" in Path(diagnostics_node.__file__).read_text()

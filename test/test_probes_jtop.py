@@ -24,10 +24,10 @@ import pytest
 
 from diag_fakes import (SERVICE_DENIED, SERVICE_INACTIVE, SYSFS, VERSION_MISMATCH, FakeClock,
                         FakeJtop, load_jtop, make_fake_pynvml)
-from sage_irp_ros.config import DiagnosticsConfig
-from sage_irp_ros.probes.jtop_backend import JtopBackend, parse_jtop
-from sage_irp_ros.probes.snapshot import BackendUnavailable, SystemSnapshot
-from sage_irp_ros.probes.system_probe import SystemProbe
+from sage_irp_ros.config.settings import DiagnosticsConfig
+from sage_irp_ros.diagnostics.probes.jtop_backend import JtopBackend, parse_jtop
+from sage_irp_ros.diagnostics.probes.snapshot import BackendUnavailable, SystemSnapshot
+from sage_irp_ros.diagnostics.probes.system_probe import SystemProbe
 
 ORIN = str(SYSFS / "orin_nano_jp6")
 
@@ -187,9 +187,9 @@ def test_backend_read_error_is_reported_not_raised():
 def test_jetson_stats_is_imported_lazily():
     """Importing the probes (and building a sysfs probe) must not import the AGPL jtop package."""
     code = ("import sys\n"
-            "from sage_irp_ros.config import DiagnosticsConfig\n"
-            "from sage_irp_ros.probes.system_probe import SystemProbe\n"
-            "import sage_irp_ros.diagnostics_status\n"
+            "from sage_irp_ros.config.settings import DiagnosticsConfig\n"
+            "from sage_irp_ros.diagnostics.probes.system_probe import SystemProbe\n"
+            "import sage_irp_ros.diagnostics.status\n"
             f"SystemProbe(DiagnosticsConfig(backend='sysfs', sysfs_root={ORIN!r}), 85.0).read()\n"
             "assert 'jtop' not in sys.modules and 'pynvml' not in sys.modules, sorted(sys.modules)\n"
             "assert 'rclpy' not in sys.modules\n")
@@ -200,7 +200,7 @@ def test_jetson_stats_is_imported_lazily():
 def test_collect_reads_jtop_objects_not_only_dicts():
     """jtop returns dict-like GenericInterface objects, an NVPModel with .name and a JetsonClocks
     object that is truthy while jetson_clocks runs."""
-    from sage_irp_ros.probes.jtop_backend import collect
+    from sage_irp_ros.diagnostics.probes.jtop_backend import collect
 
     class GenericInterface:  # items()/keys()/__getitem__ like jtop.core.common.GenericInterface
         def __init__(self, data):

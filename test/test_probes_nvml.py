@@ -20,11 +20,11 @@ import pynvml
 import pytest
 
 from diag_fakes import NVML_CONSTANTS, SYSFS, FakeGpu, make_fake_pynvml
-from sage_irp_ros.config import DiagnosticsConfig
-from sage_irp_ros.probes import nvml_backend
-from sage_irp_ros.probes.nvml_backend import NvmlBackend
-from sage_irp_ros.probes.snapshot import BackendUnavailable, SystemSnapshot
-from sage_irp_ros.probes.system_probe import SystemProbe
+from sage_irp_ros.config.settings import DiagnosticsConfig
+from sage_irp_ros.diagnostics.probes import nvml_backend
+from sage_irp_ros.diagnostics.probes.nvml_backend import NvmlBackend
+from sage_irp_ros.diagnostics.probes.snapshot import BackendUnavailable, SystemSnapshot
+from sage_irp_ros.diagnostics.probes.system_probe import SystemProbe
 
 LAPTOP = str(SYSFS / "x86_laptop")
 

@@ -19,11 +19,11 @@ from __future__ import annotations
 import pytest
 
 from diag_fakes import SYSFS, copy_tree, write
-from sage_irp_ros.config import DiagnosticsConfig
-from sage_irp_ros.probes.hardware import hardware_id
-from sage_irp_ros.probes.snapshot import SystemSnapshot
-from sage_irp_ros.probes.sysfs import SysfsReader
-from sage_irp_ros.probes.system_probe import SystemProbe
+from sage_irp_ros.config.settings import DiagnosticsConfig
+from sage_irp_ros.diagnostics.probes.hardware import hardware_id
+from sage_irp_ros.diagnostics.probes.snapshot import SystemSnapshot
+from sage_irp_ros.diagnostics.probes.sysfs import SysfsReader
+from sage_irp_ros.diagnostics.probes.system_probe import SystemProbe
 
 
 def read(root) -> SystemSnapshot:

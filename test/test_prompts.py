@@ -14,7 +14,7 @@
 
 """clean_answer: what of a generated text becomes the published answer."""
 
-from sage_irp_ros.prompts import clean_answer
+from sage_irp_ros.irp.prompts import clean_answer
 
 
 def test_nul_is_removed_so_a_ros_string_carries_the_whole_answer():

@@ -129,7 +129,7 @@ def test_extraction_tasks_validate_their_own_expected_values():
     import jsonschema
 
     from bench.quality.extraction import field_accuracy, load_tasks
-    from sage_irp_ros.json_answers import check_schema
+    from sage_irp_ros.answers.json_answers import check_schema
 
     tasks = load_tasks("both")
     assert len(tasks) >= 60 and len({t["text"] for t in tasks}) == len(tasks)

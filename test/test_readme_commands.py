@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from sage_irp_ros.memory_store import Exchange, MemoryStore
-from sage_irp_ros.snarc import SnarcScorer
+from sage_irp_ros.salience.memory_store import Exchange, MemoryStore
+from sage_irp_ros.salience.snarc import SnarcScorer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,7 +40,7 @@ def test_export_salient_writes_filtered_jsonl(tmp_path):
                               model="tiny"))
     store.close()
     out = tmp_path / "salient.jsonl"
-    run = subprocess.run([sys.executable, "-m", "sage_irp_ros.cli", "export-salient", "--db", str(db),
+    run = subprocess.run([sys.executable, "-m", "sage_irp_ros.tools.cli", "export-salient", "--db", str(db),
                           "--conversation", "c1", "--out", str(out)], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -63,7 +63,8 @@ def test_demo_script_answers_the_five_questions(ros_env, tmp_path):
 def test_demo_asks_its_five_questions_as_one_conversation(ros_env, tiny_model_dir, tmp_path):
     """`sage_irp run --demo --once` (tiny model): one named conversation, each question sees the earlier ones."""
     db = tmp_path / "memory.db"
-    demo = subprocess.run([sys.executable, "-m", "sage_irp_ros.cli", "run", "--demo", "--once", "--no-diagnostics",
+    demo = subprocess.run([sys.executable, "-m", "sage_irp_ros.tools.cli", "run", "--demo", "--once",
+                           "--no-diagnostics",
                            "--ros-args", "-p", f"model.path:={tiny_model_dir}", "-p", f"memory.db_path:={db}",
                            "-p", "snarc.salience_threshold:=0.0", "-p", "llm_irp.max_tokens:=8"],
                           env=ros_env, capture_output=True, text=True, timeout=600, cwd=ROOT)

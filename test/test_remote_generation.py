@@ -30,11 +30,11 @@ import pytest
 from llama_server import (API_KEY, DROP, FAULTS, HANG, HANG_SAMPLED, LONGER, MALFORMED, NO_LOGPROBS, PASS,
                           TRUNCATED, FaultProxy, LlamaServer, free_port, skip_reason)
 from sage_irp_ros import errors
-from sage_irp_ros.candidates import GenerationRequest
-from sage_irp_ros.config import SageConfig
-from sage_irp_ros.core import SageCore
+from sage_irp_ros.decoding.generator import GenerationRequest
+from sage_irp_ros.config.settings import SageConfig
+from sage_irp_ros.serving.core import SageCore
 from sage_irp_ros.questions import Question
-from sage_irp_ros.remote_generator import RemoteGenerator
+from sage_irp_ros.remote.generator import RemoteGenerator
 
 pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")
 MAX_TOKENS = 8
@@ -118,7 +118,7 @@ def test_remote_answer_has_the_on_board_shape(server, tiny_model_dir, tmp_path):
 
 
 def test_rows_are_requests_with_untempered_logprobs(server):
-    from sage_irp_ros.config_schema import RemoteConfig
+    from sage_irp_ros.config.schema import RemoteConfig
 
     generator = RemoteGenerator(RemoteConfig(url=server.url + "/v1/"), API_KEY)
     try:
@@ -139,7 +139,7 @@ def test_rows_are_requests_with_untempered_logprobs(server):
 
 
 def test_n_is_topped_up_where_the_server_ignores_it(server):
-    from sage_irp_ros.config_schema import RemoteConfig
+    from sage_irp_ros.config.schema import RemoteConfig
 
     generator = RemoteGenerator(RemoteConfig(url=server.url, use_n=True), API_KEY)
     try:

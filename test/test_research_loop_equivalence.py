@@ -38,10 +38,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root holds bench/
 
 from bench.speed.research_loop import ResearchIRP, research_energy  # noqa: E402
-from sage_irp_ros.config import SageConfig  # noqa: E402
-from sage_irp_ros.irp import IRPEngine, temperature_schedule  # noqa: E402
-from sage_irp_ros.model_loader import load_model  # noqa: E402
-from sage_irp_ros.options import AnswerOptions  # noqa: E402
+from sage_irp_ros.config.settings import SageConfig  # noqa: E402
+from sage_irp_ros.irp.engine import IRPEngine, temperature_schedule  # noqa: E402
+from sage_irp_ros.weights.loader import load_model  # noqa: E402
+from sage_irp_ros.irp.options import AnswerOptions  # noqa: E402
 
 EDGE = {"irp_iterations": 3, "initial_temperature": 0.7, "min_temperature": 0.54, "temp_reduction": 0.053}
 DESKTOP = {"irp_iterations": 5, "initial_temperature": 0.7, "min_temperature": 0.54, "temp_reduction": 0.04}
@@ -150,8 +150,8 @@ def test_same_tokens_texts_and_decisions_on_fixed_seeds(lm, schedule):
 
 
 def test_research_energy_is_the_seed_energy():
-    from sage_irp_ros.energy import seed_energy
-    from sage_irp_ros.candidates import Candidate
+    from sage_irp_ros.irp.energy import seed_energy
+    from sage_irp_ros.decoding.generator import Candidate
 
     for text in ["", "yes", "The answer is 4.", " ".join(["word"] * 50) + ".", "lower case only"]:
         for t in (0.7, 0.647, 0.54):

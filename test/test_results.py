@@ -25,12 +25,12 @@ from pathlib import Path
 
 import pytest
 
-from sage_irp_ros.config import SageConfig
-from sage_irp_ros.memory_store import Exchange
-from sage_irp_ros.options import AnswerOptions
+from sage_irp_ros.config.settings import SageConfig
+from sage_irp_ros.salience.memory_store import Exchange
+from sage_irp_ros.irp.options import AnswerOptions
 from sage_irp_ros.questions import Question
 from sage_irp_ros.results import IRPSummary, Result, ResultError, Timing
-from sage_irp_ros.snarc import SnarcScores
+from sage_irp_ros.salience.snarc import SnarcScores
 
 INTERFACE = Path(__file__).resolve().parents[1] / "docs" / "interface.md"
 
@@ -166,9 +166,8 @@ def test_reduced_options_after_running_out_of_memory():
 
 def test_the_seam_types_selection_and_results_import_no_torch():
     """A remote generator, the benchmarks' analysis and a torch-free install use these without torch."""
-    modules = ("candidates", "selection", "energy", "results", "options", "questions", "worker", "choices",
-               "json_answers",
-               "confidence")
+    modules = ("decoding.generator", "irp.selection", "irp.energy", "results", "irp.options", "questions",
+               "serving.worker", "answers.choices", "answers.json_answers", "irp.confidence")
     code = ("import sys\n" + "".join(f"import sage_irp_ros.{m}\n" for m in modules)
             + "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -20,14 +20,14 @@ Accuracy lives in the benchmark (bench/quality/run_quality.py); these tests pin 
 import pytest
 import torch
 
-from sage_irp_ros.config import SageConfig
-from sage_irp_ros.energy import ResponseEnergy, seed_energy
-from sage_irp_ros.candidates import Candidate, GenerationRequest
-from sage_irp_ros.generation import TorchGenerator
-from sage_irp_ros.irp import IRPEngine
-from sage_irp_ros.model_loader import load_model
-from sage_irp_ros.selection import (Consensus, PerCandidate, agreement, best_index, mean_nll, overlap_f1,
-                                    selection_rule, words)
+from sage_irp_ros.config.settings import SageConfig
+from sage_irp_ros.irp.energy import ResponseEnergy, seed_energy
+from sage_irp_ros.decoding.generator import Candidate, GenerationRequest
+from sage_irp_ros.decoding.torch_generator import TorchGenerator
+from sage_irp_ros.irp.engine import IRPEngine
+from sage_irp_ros.weights.loader import load_model
+from sage_irp_ros.irp.selection import (Consensus, PerCandidate, agreement, best_index, mean_nll, overlap_f1,
+                                        selection_rule, words)
 
 
 def _c(text, lp=-0.5, finished=True, tokens=None, t=0.7):

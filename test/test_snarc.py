@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from sage_irp_ros.config import SnarcConfig
-from sage_irp_ros.snarc import SnarcScorer
+from sage_irp_ros.config.settings import SnarcConfig
+from sage_irp_ros.salience.snarc import SnarcScorer
 
 # The research system's reference vectors (its spec's snarc_vectors.json), kept with the tests.
 VECTORS = Path(__file__).resolve().parent / "data" / "snarc_vectors.json"

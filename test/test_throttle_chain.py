@@ -36,7 +36,7 @@ def test_tripped_alert_reduces_candidates_until_it_clears(tiny_plain_model_dir, 
     irp = RunningNode(tmp_path, params={"model.path": str(tiny_plain_model_dir), "llm_irp.candidates": 3})
     log = open(tmp_path / "diagnostics.log", "w")
     diagnostics = subprocess.Popen(
-        [sys.executable, "-m", "sage_irp_ros.diagnostics_node", "--ros-args", "-r",
+        [sys.executable, "-m", "sage_irp_ros.ros.diagnostics_node", "--ros-args", "-r",
          f"__ns:={irp.proc.namespace}", "-p", f"diagnostics.sysfs_root:={root}", "-p", "diagnostics.backend:=sysfs",
          "-p", "diagnostics.rate_hz:=5.0"], env=irp.env, stdout=log, stderr=subprocess.STDOUT)
     try:

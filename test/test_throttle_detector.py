@@ -19,12 +19,12 @@ from __future__ import annotations
 import pytest
 
 from diag_fakes import SYSFS, FakeClock, copy_tree, write
-from sage_irp_ros.probes.nvml_backend import (REASON_GPU_IDLE, REASON_HW_POWER_BRAKE_SLOWDOWN,
-                                              REASON_HW_SLOWDOWN, REASON_HW_THERMAL_SLOWDOWN,
-                                              REASON_SW_POWER_CAP, REASON_SW_THERMAL_SLOWDOWN)
-from sage_irp_ros.probes.snapshot import CoolingDevice, GpuFreq, SystemSnapshot, ThermalZone
-from sage_irp_ros.probes.sysfs import SysfsReader
-from sage_irp_ros.probes.throttle import ThrottleDetector
+from sage_irp_ros.diagnostics.probes.nvml_backend import (REASON_GPU_IDLE, REASON_HW_POWER_BRAKE_SLOWDOWN,
+                                                          REASON_HW_SLOWDOWN, REASON_HW_THERMAL_SLOWDOWN,
+                                                          REASON_SW_POWER_CAP, REASON_SW_THERMAL_SLOWDOWN)
+from sage_irp_ros.diagnostics.probes.snapshot import CoolingDevice, GpuFreq, SystemSnapshot, ThermalZone
+from sage_irp_ros.diagnostics.probes.sysfs import SysfsReader
+from sage_irp_ros.diagnostics.probes.throttle import ThrottleDetector
 
 
 def snap_of(root) -> SystemSnapshot:

@@ -14,7 +14,7 @@
 
 """ThrottleSignal: the IRP node's reading of 'throttled', with a staleness timeout (a fake clock)."""
 
-from sage_irp_ros.throttle_signal import FRESH, NONE, STALE, ThrottleSignal
+from sage_irp_ros.serving.throttle_signal import FRESH, NONE, STALE, ThrottleSignal
 
 
 def test_never_heard_fresh_then_stale_and_transitions_reported_once():

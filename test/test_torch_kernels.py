@@ -21,9 +21,9 @@ from packaging.specifiers import SpecifierSet
 import torch
 from torch import nn
 
-from sage_irp_ros import torch_kernels
-from sage_irp_ros.cpu_packing import is_packed, pack_linear_weights
-from sage_irp_ros.quantize import Int8Linear, quantize_per_channel
+from sage_irp_ros.compat import torch_kernels
+from sage_irp_ros.weights.cpu_packing import is_packed, pack_linear_weights
+from sage_irp_ros.weights.int8 import Int8Linear, quantize_per_channel
 
 
 def _pretend_untested(monkeypatch) -> None:
@@ -53,7 +53,7 @@ def test_unknown_kernel_names_fail_loudly():
 def test_untested_torch_leaves_weights_unpacked_and_says_so_once(monkeypatch, caplog):
     _pretend_untested(monkeypatch)
     model = nn.Sequential(nn.Linear(16, 8), nn.Linear(8, 4))
-    with caplog.at_level(logging.WARNING, logger="sage_irp_ros.torch_kernels"):
+    with caplog.at_level(logging.WARNING, logger="sage_irp_ros.compat.torch_kernels"):
         for _ in range(2):
             packed, why_not = pack_linear_weights(model)
             assert packed == 0 and not is_packed(model)
@@ -70,7 +70,7 @@ def test_untested_torch_gives_the_int8_kernels_product_through_public_ops(monkey
     fast = Int8Linear(linear)(x)
     assert fast.shape == (3, 5, 24)
     _pretend_untested(monkeypatch)
-    with caplog.at_level(logging.WARNING, logger="sage_irp_ros.torch_kernels"):
+    with caplog.at_level(logging.WARNING, logger="sage_irp_ros.compat.torch_kernels"):
         plain_layers = [Int8Linear(linear) for _ in range(3)]
     assert all(layer._mm is not torch._weight_int8pack_mm for layer in plain_layers)
     assert caplog.text.count("int8_weight_mm") == 1

@@ -24,7 +24,7 @@ import threading
 import pytest
 
 from sage_irp_ros.errors import NOT_ACTIVE, SHUTTING_DOWN, SageError
-from sage_irp_ros.worker import Cancel, QuestionWorker
+from sage_irp_ros.serving.worker import Cancel, QuestionWorker
 
 TIMEOUT = 10.0  # generous: only reached when the code under test is broken
 

@@ -101,8 +101,8 @@ def load_on_cpu(**model):
     arithmetic must not depend on the machine it runs on; for the same reason int4 weights get no bf16
     copy for many-row products (``int4_dense_above_rows``, kept only on CPUs with native bf16).
     """
-    from sage_irp_ros.config import SageConfig
-    from sage_irp_ros.model_loader import load_model
+    from sage_irp_ros.config.settings import SageConfig
+    from sage_irp_ros.weights.loader import load_model
 
     cfg = SageConfig.from_mapping({"model": {"device": "cpu", "precision": "fp32", "weight_quantization": "none",
                                              "int4_dense_above_rows": 0, **model}})

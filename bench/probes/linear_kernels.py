@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from torch import nn
 
-    from sage_irp_ros.cpu_packing import PackedLinear
+    from sage_irp_ros.weights.cpu_packing import PackedLinear
 
     torch.set_num_threads(args.threads)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]

@@ -20,14 +20,14 @@ Reads the choices dump (``python -m bench.quality.choices --collect``) and the f
 dumps of bench/quality/run_quality.py (``quality_dump_<setting>.json.gz``), keeps their tuning halves,
 and fits by maximum likelihood (Newton's method, a small L2 penalty):
 
-1. the choice model, a conditional logit over option features (sage_irp_ros.choices.FEATURES): each
+1. the choice model, a conditional logit over option features (sage_irp_ros.answers.choices.FEATURES): each
    feature alone and the combinations below are compared by 5-fold cross-validated accuracy (then
    log-loss) on the tuning half; the best is refitted on the whole tuning half;
 2. the choice confidence, Platt scaling of the chosen option's probability (its logit; a negative slope
    is replaced by the base rate: a confidence must not fall as the probability rises), fitted on
    out-of-fold probabilities (so it learns how far to trust probabilities on unseen questions);
 3. the free-text confidence, a logistic model over the chosen candidate's features
-   (sage_irp_ros.confidence.FREE_TEXT_FEATURES) under the package's consensus rule, candidates plus
+   (sage_irp_ros.irp.confidence.FREE_TEXT_FEATURES) under the package's consensus rule, candidates plus
    the greedy row, both settings; and one for a lone greedy candidate (a throttled answer).
 """
 
@@ -89,7 +89,7 @@ def fit_clogit(groups: list[tuple[np.ndarray, int]], l2: float = L2, steps: int 
 
 
 def choice_groups(trials: list[dict], subset: tuple[str, ...]) -> list[tuple[np.ndarray, int]]:
-    from sage_irp_ros import choices
+    from sage_irp_ros.answers import choices
 
     out = []
     for t in trials:
@@ -120,7 +120,7 @@ def cross_validated(groups: list[tuple[np.ndarray, int]], seed: int = 0) -> list
 
 def fit_choices(trials: list[dict]) -> tuple[dict, dict, dict]:
     """(choice weights, confidence calibrator, the comparison table) from tuning trials."""
-    from sage_irp_ros.confidence import CHOICE_FEATURES, choice_features
+    from sage_irp_ros.irp.confidence import CHOICE_FEATURES, choice_features
 
     table, best = {}, None
     for subset in SUBSETS:
@@ -145,9 +145,9 @@ def fit_choices(trials: list[dict]) -> tuple[dict, dict, dict]:
 
 def free_text_rows(dumps: list[Path], half: str = "tune") -> tuple[list[dict], list[dict]]:
     """Per tuning trial: the consensus pick's features and right/wrong, for all rows and the greedy row alone."""
-    from sage_irp_ros.candidates import Candidate
-    from sage_irp_ros.confidence import free_text_features
-    from sage_irp_ros.selection import Consensus, best_index
+    from sage_irp_ros.decoding.generator import Candidate
+    from sage_irp_ros.irp.confidence import free_text_features
+    from sage_irp_ros.irp.selection import Consensus, best_index
 
     rule, many, single = Consensus(), [], []
     for path in dumps:
@@ -168,7 +168,7 @@ def free_text_rows(dumps: list[Path], half: str = "tune") -> tuple[list[dict], l
 
 
 def fit_free_text(rows: list[dict]) -> dict:
-    from sage_irp_ros.confidence import FREE_TEXT_FEATURES
+    from sage_irp_ros.irp.confidence import FREE_TEXT_FEATURES
 
     x = np.array([[r[name] for name in FREE_TEXT_FEATURES] for r in rows])
     y = np.array([float(r["right"]) for r in rows])
@@ -179,7 +179,7 @@ def fit_free_text(rows: list[dict]) -> dict:
 def report_free_text(quality: Path, half: str, out: Path) -> dict:
     """AUROC, ECE, top-50 % accuracy of the shipped free-text confidence on one half, and its diagram."""
     from bench.quality.metrics import confidence_report, reliability_png
-    from sage_irp_ros.confidence import shipped
+    from sage_irp_ros.irp.confidence import shipped
 
     cal, result = shipped(), {"half": half}
     many, single = free_text_rows(sorted(quality.glob("quality_dump_*.json.gz")), half)

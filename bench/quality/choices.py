@@ -67,11 +67,11 @@ def collect(out: Path, threads: int = 1, log=print) -> Path:
     """Run every question as the node would (IRP candidates + one batched option forward); dump all."""
     import torch
 
-    from sage_irp_ros import choices
-    from sage_irp_ros.config import SageConfig
-    from sage_irp_ros.irp import IRPEngine
-    from sage_irp_ros.model_loader import load_model
-    from sage_irp_ros.options import AnswerOptions
+    from sage_irp_ros.answers import choices
+    from sage_irp_ros.config.settings import SageConfig
+    from sage_irp_ros.irp.engine import IRPEngine
+    from sage_irp_ros.weights.loader import load_model
+    from sage_irp_ros.irp.options import AnswerOptions
 
     torch.set_num_threads(threads)
     cfg = SageConfig.from_mapping({"model": {"device": "cpu"}})
@@ -109,8 +109,8 @@ def read_dump(out: Path) -> dict:
 
 def evaluate(trials: list[dict], calibration) -> dict:
     """Per trial: right or not for each method, and the shipped confidence of the choice."""
-    from sage_irp_ros import choices
-    from sage_irp_ros.candidates import Candidate
+    from sage_irp_ros.answers import choices
+    from sage_irp_ros.decoding.generator import Candidate
 
     rows = []
     for trial in trials:
@@ -131,7 +131,7 @@ def evaluate(trials: list[dict], calibration) -> dict:
 
 
 def report(out: Path, half: str, png: bool = True) -> dict:
-    from sage_irp_ros.confidence import shipped
+    from sage_irp_ros.irp.confidence import shipped
 
     trials = [t for t in read_dump(out)["trials"] if half in ("both", t["half"])]
     rows = evaluate(trials, shipped())

@@ -33,9 +33,9 @@ from collections import Counter, defaultdict
 from typing import Callable, Sequence
 
 from bench.quality.question_set import KINDS
-from sage_irp_ros.energy import ResponseEnergy, repetition, seed_energy
-from sage_irp_ros.candidates import Candidate
-from sage_irp_ros.selection import Consensus, agreement, best_index, mean_nll, overlap_f1
+from sage_irp_ros.irp.energy import ResponseEnergy, repetition, seed_energy
+from sage_irp_ros.decoding.generator import Candidate
+from sage_irp_ros.irp.selection import Consensus, agreement, best_index, mean_nll, overlap_f1
 
 Rule = Callable[[Sequence[Candidate], float], list[float]]  # energies, lower is better
 BOOTSTRAP = 2000

@@ -88,12 +88,12 @@ def first_object(text: str):
 def run(half: str, threads: int = 1, log=print) -> dict:
     import torch
 
-    from sage_irp_ros import grammar
-    from sage_irp_ros.candidates import GenerationRequest
-    from sage_irp_ros.config import SageConfig
-    from sage_irp_ros.core import SageCore
-    from sage_irp_ros.json_answers import json_prompt, parse_valid
-    from sage_irp_ros.prompts import build_prompt_ids
+    from sage_irp_ros.answers import grammar
+    from sage_irp_ros.decoding.generator import GenerationRequest
+    from sage_irp_ros.config.settings import SageConfig
+    from sage_irp_ros.serving.core import SageCore
+    from sage_irp_ros.answers.json_answers import json_prompt, parse_valid
+    from sage_irp_ros.irp.prompts import build_prompt_ids
     from sage_irp_ros.questions import Question
 
     torch.set_num_threads(threads)

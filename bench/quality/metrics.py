@@ -21,7 +21,7 @@ import random
 from pathlib import Path
 from typing import Sequence
 
-from sage_irp_ros.confidence import expected_calibration_error
+from sage_irp_ros.irp.confidence import expected_calibration_error
 
 BOOTSTRAP, BINS = 2000, 10
 
@@ -77,6 +77,6 @@ def confidence_report(scores: Sequence[float], right: Sequence[bool]) -> dict:
 
 def reliability_png(scores: Sequence[float], right: Sequence[bool], path: Path, title: str) -> Path:
     """The reliability diagram (``sage_irp plot --reliability`` draws the same)."""
-    from sage_irp_ros.plot import plot_reliability
+    from sage_irp_ros.tools.plot import plot_reliability
 
     return plot_reliability(scores, right, path, title)

@@ -39,9 +39,9 @@ import torch
 
 from bench.quality.run_quality import dump_path, read_dump, write_dump
 from bench.record import RESULTS, run_info, write_result
-from sage_irp_ros.config import SageConfig
-from sage_irp_ros.model_loader import load_model
-from sage_irp_ros.prompts import build_prompt_ids
+from sage_irp_ros.config.settings import SageConfig
+from sage_irp_ros.weights.loader import load_model
+from sage_irp_ros.irp.prompts import build_prompt_ids
 
 NAME = "pmi"
 NEUTRAL = "Answer the question."

@@ -43,12 +43,12 @@ from bench.quality.evaluate import bootstrap_diff, mean, per_question
 from bench.quality.question_set import load_questions
 from bench.quality.run_quality import candidate_row, interleave, parse_overrides, setting_plan
 from bench.record import RESULTS, add_update_docs_flag, run_info, update_docs, write_result
-from sage_irp_ros.candidates import Candidate, GenerationRequest
-from sage_irp_ros.config import SageConfig
-from sage_irp_ros.generation import TorchGenerator
-from sage_irp_ros.model_loader import load_model
-from sage_irp_ros.prompts import PROMPT_BANK, render_prompt
-from sage_irp_ros.selection import best_index, selection_rule
+from sage_irp_ros.decoding.generator import Candidate, GenerationRequest
+from sage_irp_ros.config.settings import SageConfig
+from sage_irp_ros.decoding.torch_generator import TorchGenerator
+from sage_irp_ros.weights.loader import load_model
+from sage_irp_ros.irp.prompts import PROMPT_BANK, render_prompt
+from sage_irp_ros.irp.selection import best_index, selection_rule
 
 NAME = "prompt_variants"
 SECTION = "prompt-variants"

@@ -52,12 +52,12 @@ import yaml
 
 from bench.quality.question_set import is_correct, load_questions
 from bench.record import REPO, RESULTS, add_update_docs_flag, run_info, update_docs, write_result
-from sage_irp_ros.config import SageConfig
-from sage_irp_ros.candidates import GenerationRequest
-from sage_irp_ros.generation import TorchGenerator
-from sage_irp_ros.irp import temperature_schedule
-from sage_irp_ros.model_loader import load_model
-from sage_irp_ros.prompts import build_prompt_ids, clean_answer
+from sage_irp_ros.config.settings import SageConfig
+from sage_irp_ros.decoding.generator import GenerationRequest
+from sage_irp_ros.decoding.torch_generator import TorchGenerator
+from sage_irp_ros.irp.engine import temperature_schedule
+from sage_irp_ros.weights.loader import load_model
+from sage_irp_ros.irp.prompts import build_prompt_ids, clean_answer
 
 NAME = "run_quality"
 EDGE_YAML = REPO / "config" / "edge.yaml"

@@ -41,7 +41,7 @@ NAME = "throttled"
 
 def capped_scores(dump: dict, tokenizer, temperature: float, cap: int, answers: dict[str, list[str]]):
     """(trial, correct) for the row at ``temperature`` of every trial, cut to ``cap`` tokens."""
-    from sage_irp_ros.prompts import clean_answer
+    from sage_irp_ros.irp.prompts import clean_answer
 
     out = []
     for trial in dump["trials"]:
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from transformers import AutoTokenizer
 
-    from sage_irp_ros.embedded_model import converted_gguf, embedded_gguf
+    from sage_irp_ros.weights.embedded_model import converted_gguf, embedded_gguf
 
     tokenizer = AutoTokenizer.from_pretrained(str(converted_gguf(embedded_gguf())))
     answers = {q["q"]: q["a"] for q in load_questions()}

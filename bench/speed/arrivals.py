@@ -155,7 +155,7 @@ def measure(batch_size: int, rates: list[float], questions: int, lone: int, burs
                PYTHONUNBUFFERED="1")
     namespace = f"/bench_{uuid.uuid4().hex[:6]}"
     log = tempfile.NamedTemporaryFile("w", prefix="arrivals-node-", suffix=".log", delete=False)
-    args = [sys.executable, "-m", "sage_irp_ros.irp_node", "--ros-args", "-r", f"__ns:={namespace}",
+    args = [sys.executable, "-m", "sage_irp_ros.ros.irp_node", "--ros-args", "-r", f"__ns:={namespace}",
             "--params-file", str(REPO / "config" / "edge.yaml"), "-p", f"node.batch_size:={batch_size}",
             "-p", "memory.db_path:=none", "-p", "node.queue_size:=8"]
     for item in extra:

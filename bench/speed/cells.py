@@ -54,7 +54,7 @@ def timing_irp(n: int, tokens: int, **extra):
     The greedy row is off, so that N is the number of rows per call for every contender (the research
     loop has none); the package's default adds it: its cost is the N + 1 column of the sweep.
     """
-    from sage_irp_ros.config import SageConfig
+    from sage_irp_ros.config.settings import SageConfig
 
     return SageConfig.from_mapping({"llm_irp": {
         "candidates": n, "initial_temperature": 0.7, "min_temperature": 0.54,
@@ -76,7 +76,7 @@ class Cell:
 def baseline_cell(lm, n: int, precision: str, name: str | None = None, history=(),
                   kind: str = "baseline") -> Cell:
     from bench.speed.research_loop import ResearchIRP
-    from sage_irp_ros.prompts import seed_history_block
+    from sage_irp_ros.irp.prompts import seed_history_block
 
     context = seed_history_block(history) or None  # the research system rendered history as context
 
@@ -96,8 +96,8 @@ def engine_cell(lm, n: int, per_round: int, precision: str, name: str | None = N
                 kind: str | None = None, irp_keys: dict | None = None) -> Cell:
     """``irp_keys``: further ``llm_irp`` keys (``greedy_candidate: true`` adds the greedy row; ``compile: on``
     compiles the step, waited for before the first timed call)."""
-    from sage_irp_ros.irp import IRPEngine
-    from sage_irp_ros.options import AnswerOptions
+    from sage_irp_ros.irp.engine import IRPEngine
+    from sage_irp_ros.irp.options import AnswerOptions
 
     engines: dict[int, Any] = {}
 

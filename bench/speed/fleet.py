@@ -57,7 +57,7 @@ def _port() -> int:
 
 def start_server(log: Path, threads: int) -> tuple[subprocess.Popen, str]:
     """The llama.cpp server on a free port, ready (``/v1/models`` answers)."""
-    from sage_irp_ros.embedded_model import embedded_gguf
+    from sage_irp_ros.weights.embedded_model import embedded_gguf
 
     port = _port()
     args = [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf()), "--model_alias", ALIAS,
@@ -79,7 +79,7 @@ def start_server(log: Path, threads: int) -> tuple[subprocess.Popen, str]:
 
 def start_node(namespace: str, params: dict[str, object], log: Path, remote_url: str = "") -> subprocess.Popen:
     """``sage_irp run`` (IRP node only) in ``namespace``."""
-    args = [sys.executable, "-m", "sage_irp_ros.cli", "run", "--no-diagnostics", "--namespace", namespace]
+    args = [sys.executable, "-m", "sage_irp_ros.tools.cli", "run", "--no-diagnostics", "--namespace", namespace]
     if remote_url:
         args += ["--remote-url", remote_url, "--remote-fallback", "none"]
     args += ["--ros-args", *[a for k, v in params.items() for a in ("-p", f"{k}:={v}")]]
@@ -92,7 +92,7 @@ def drive(namespaces: list[str], questions: int, timeout: float) -> dict[str, ob
 
     import rclpy
 
-    from sage_irp_ros.client import SageClient, spinning
+    from sage_irp_ros.ros.client import SageClient, spinning
 
     context = rclpy.Context()
     rclpy.init(context=context)
@@ -138,9 +138,9 @@ def drive(namespaces: list[str], questions: int, timeout: float) -> dict[str, ob
 
 def overhead(url: str, max_tokens: int, repeats: int) -> dict[str, object]:
     """One greedy row through RemoteGenerator vs the same request posted raw (alternated, medians)."""
-    from sage_irp_ros.candidates import GenerationRequest
-    from sage_irp_ros.config_schema import RemoteConfig
-    from sage_irp_ros.remote_generator import _SAMPLING, RemoteGenerator
+    from sage_irp_ros.decoding.generator import GenerationRequest
+    from sage_irp_ros.config.schema import RemoteConfig
+    from sage_irp_ros.remote.generator import _SAMPLING, RemoteGenerator
 
     messages = [{"role": "user", "content": "Describe a robot's day."}]
     body = {"model": ALIAS, "messages": messages, "max_tokens": max_tokens, "temperature": 0.0, "stream": False,

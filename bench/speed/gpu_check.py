@@ -22,17 +22,17 @@ One command for a machine with a CUDA GPU (needs only torch and transformers, no
 It builds a randomly initialised model with Qwen2.5-0.5B-Instruct's exact architecture in fp16
 (weights do not change speed), then for N = 1, 3, 5, 8 candidates decodes ``--tokens`` tokens per
 candidate in one call with per-row temperatures, through the package's one decode loop
-(sage_irp_ros/decode.py: static KV cache, prompt prefilled once for all rows, per-row temperatures,
+(sage_irp_ros/decoding/decode.py: static KV cache, prompt prefilled once for all rows, per-row temperatures,
 untempered log-probs), in two modes:
 
 - ``loop``:             the loop as the package runs it, eager;
-- ``loop-compile``:     the same loop with the package's compiled step (sage_irp_ros/compiled_step.py,
+- ``loop-compile``:     the same loop with the package's compiled step (sage_irp_ros/decoding/compiled_step.py,
   ``llm_irp.compile``: CUDA graphs through mode "reduce-overhead" on CUDA, inductor's C++ backend on CPU;
   rows padded to a power of two, the cache length to a multiple of 256).
 
 ``--quant int8`` stores the Linear weights (head and tied embedding included) as int8 per output channel
-(sage_irp_ros/quantize.py, ``model.weight_quantization: int8``) before measuring; ``--quant int4`` as 4-bit
-groups with 8-bit embedding and head (sage_irp_ros/int4.py, ``int4``: the CUDA tinygemm kernel, sm80+); the
+(sage_irp_ros/weights/int8.py, ``model.weight_quantization: int8``) before measuring; ``--quant int4`` as 4-bit
+groups with 8-bit embedding and head (sage_irp_ros/weights/int4.py, ``int4``: the CUDA tinygemm kernel, sm80+); the
 floor then counts the quantised bytes. ``--modes loop,loop-compile --quant int4`` is the quantised +
 compiled path.
 
@@ -117,9 +117,9 @@ COMPILE_BACKEND = {"backend": None}
 
 def loop_cell(torch, model, mode: str, prompt, temps, tokens: int, sync):
     """``once(max_new)`` for the package's decode loop (eager or with a compiled step)."""
-    from sage_irp_ros.candidates import GenerationRequest
-    from sage_irp_ros.compiled_step import CompiledStep
-    from sage_irp_ros.decode import decode
+    from sage_irp_ros.decoding.generator import GenerationRequest
+    from sage_irp_ros.decoding.compiled_step import CompiledStep
+    from sage_irp_ros.decoding.decode import decode
 
     if mode == "loop-compile" and "step" not in _COMPILED:  # the package's compiled step, compiled in place
         backend = COMPILE_BACKEND["backend"] or "inductor"
@@ -210,11 +210,11 @@ def main(argv: list[str] | None = None) -> int:
         bw_name, bw = "given", args.bandwidth_gbs
     model, build_s = random_model(args.shape, dtype=dtype, device=str(device))
     if args.quant == "int4":
-        from sage_irp_ros.int4 import quantize_model_int4
+        from sage_irp_ros.weights.int4 import quantize_model_int4
 
         quantize_model_int4(model, device)
     elif args.quant != "none":
-        from sage_irp_ros.quantize import quantize_model
+        from sage_irp_ros.weights.int8 import quantize_model
 
         quantize_model(model, args.quant, device)
     wbytes = weight_bytes(model)

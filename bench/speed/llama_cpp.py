@@ -62,7 +62,7 @@ def load_llama(threads: int):
     """The embedded GGUF in llama.cpp with ``threads`` threads (logits of the last position only)."""
     from llama_cpp import Llama
 
-    from sage_irp_ros.embedded_model import embedded_gguf
+    from sage_irp_ros.weights.embedded_model import embedded_gguf
 
     return Llama(model_path=str(embedded_gguf()), n_ctx=2048, n_threads=threads, n_threads_batch=threads,
                  n_batch=512, verbose=False, seed=0)
@@ -70,7 +70,7 @@ def load_llama(threads: int):
 
 def llama_cell(llm, tokenizer, n: int, name: str | None = None) -> Cell:
     """n sequential llama.cpp completions at the engine's annealed temperatures (0.7 -> 0.54 in n steps)."""
-    from sage_irp_ros.prompts import seed_prompt
+    from sage_irp_ros.irp.prompts import seed_prompt
 
     eos = llm.token_eos()
     prompts: dict[str, list[int]] = {}
@@ -175,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import yaml
 
-    from sage_irp_ros.config import SageConfig
-    from sage_irp_ros.model_loader import load_model
+    from sage_irp_ros.config.settings import SageConfig
+    from sage_irp_ros.weights.loader import load_model
 
     torch.set_num_threads(args.threads)
     variants = {}

@@ -55,10 +55,10 @@ def child(spec: str) -> dict:
     import torch
     import yaml
 
-    from sage_irp_ros.config import SageConfig
-    from sage_irp_ros.irp import IRPEngine
-    from sage_irp_ros.model_loader import load_model
-    from sage_irp_ros.options import AnswerOptions
+    from sage_irp_ros.config.settings import SageConfig
+    from sage_irp_ros.irp.engine import IRPEngine
+    from sage_irp_ros.weights.loader import load_model
+    from sage_irp_ros.irp.options import AnswerOptions
 
     name, _, pairs = spec.partition(":")
     model = {k: yaml.safe_load(v) for k, _, v in (p.partition("=") for p in pairs.split(",") if p)}

@@ -65,11 +65,11 @@ def bench_smollm2(cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, 
     import torch
 
     from bench.models import DEMO_QUESTIONS
-    from sage_irp_ros.config import SageConfig
-    from sage_irp_ros.embedded_model import converted_gguf, embedded_gguf
-    from sage_irp_ros.model_loader import load_model, release
-    from sage_irp_ros.prompts import seed_prompt
-    from sage_irp_ros.snarc import SnarcScorer
+    from sage_irp_ros.config.settings import SageConfig
+    from sage_irp_ros.weights.embedded_model import converted_gguf, embedded_gguf
+    from sage_irp_ros.weights.loader import load_model, release
+    from sage_irp_ros.irp.prompts import seed_prompt
+    from sage_irp_ros.salience.snarc import SnarcScorer
 
     tokens = cfg["tokens"]
     out: dict[str, Any] = {"tokens_per_candidate": tokens, "tables": {}}
@@ -241,9 +241,9 @@ def bench_qwen(cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any
     from transformers import AutoTokenizer
 
     from bench.models import random_model, weight_bytes
-    from sage_irp_ros.cpu_packing import pack_linear_weights
-    from sage_irp_ros.embedded_model import converted_gguf, embedded_gguf
-    from sage_irp_ros.model_loader import LoadedModel
+    from sage_irp_ros.weights.cpu_packing import pack_linear_weights
+    from sage_irp_ros.weights.embedded_model import converted_gguf, embedded_gguf
+    from sage_irp_ros.weights.loader import LoadedModel
 
     out: dict[str, Any] = {"tables": {}}
     # Any tokenizer whose ids fit the 151936-row vocabulary will do for timing: ids beyond its own
@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore")
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    from sage_irp_ros.model_loader import apply_power_mode
+    from sage_irp_ros.weights.loader import apply_power_mode
 
     apply_power_mode(args.power_mode)
     if args.threads:

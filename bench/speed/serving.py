@@ -45,9 +45,9 @@ def child_ready(args) -> None:
     import torch  # noqa: F401
 
     from bench.models import DEMO_QUESTIONS
-    from sage_irp_ros.config import SageConfig
-    from sage_irp_ros.core import SageCore
-    from sage_irp_ros.options import AnswerOptions
+    from sage_irp_ros.config.settings import SageConfig
+    from sage_irp_ros.serving.core import SageCore
+    from sage_irp_ros.irp.options import AnswerOptions
     from sage_irp_ros.questions import parse_question
 
     imported = time.time()

@@ -1,0 +1,27 @@
+# Copyright 2026 The sage_irp_ros Authors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""The ``hardware_id`` of diagnostic statuses: Jetson model, else GPU name, else host name."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from sage_irp_ros.diagnostics.probes.sysfs import SysfsReader
+
+
+def hardware_id(reader: SysfsReader, gpu_name: Optional[str] = None) -> str:
+    """``/proc/device-tree/model`` (e.g. "NVIDIA Jetson Orin Nano Developer Kit"), else the GPU
+    name reported by NVML, else the host name."""
+    return reader.device_model() or (gpu_name or "").strip() or reader.hostname()
