@@ -38,6 +38,7 @@ from sage_irp_ros.answers import choices
 from sage_irp_ros.answers import json_answers
 from sage_irp_ros.irp.confidence import is_confident, shipped
 from sage_irp_ros.config.settings import SageConfig
+from sage_irp_ros.decoding.generator import Generator
 from sage_irp_ros.serving.conversation import ConversationHistory
 from sage_irp_ros.errors import ModelLoadError, SageError
 from sage_irp_ros.remote.backend import RemoteBackend, backend_of, local_status
@@ -58,9 +59,13 @@ log = logging.getLogger(__name__)
 class SageCore:
     """The IRP + SNARC answering pipeline over one resident model."""
 
-    def __init__(self, cfg: SageConfig, progress: Callable[[str], None] | None = None):
+    def __init__(self, cfg: SageConfig, progress: Callable[[str], None] | None = None,
+                 wrap_generator: Callable[[Generator], Generator] | None = None):
+        """``wrap_generator`` takes the on-board generator and returns the one the engine uses: a seam for
+        a front end that decorates generation (fault injection in tests, tracing), never needed to serve."""
         self.cfg = cfg
         self._progress = progress or log.info
+        self._wrap_generator = wrap_generator
         self.lm: LoadedModel | None = None
         self.engine: IRPEngine | None = None
         self.backend: RemoteBackend | None = None  # remote.url set: the serving engine (and its fallback)
@@ -114,6 +119,8 @@ class SageCore:
     def _install_engines(self, cfg: SageConfig) -> None:
         """The engines over the resident model and the backend (under ``_state_lock``)."""
         local = IRPEngine(self.lm, cfg.llm_irp) if self.lm is not None else None
+        if local is not None and self._wrap_generator is not None:
+            local = IRPEngine(self.lm, cfg.llm_irp, generator=self._wrap_generator(local.generator))
         if self.backend is not None:
             self.backend.local = local.generator if local is not None else None
             self.engine = IRPEngine(self.lm, cfg.llm_irp, generator=self.backend)
