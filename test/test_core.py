@@ -76,7 +76,7 @@ def test_salient_exchanges_are_stored_and_consolidated(core, tmp_path):
         stored = [row[0] for row in db.execute("SELECT question_id FROM exchanges ORDER BY id")]
         consolidations = db.execute("SELECT COUNT(*) FROM consolidations").fetchone()[0]
     assert stored == ids and consolidations == 2
-    assert core.store_status()["ok"]
+    assert core.store_status().ok
 
 
 def test_history_feeds_the_next_prompt_and_reset_clears_it(core):
@@ -256,7 +256,7 @@ def test_unwritable_store_does_not_stop_answers(tiny_model_dir, tmp_path):
     core.load()
     assert core.answer(Question(text="Hi")).ok
     status = core.store_status()
-    assert not status["ok"] and str(blocker) in status["error"]
+    assert not status.ok and str(blocker) in status.error
 
 
 def _mapping(core):
@@ -341,12 +341,12 @@ def test_a_cancelled_question_fails_with_the_cancel_reason(core):
 
 
 def test_status_has_what_the_status_json_needs(core):
-    status = core.status()
+    status = core.status().to_dict()
     assert {"model", "device", "precision", "packed_layers", "weights", "quantized_layers", "model_mb",
             "gpu_mem_mb", "max_memory_mb", "served", "errors", "refused", "consecutive_errors", "last", "latency",
             "memory_store", "generation"} == set(status)
     assert status["model"] and status["device"] == "cpu" and status["model_mb"] > 0
     core.refuse(None, errors.SageError(errors.QUEUE_FULL, "full"), question_id="r1")
-    assert core.status()["refused"] == 1
+    assert core.status().serving["refused"] == 1
     core.release()
-    assert core.status()["model"] is None and core.status()["memory_store"]["path"] is None
+    assert core.status().model is None and core.status().memory_store.path is None

@@ -109,7 +109,7 @@ def test_remote_answer_has_the_on_board_shape(server, tiny_model_dir, tmp_path):
         assert generation["backend"] == "remote" and generation["reachable"] is True
         assert generation["breaker"]["state"] == "closed" and generation["fallback"] == "none"
         assert generation["latency"]["count"] >= 3 and generation["latency"]["p95_s"] > 0
-        assert local.status()["generation"] == {"backend": "local"}
+        assert local.status().generation == {"backend": "local"}
         dumped = json.dumps(status) + json.dumps(remote.cfg.flat()) + got.to_json()
         assert API_KEY not in dumped  # the key is never in the status, the parameters or a result
     finally:
@@ -155,7 +155,7 @@ def test_a_wrong_key_is_refused_and_never_shown(server, tmp_path, monkeypatch):
     try:
         result = _ask(core)
         assert result.error_code == errors.BACKEND_UNAVAILABLE and "401" in result.error_message
-        assert "wrong-key-456" not in result.to_json() + json.dumps(core.status())
+        assert "wrong-key-456" not in result.to_json() + json.dumps(core.status().to_dict())
     finally:
         core.release()
 
@@ -204,12 +204,12 @@ def test_a_fault_gives_one_result_and_serving_goes_on(fault, fallback, proxy, ti
             assert not result.ok and result.error_code == errors.BACKEND_UNAVAILABLE, result
         else:  # answered on board, and marked so
             assert result.ok and result.backend == "local_fallback", result.error
-            assert core.status()["generation"]["fallback_active"] is True
-        assert core.status()["generation"]["last_error"]
+            assert core.status().generation["fallback_active"] is True
+        assert core.status().generation["last_error"]
         proxy.mode = PASS
         after = _ask(core)
         assert after.ok and after.backend == "remote", after.error
-        assert core.status()["generation"]["fallback_active"] is False
+        assert core.status().generation["fallback_active"] is False
     finally:
         core.release()
 
@@ -220,7 +220,7 @@ def test_a_reply_longer_than_asked_is_cut_to_max_tokens(proxy, tmp_path):
         proxy.mode = LONGER
         result = _ask(core)
         assert result.ok and result.timing.tokens <= 3 * MAX_TOKENS
-        assert core.status()["generation"]["overlong_replies"] >= 3
+        assert core.status().generation["overlong_replies"] >= 3
     finally:
         core.release()
 
@@ -260,7 +260,7 @@ def test_server_absent_at_start(fallback, tiny_model_dir, tmp_path):
     core = make_core(f"http://127.0.0.1:{free_port()}", tmp_path, fallback=fallback,
                      local=tiny_model_dir if fallback == "local" else None)
     try:
-        generation = core.status()["generation"]
+        generation = core.status().generation
         assert core.loaded and generation["reachable"] is False and "unreachable" in generation["last_error"]
         result = _ask(core)
         if fallback == "none":
@@ -274,7 +274,7 @@ def test_server_absent_at_start(fallback, tiny_model_dir, tmp_path):
 def test_an_unknown_model_name_is_an_error_naming_it(server, tmp_path):
     core = make_core(server.url, tmp_path, model="no-such-model")
     try:
-        assert "no-such-model" in core.status()["generation"]["last_error"]
+        assert "no-such-model" in core.status().generation["last_error"]
         result = _ask(core)
         assert result.error_code == errors.BACKEND_UNAVAILABLE and "no-such-model" in result.error_message
         assert "smollm2" in result.error_message  # what it serves instead
@@ -323,7 +323,7 @@ def test_killed_mid_question_then_the_breaker_opens_and_closes_on_restart(tmp_pa
         hits = proxy.hits
         results.append(_ask(core))  # refused at once: the dead server is not asked
         assert results[-1].error_code == errors.BACKEND_UNAVAILABLE and "breaker open" in results[-1].error_message
-        assert proxy.hits == hits and core.status()["generation"]["breaker"]["state"] == "open"
+        assert proxy.hits == hits and core.status().generation["breaker"]["state"] == "open"
         server.start()  # the same port
         clock.now += core.cfg.remote.breaker_backoff_s  # one breaker period later
         results.append(_ask(core))

@@ -363,7 +363,7 @@ class IrpNode(Node, LifecycleNodeMixin):
         throttle = self.throttle_state()
         return {
             "node": self.get_name(), "namespace": self.get_namespace(), "lifecycle": lifecycle,
-            "state": self._operational_state(lifecycle), **self.core.status(),
+            "state": self._operational_state(lifecycle), **self.core.status().to_dict(),
             "queue_depth": self._worker.depth(), "queue_size": self._worker.maxsize,
             "batch": self._worker.running, "batch_size": self._batch_limit(),
             "status_period_s": self._status_timer.timer_period_ns / 1e9,

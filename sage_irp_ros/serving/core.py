@@ -22,7 +22,6 @@ node (and any other front end) only has to move messages.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import threading
 import time
@@ -32,26 +31,26 @@ import psutil
 import torch
 
 from sage_irp_ros import errors
-
-from sage_irp_ros.answers import choices
-
-from sage_irp_ros.answers import json_answers
-from sage_irp_ros.irp.confidence import is_confident, shipped
+from sage_irp_ros.answers.forms import AnswerForm, form_of
 from sage_irp_ros.config.settings import SageConfig
 from sage_irp_ros.decoding.generator import Generator
-from sage_irp_ros.serving.conversation import ConversationHistory
-from sage_irp_ros.errors import ModelLoadError, SageError
-from sage_irp_ros.remote.backend import RemoteBackend, backend_of, local_status
+from sage_irp_ros.errors import SageError
+from sage_irp_ros.irp.confidence import is_confident
 from sage_irp_ros.irp.engine import CANCELLED as HALT_CANCELLED
 from sage_irp_ros.irp.engine import DEADLINE as HALT_DEADLINE
 from sage_irp_ros.irp.engine import IRPEngine, RefineJob, Refinement
-from sage_irp_ros.salience.memory_store import Exchange, MemoryStore, open_store
-from sage_irp_ros.weights.loader import LoadedModel, apply_power_mode, load_model, release
 from sage_irp_ros.irp.options import AnswerOptions
 from sage_irp_ros.questions import Question
+from sage_irp_ros.remote.backend import RemoteBackend, backend_of, local_status
 from sage_irp_ros.results import IRPSummary, Result, ResultError, Timing
+from sage_irp_ros.salience.memory_store import Exchange, MemoryStore
 from sage_irp_ros.salience.snarc import SURPRISE_WINDOW, SnarcScorer, SnarcScores
+from sage_irp_ros.serving.conversation import ConversationHistory
+from sage_irp_ros.serving.refining import refine_together
+from sage_irp_ros.serving.resident import Resident
 from sage_irp_ros.serving.stats import ServingStats
+from sage_irp_ros.serving.status import CoreStatus, StoreStatus
+from sage_irp_ros.weights.loader import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -63,117 +62,52 @@ class SageCore:
                  wrap_generator: Callable[[Generator], Generator] | None = None):
         """``wrap_generator`` takes the on-board generator and returns the one the engine uses: a seam for
         a front end that decorates generation (fault injection in tests, tracing), never needed to serve."""
-        self.cfg = cfg
-        self._progress = progress or log.info
-        self._wrap_generator = wrap_generator
-        self.lm: LoadedModel | None = None
-        self.engine: IRPEngine | None = None
-        self.backend: RemoteBackend | None = None  # remote.url set: the serving engine (and its fallback)
-        self._local_engine: IRPEngine | None = None  # the on-board engine (choices, json_schema, fallback)
+        self.resident = Resident(cfg, progress or log.info, wrap_generator)
         self.history = ConversationHistory(cfg.history.depth, cfg.history.max_conversations,
                                            heard_window=SURPRISE_WINDOW)
         self.snarc = SnarcScorer(cfg.snarc)
-        self.store: MemoryStore | None = None
         self.stats = ServingStats()
-        # _lock: one generation at a time on the model; release() takes it too, so the model and the
-        # store are never freed under a running question. Reentrant: keep_alive false loads under it.
-        self._lock = threading.RLock()
-        # _state_lock: short critical sections swapping lm/engine/store/cfg (load, release, reconfigure).
-        self._state_lock = threading.Lock()
 
-    # -- lifecycle --------------------------------------------------------------------------------
+    # -- lifecycle: the resident model, engines and store -------------------------------------------
+    @property
+    def cfg(self) -> SageConfig:
+        return self.resident.cfg
+
+    @property
+    def lm(self) -> LoadedModel | None:
+        return self.resident.lm
+
+    @property
+    def engine(self) -> IRPEngine | None:
+        return self.resident.engine
+
+    @property
+    def backend(self) -> RemoteBackend | None:
+        return self.resident.backend
+
+    @property
+    def store(self) -> MemoryStore | None:
+        return self.resident.store
+
     def load(self) -> LoadedModel | None:
-        """Load the model (or reuse the resident one), warm it up and open the memory store.
-
-        Any failure (also in warm-up: a RuntimeError, CUDA OOM) propagates after the model this call
-        made resident is released again, so a retry does not hold a second copy. Settings changed by
-        :meth:`reconfigure` while loading are applied to the engine that is installed.
-
-        With ``remote.url`` set, candidates come from that server (:mod:`generation_backend`); the
-        on-board model is loaded only with ``remote.fallback: local`` (returns None otherwise). A server
-        that does not answer now does not fail the load: the status says it is unreachable.
-        """
-        cfg = self.cfg
-        apply_power_mode(cfg.model.power_mode)
-        previous = self.lm
-        lm = None if cfg.remote.url and cfg.remote.fallback == "none" else load_model(cfg.model, self._progress)
-        try:
-            if lm is not None and cfg.model.warmup:
-                self._progress(f"warm-up generation took {IRPEngine(lm, cfg.llm_irp).warm_up():.2f} s")
-            backend = self.backend
-            if cfg.remote.url and backend is None:
-                backend = RemoteBackend.from_config(cfg.remote, None)  # its fallback: _install_engines
-                self._progress(f"generation server {backend.remote.url}: model {backend.remote.model}, "
-                               f"reachable {backend.remote.reachable}, fallback {cfg.remote.fallback}")
-        except BaseException:
-            if lm is not None and lm is not previous:
-                release(lm)
-            raise
-        with self._state_lock:
-            self.lm, self.backend = lm, backend
-            self._install_engines(self.cfg)
-            if self.store is None:
-                self.store = open_store(self.cfg.memory)
-        return lm
-
-    def _install_engines(self, cfg: SageConfig) -> None:
-        """The engines over the resident model and the backend (under ``_state_lock``)."""
-        local = IRPEngine(self.lm, cfg.llm_irp) if self.lm is not None else None
-        if local is not None and self._wrap_generator is not None:
-            local = IRPEngine(self.lm, cfg.llm_irp, generator=self._wrap_generator(local.generator))
-        if self.backend is not None:
-            self.backend.local = local.generator if local is not None else None
-            self.engine = IRPEngine(self.lm, cfg.llm_irp, generator=self.backend)
-        else:
-            self.engine = local
-        self._local_engine = local
-
-    def _engine_for(self, q: Question) -> IRPEngine:
-        """The engine for ``q``: choices and json_schema questions need the resident model's logits."""
-        engine = self._engine()
-        if self.backend is None or not (q.choices or q.json_schema is not None):
-            return engine
-        if self._local_engine is None:
-            raise SageError(errors.BACKEND_UNSUPPORTED, (
-                "choices and json_schema questions need the on-board model: this node generates on "
-                f"{self.backend.remote.url} with remote.fallback: none"))
-        return self._local_engine
+        """Load the model (or reuse the resident one), warm it up and open the memory store
+        (:meth:`Resident.load`: a failure leaves nothing new resident)."""
+        return self.resident.load()
 
     def release(self, timeout: float | None = None) -> bool:
-        """Drop the model from memory (cleanup) and close the store, after the running generation.
+        """Free the model and close the store after the running generation (False: still running then)."""
+        return self.resident.release(timeout)
 
-        With ``timeout``, waits at most that long for a running generation; returns False (and
-        releases nothing) when it is still running then.
-        """
-        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
-            log.warning("a generation is still running after %.1f s: model and memory store left open",
-                        timeout)
-            return False
-        try:
-            with self._state_lock:
-                lm, store, backend = self.lm, self.store, self.backend
-                self.lm = self.engine = self.store = self.backend = self._local_engine = None
-            if lm is not None:
-                release(lm)
-            if backend is not None:
-                backend.close()
-            if store is not None:
-                store.close()
-        finally:
-            self._lock.release()
-        return True
+    def release_model_only(self) -> None:
+        """keep_alive false: free the model after each answer, keep the store open."""
+        self.resident.release_model_only()
 
     def reconfigure(self, cfg: SageConfig) -> None:
         """Apply new settings: IRP and SNARC keys at the next question, history bounds and storage
         policy at once; model keys (and ``memory.db_path``) at the next :meth:`load`."""
-        with self._state_lock:
-            self.cfg = cfg
-            self.snarc = SnarcScorer(cfg.snarc)
-            self.history.resize(cfg.history.depth, cfg.history.max_conversations)
-            if self.store is not None:
-                self.store.set_policy(cfg.memory)
-            if self.engine is not None:
-                self._install_engines(cfg)
+        self.snarc = SnarcScorer(cfg.snarc)
+        self.history.resize(cfg.history.depth, cfg.history.max_conversations)
+        self.resident.reconfigure(cfg)
 
     @property
     def loaded(self) -> bool:
@@ -219,18 +153,17 @@ class SageCore:
                         log.exception("delivering the result of question %s failed", result.id)
 
         prepared: dict[int, tuple[IRPEngine, _Prepared]] = {}
-        with self._lock:
+        with self.resident.lock:
             try:
-                self._engine()  # no engine at all: every question fails with the reason
+                self.resident.engine_or_load()  # no engine at all: every question fails with the reason
                 for i, ask in enumerate(asks):
                     try:
-                        engine = self._engine_for(ask.question)
+                        engine = self.resident.engine_for(ask.question)
                         prepared[i] = (engine, self._prepare(engine, ask, start))
                     except Exception as exc:  # noqa: BLE001 - this question's result says why
                         deliver(i, self._failed(ask, exc, start))
-                engines = {id(engine): engine for engine, _ in prepared.values()}
-                for key, engine in engines.items():  # on-board and remote questions refine apart
-                    mine = [i for i, (e, _) in prepared.items() if id(e) == key]
+                for engine in dict.fromkeys(e for e, _ in prepared.values()):  # on-board and remote refine apart
+                    mine = [i for i, (e, _) in prepared.items() if e is engine]
 
                     def refined(k: int, outcome: Refinement | Exception, engine=engine, mine=mine) -> None:
                         i = mine[k]
@@ -241,8 +174,8 @@ class SageCore:
                         except Exception as exc:  # noqa: BLE001
                             deliver(i, self._failed(asks[i], exc, start))
 
-                    self._refine_batch(engine, [prepared[i][1] for i in mine], refined,
-                                       pending=lambda k, mine=mine: results[mine[k]] is None)
+                    refine_together(engine, [prepared[i][1].job for i in mine], refined,
+                                    pending=lambda k, mine=mine: results[mine[k]] is None)
             except Exception as exc:  # noqa: BLE001 - no engine: every question not yet answered fails
                 for i, ask in enumerate(asks):
                     deliver(i, self._failed(ask, exc, start))
@@ -269,8 +202,8 @@ class SageCore:
             self.history.reset(q.conversation)
         options = AnswerOptions.resolve(self.cfg.llm_irp, q, throttled=ask.throttled, throttle=self.cfg.throttle,
                                         received=received, cancel=ask.cancel)
-        if q.choices:
-            options = options.replace(max_tokens=min(options.max_tokens, choices.MAX_TOKENS))
+        form = form_of(q)
+        text, options = form.prepare(engine, q, options)
         if options.deadline is not None and time.monotonic() >= options.deadline:
             raise SageError(errors.DEADLINE,
                             f"deadline of {options.deadline_s:g} s passed while the question was queued")
@@ -278,120 +211,32 @@ class SageCore:
         # window: the same history in a conversation, else what the node heard last (docs/interface.md).
         history = self.history.get(q.conversation)
         heard = history if q.conversation is not None else self.history.heard()
-        text = q.text
-        if q.choices:
-            text = choices.choice_prompt(q.text, q.choices)
-        if q.json_schema is not None:
-            text = json_answers.json_prompt(q.text, q.json_schema)
-            options = options.replace(constraint=_grammar(engine, q.json_schema).constraint)
-        return _Prepared(q, received, history, heard, options, RefineJob(text, q.context, history, options))
-
-    def _refine_batch(self, engine: IRPEngine, batch: list["_Prepared"],
-                      refined: Callable[[int, Refinement | Exception], None], pending: Callable[[int], bool]) -> None:
-        """Refine the prepared questions together, handing each to ``refined(k, outcome)`` as it halts;
-        when the shared call fails, the questions still ``pending`` are refined alone (with the
-        out-of-memory retry). One question is refined alone from the start."""
-        if len(batch) > 1:
-            try:
-                engine.refine_many([p.job for p in batch], on_done=refined)
-                return
-            except Exception as exc:  # noqa: BLE001 - retried alone below, so one question's fault stays its own
-                if _is_oom(exc):
-                    _free_memory()
-                log.warning("batched generation of %d questions failed (%s: %s); answering them one by one",
-                            len(batch), type(exc).__name__, exc)
-        for k, p in enumerate(batch):
-            if not pending(k):
-                continue
-            try:
-                outcome: Refinement | Exception = self._refine_with_oom_retry(engine, p.job)
-            except Exception as exc:  # noqa: BLE001
-                outcome = exc
-            refined(k, outcome)
+        return _Prepared(q, received, history, heard, options, form, RefineJob(text, q.context, history, options))
 
     def _finish(self, engine: IRPEngine, p: "_Prepared", refined: Refinement) -> Result:
-        """The question's result from its refinement: the pick (option, JSON), confidence, SNARC, history, store."""
-        q, options = p.question, p.options
-        picked, refined = self._choose(engine, q, p.history, refined) if q.choices else (None, refined)
-        if refined.irp.halt_reason == HALT_CANCELLED and not refined.answer:
+        """The question's result from its refinement: the form's pick and confidence, SNARC, history, store."""
+        q, options, halt = p.question, p.options, refined.irp.halt_reason
+        if halt == HALT_CANCELLED and not refined.answer:
             raise _cancelled(options.cancel)
-        if not refined.answer and picked is None:
-            if refined.irp.halt_reason == HALT_DEADLINE:
+        if p.form.needs_text and not refined.answer:
+            if halt == HALT_DEADLINE:
                 raise SageError(errors.DEADLINE, f"deadline of {options.deadline_s:g} s passed before any answer")
-            if refined.irp.halt_reason == HALT_CANCELLED:
-                raise _cancelled(options.cancel)
             raise SageError(errors.INFERENCE_FAILED, "the model produced no answer text")
+        answered = p.form.finish(engine, q, p.history, refined)
+        refined = answered.refinement
         inference_s = time.monotonic() - p.started
-        calibration, value, best = shipped(), None, refined.best
-        if picked is not None:
-            answer, confidence = picked.choice, calibration.choice_confidence(list(picked.probabilities.values()))
-        else:
-            if q.json_schema is not None:
-                value, best = _json_answer(q.json_schema, refined)
-            answer = refined.answer if value is None else json.dumps(value, ensure_ascii=False)
-            confidence = calibration.free_text_confidence(refined.candidates, refined.irp.energies, best)
-        scores = self.snarc.score(q.text, answer, p.heard, final_energy=refined.irp.best_energy)
-        self.history.add(q.conversation, q.text, answer)
-        result = self._result(q, answer=answer, snarc=scores, irp=refined.irp, received=p.received,
+        scores = self.snarc.score(q.text, answered.answer, p.heard, final_energy=refined.irp.best_energy)
+        self.history.add(q.conversation, q.text, answered.answer)
+        result = self._result(q, answer=answered.answer, snarc=scores, irp=refined.irp, received=p.received,
                               start=p.started, inference_s=inference_s, tokens=refined.tokens,
-                              choice=picked.choice if picked is not None else None,
-                              probabilities=picked.probabilities if picked is not None else None, json=value,
-                              confidence=confidence, confident=is_confident(confidence, options.min_confidence),
+                              choice=answered.choice, probabilities=answered.probabilities, json=answered.json,
+                              confidence=answered.confidence,
+                              confident=is_confident(answered.confidence, options.min_confidence),
                               backend=backend_of(refined.candidates))
         self._store(result)
         self.stats.record(ok=True, total_s=result.timing.total_s, inference_s=result.timing.inference_s,
                           tokens=result.timing.tokens)
         return result
-
-    def _choose(self, engine: IRPEngine, q: Question, history,
-                refined: Refinement) -> tuple[choices.Choice, Refinement]:
-        """A choices question's option: the options scored in one batched forward, with the candidates' votes."""
-        begin = time.monotonic()
-        used = list(history)[len(history) - refined.irp.history_used:] if refined.irp.history_used else []
-        prompt_ids, neutral_ids = choices.score_prompts(engine.lm.tokenizer, q.text, q.choices, q.context, used,
-                                                        engine.use_chat_template)
-        scores = engine.generator.score_options(prompt_ids, neutral_ids, q.choices)
-        picked = choices.choose(scores, [c.text for c in refined.candidates], q.choices, shipped().choice_weights)
-        irp = dataclasses.replace(refined.irp, scoring_s=round(refined.irp.scoring_s + time.monotonic() - begin, 6))
-        return picked, dataclasses.replace(refined, irp=irp)
-
-    def _refine_with_oom_retry(self, engine: IRPEngine, job: RefineJob) -> Refinement:
-        try:
-            return engine.refine(*job)
-        except SageError:
-            raise
-        except Exception as exc:
-            if not _is_oom(exc):
-                raise
-            _free_memory()
-            fewer = job.options.reduced()
-            log.warning("out of memory during generation; retrying once with %d candidate(s), one per round",
-                        fewer.rows)
-            try:
-                return engine.refine(*job._replace(options=fewer))
-            except Exception as again:
-                if _is_oom(again):
-                    _free_memory()
-                    raise SageError(errors.OUT_OF_MEMORY, f"out of memory during generation, also with "
-                                                          f"{fewer.rows} candidate(s): {again}") from again
-                raise
-
-    def _engine(self) -> IRPEngine:
-        if self.engine is None:
-            if self.lm is not None or self.cfg.model.keep_alive:
-                raise SageError(errors.MODEL_NOT_LOADED, "no model is loaded (configure the node first)")
-            try:  # keep_alive false: load for this question, release after it
-                self.load()
-            except ModelLoadError as exc:
-                raise SageError(errors.MODEL_NOT_LOADED, str(exc)) from exc
-        return self.engine
-
-    def release_model_only(self) -> None:
-        """keep_alive false: free the model after each answer, keep the store open."""
-        with self._state_lock:
-            lm, self.lm, self.engine, self._local_engine = self.lm, None, None, None
-        if lm is not None:
-            release(lm)
 
     def _check_memory_floor(self) -> None:
         floor = self.cfg.llm_irp.min_available_memory_mb
@@ -406,11 +251,7 @@ class SageCore:
     def _store(self, result: Result) -> None:
         if result.snarc is None or not result.snarc.salient:
             return
-        with self._lock:  # release() holds it while closing: never record into a store being closed
-            store = self.store
-            if store is None:
-                return
-            store.record(Exchange.from_result(result))
+        self.resident.record(Exchange.from_result(result))
 
     # -- results ----------------------------------------------------------------------------------
     def error_result(self, q: Question | None, error: SageError, *, question_id: str | None = None,
@@ -447,39 +288,30 @@ class SageCore:
         self.stats.record(ok=False, code=error.code)
         return self.error_result(q, error, question_id=question_id, received=received)
 
-    def status(self) -> dict[str, Any]:
-        """What a front end's status needs from the core: the model, its memory, serving stats, the store.
-
-        Keys as in docs/interface.md "Status JSON": model, device, precision, packed_layers, weights,
-        quantized_layers, model_mb,
-        gpu_mem_mb, max_memory_mb, served, errors, refused, consecutive_errors, last, latency,
-        memory_store, generation (where candidates come from). Without a model, device and precision are
-        the configured ones.
-        """
-        lm, cfg = self.lm, self.cfg
+    def status(self) -> CoreStatus:
+        """What a front end's status needs from the core (docs/interface.md, "Status JSON")."""
+        lm, cfg, backend = self.lm, self.cfg, self.backend
         gpu_mb = None
         if lm is not None and lm.device.type == "cuda":
             gpu_mb = round(torch.cuda.memory_allocated(lm.device) / 2**20, 1)
-        backend = self.backend
-        return {
-            "model": lm.model_id if lm else backend.remote.model if backend else None,
-            "device": str(lm.device) if lm else cfg.model.device,
-            "precision": lm.precision if lm else cfg.model.precision,
-            "packed_layers": lm.packed_layers if lm else None,
-            "weights": lm.weight_quantization if lm else cfg.model.weight_quantization,
-            "quantized_layers": lm.quantized_layers if lm else None,
-            "model_mb": round(lm.footprint_mb, 1) if lm else None, "gpu_mem_mb": gpu_mb,
-            "max_memory_mb": cfg.model.max_memory_mb,
-            **self.stats.snapshot(), "memory_store": self.store_status(),
-            "generation": backend.status() if backend is not None else local_status(),
-        }
+        return CoreStatus(
+            model=lm.model_id if lm else backend.remote.model if backend else None,
+            device=str(lm.device) if lm else cfg.model.device,
+            precision=lm.precision if lm else cfg.model.precision,
+            packed_layers=lm.packed_layers if lm else None,
+            weights=lm.weight_quantization if lm else cfg.model.weight_quantization,
+            quantized_layers=lm.quantized_layers if lm else None,
+            model_mb=round(lm.footprint_mb, 1) if lm else None, gpu_mem_mb=gpu_mb,
+            max_memory_mb=cfg.model.max_memory_mb, serving=self.stats.snapshot(),
+            memory_store=self.store_status(),
+            generation=backend.status() if backend is not None else local_status())
 
-    def store_status(self) -> dict[str, Any]:
+    def store_status(self) -> StoreStatus:
         store = self.store
         if store is None:  # not configured yet, or storage disabled with db_path 'none'
-            return {"ok": True, "error": None, "path": None, "size_mb": None}
-        return {"ok": store.healthy, "error": store.last_error, "path": str(store.path),
-                "size_mb": round(store.size_bytes() / 2**20, 3), "pruned": store.pruned_count}
+            return StoreStatus()
+        return StoreStatus(ok=store.healthy, error=store.last_error, path=str(store.path),
+                           size_mb=round(store.size_bytes() / 2**20, 3), pruned=store.pruned_count)
 
 
 class Ask(NamedTuple):
@@ -501,26 +333,9 @@ class _Prepared:
     history: Any
     heard: Any
     options: AnswerOptions
+    form: AnswerForm
     job: RefineJob
     started: float = dataclasses.field(default_factory=time.monotonic)
-
-
-def _grammar(engine: IRPEngine, schema: dict):
-    """The schema compiled for the resident tokenizer (SageError invalid_input when it cannot be)."""
-    from sage_irp_ros.answers.grammar import compiled
-
-    vocab = int(getattr(engine.lm.model.config, "vocab_size", 0) or len(engine.lm.tokenizer))
-    return compiled(schema, engine.lm.tokenizer, vocab)
-
-
-def _json_answer(schema: dict, refined: Refinement) -> tuple[Any, int]:
-    """The chosen valid JSON (agreeing with the other valid candidates most) and its candidate's index."""
-    parsed = [json_answers.parse_valid(c.text, schema) for c in refined.candidates]
-    best = json_answers.pick([v for v, _ in parsed], [ok for _, ok in parsed], refined.irp.energies)
-    if best is None:
-        raise SageError(errors.INFERENCE_FAILED, f"none of {len(parsed)} candidates completed JSON valid under "
-                                                 "the schema within max_tokens (raise llm_irp.max_tokens)")
-    return parsed[best][0], best
 
 
 def _cancelled(cancel: threading.Event | None) -> SageError:
@@ -529,14 +344,3 @@ def _cancelled(cancel: threading.Event | None) -> SageError:
     if isinstance(reason, SageError):
         return SageError(reason.code, reason.message)
     return SageError(errors.SHUTTING_DOWN, "generation cancelled: the node is stopping")
-
-
-def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and ("out of memory" in str(exc).lower()
-                                           or "can't allocate memory" in str(exc).lower()))
-
-
-def _free_memory() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
