@@ -25,7 +25,9 @@ import threading
 
 import pytest
 import torch
+from packaging.specifiers import SpecifierSet
 
+from sage_irp_ros.compat import versions
 from sage_irp_ros.decoding import compiled_step
 
 from sage_irp_ros.decoding import decode
@@ -106,7 +108,7 @@ def test_why_not(monkeypatch):
     assert "mps" in why_not("auto", torch.device("mps"))
     monkeypatch.setattr(compiled_step.shutil, "which", lambda name: None)
     assert "C++ compiler" in why_not("on", cpu)
-    monkeypatch.setattr(compiled_step, "TESTED_TORCH", compiled_step.SpecifierSet(">=9"))
+    monkeypatch.setattr(versions, "TESTED_TORCH", SpecifierSet(">=9"))
     assert "outside the versions" in why_not("on", cpu)
 
 
@@ -126,7 +128,7 @@ def test_off_is_honoured(tiny, monkeypatch):
 
 
 def test_on_where_unknown_warns_once_and_decodes_eagerly(tiny, monkeypatch, caplog):
-    monkeypatch.setattr(compiled_step, "TESTED_TORCH", compiled_step.SpecifierSet(">=9"))
+    monkeypatch.setattr(versions, "TESTED_TORCH", SpecifierSet(">=9"))
     with caplog.at_level(logging.WARNING):
         assert compiled_step.for_model(tiny, "on") is None
         assert compiled_step.for_model(tiny, "on") is None
@@ -229,7 +231,7 @@ def test_cli_cache_warm_compiles_the_configured_shapes(tiny_plain_model_dir, tmp
     assert cli.main(["cache", "warm", "--config", str(config)]) == 0
     out = capsys.readouterr().out
     assert "4 rows x 256 positions" in out and "1 rows x 256 positions" in out and "decode step ready" in out
-    monkeypatch.setattr(compiled_step, "TESTED_TORCH", compiled_step.SpecifierSet(">=9"))
+    monkeypatch.setattr(versions, "TESTED_TORCH", SpecifierSet(">=9"))
     assert cli.main(["cache", "warm", "--config", str(config)]) == 1  # where compiling is not known to work
 
 

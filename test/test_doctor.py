@@ -125,6 +125,6 @@ def test_doctor_minimums_are_setup_py_bounds():
                 if kw.arg in ("install_requires", "python_requires")}
     bounds = dict(r.split(">=") for r in keywords["install_requires"] if ">=" in r)
     bounds = {name: bounds[name] for name in ("torch", "transformers", "peft")}  # what doctor checks
-    assert bounds == {"torch": str(doctor.TESTED_TORCH), "transformers": str(doctor.MIN_TRANSFORMERS),
+    assert bounds == {"torch": str(doctor.TESTED_TORCH_MIN), "transformers": str(doctor.MIN_TRANSFORMERS),
                       "peft": str(doctor.MIN_PEFT)}
     assert keywords["python_requires"] == ">=" + ".".join(map(str, doctor.MIN_PYTHON))

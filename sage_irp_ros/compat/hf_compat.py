@@ -192,3 +192,24 @@ def drop_gguf_quantizer(model: Any) -> None:
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "quantization_config"):
         del config.quantization_config
+
+
+def attend_over_kv_heads_when_traced() -> None:
+    """Let a compiled decode step attend as the eager one does: over the key/value heads themselves.
+
+    transformers' SDPA attention (5.x) runs a one-token query on the key/value heads (``pack_gqa``) only
+    when ``is_torchdynamo_compiling()`` is False; traced, it repeats every layer's whole cache to all query
+    heads each step (``repeat_kv``): 5x slower than eager at 8 rows x 2048 positions, growing with both.
+    The check is that module's global, read at call time: made to answer what it answers in eager mode.
+    This changes transformers for the whole process, which only ever matters to a traced step.
+    """
+    try:
+        from transformers.integrations import sdpa_attention
+    except ImportError:
+        return
+    if hasattr(sdpa_attention, "pack_gqa") and hasattr(sdpa_attention, "is_torchdynamo_compiling"):
+        sdpa_attention.is_torchdynamo_compiling = _never_compiling
+
+
+def _never_compiling() -> bool:
+    return False

@@ -38,22 +38,21 @@ never name ``torch._*`` or ``torch.ops`` themselves.
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import Callable
 
 from packaging.version import Version
-from packaging.specifiers import SpecifierSet
 import torch
+
+from sage_irp_ros.compat import versions
 
 log = logging.getLogger(__name__)
 
-# Per kernel, the torch releases its call was tested on (the unit tests, the benchmarks' agreement checks).
-# Widen a range only after running test/test_cpu_packing.py, test/test_decode.py and test/test_torch_kernels.py
-# on the new release.
-TESTED_TORCH: dict[str, SpecifierSet] = {
-    "onednn_linear": SpecifierSet(">=2.13,<2.14"),
-    "int8_weight_mm": SpecifierSet(">=2.13,<2.14"),
-    "int4_weight_mm": SpecifierSet(">=2.13,<2.14"),
-}
+# The private calls below are used on the torch releases of versions.TESTED_TORCH only. Widen that range
+# only after running test/test_cpu_packing.py, test/test_decode.py, test/test_torch_kernels.py and
+# test/test_compiled_step.py on the new release.
+KERNELS = ("onednn_linear", "int8_weight_mm", "int4_weight_mm")
 
 _logged: set[str] = set()
 
@@ -61,6 +60,11 @@ _logged: set[str] = set()
 def torch_version() -> Version:
     """The running torch's release (``2.13.0+cpu`` -> ``2.13.0``: local build tags are ignored)."""
     return Version(Version(torch.__version__).base_version)
+
+
+def is_tested() -> bool:
+    """Whether the running torch is inside :data:`~sage_irp_ros.compat.versions.TESTED_TORCH`."""
+    return torch_version() in versions.TESTED_TORCH
 
 
 def _missing(kernel: str) -> str:
@@ -76,7 +80,7 @@ def _missing(kernel: str) -> str:
                 "aten", "_convert_weight_to_int4pack_for_cpu") is None:
             return "this torch build has no CPU int4 kernel (_weight_int4pack_mm_for_cpu)"
         return ""
-    raise KeyError(f"unknown kernel {kernel!r}; known: {sorted(TESTED_TORCH)}")
+    raise KeyError(f"unknown kernel {kernel!r}; known: {sorted(KERNELS)}")
 
 
 def unavailable(kernel: str) -> str:
@@ -84,10 +88,10 @@ def unavailable(kernel: str) -> str:
     missing = _missing(kernel)
     if missing:
         return missing
-    if torch_version() in TESTED_TORCH[kernel]:
+    if is_tested():
         return ""
     reason = (f"torch {torch.__version__} is outside the versions the private {kernel} kernel was tested on "
-              f"(torch{TESTED_TORCH[kernel]}): using the plain PyTorch path")
+              f"(torch{versions.TESTED_TORCH}): using the plain PyTorch path")
     if kernel not in _logged:
         _logged.add(kernel)
         log.warning("%s", reason)
@@ -177,3 +181,25 @@ def cpu_has_native_bf16() -> bool:
         return bool(probe()) if probe is not None else False
     except Exception:  # a private torch helper: absent or failing means "not known to be native"
         return False
+
+
+# -- torch.compile (the compiled decode step) ---------------------------------------------------------------
+def use_inductor_cache(folder: Path) -> Path:
+    """Point inductor's on-disk caches (FX graphs, AOT code) at ``folder`` unless the environment already
+    names one (``TORCHINDUCTOR_CACHE_DIR``, read by inductor when it compiles); returns the folder in use."""
+    chosen = os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(folder))
+    Path(chosen).mkdir(parents=True, exist_ok=True)
+    return Path(chosen)
+
+
+def inductor_cxx() -> str:
+    """The C++ compiler inductor is configured to run on CPU ('' when it names none)."""
+    from torch._inductor import config as inductor_config
+
+    cxx = inductor_config.cpp.cxx
+    return (cxx[-1] if isinstance(cxx, tuple) else cxx) or ""
+
+
+def mark_static_address(tensor: torch.Tensor) -> None:
+    """Declare ``tensor`` a fixed-address input of compiled graphs (CUDA graphs neither copy nor skip it)."""
+    torch._dynamo.mark_static_address(tensor)

@@ -53,17 +53,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
-from packaging.specifiers import SpecifierSet
 
-from sage_irp_ros.compat import hf_compat
+from sage_irp_ros.compat import hf_compat, torch_kernels, versions
 
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "on", "off")
 AUTO_ON_CPU = "llm_irp.compile auto compiles on CUDA only (on CPU set it to on)"
 ENV_OFF = "SAGE_IRP_ROS_COMPILE"  # "off" in the environment overrides llm_irp.compile (debugging, tests)
-# The torch releases compiling the step was tested on (test/test_compiled_step.py, the step timings).
-TESTED_TORCH = SpecifierSet(">=2.13,<2.14")
 LENGTH_BUCKET = 256  # KV cache lengths are multiples of this (up to the context window)
 MAX_ROW_BUCKET = 64  # row counts are powers of two up to this; above it, the count itself
 DEFAULT_BACKEND = "inductor"
@@ -95,12 +92,9 @@ def compile_cache_dir() -> Path:
 
 
 def use_compile_cache(folder: Path | None = None) -> Path:
-    """Point inductor's on-disk caches at ``folder`` (default :func:`compile_cache_dir`) unless the
-    environment already names one; returns the folder in use."""
-    folder = Path(folder) if folder is not None else compile_cache_dir()
-    chosen = os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(folder))
-    Path(chosen).mkdir(parents=True, exist_ok=True)
-    return Path(chosen)
+    """Keep compiled kernels in ``folder`` (default :func:`compile_cache_dir`) unless the environment
+    already names a folder; returns the folder in use."""
+    return torch_kernels.use_inductor_cache(Path(folder) if folder is not None else compile_cache_dir())
 
 
 def why_not(mode: str, device: torch.device) -> str:
@@ -120,16 +114,12 @@ def why_not(mode: str, device: torch.device) -> str:
 
     if int(transformers_major()) < 5:  # measured: 4.57's static cache recompiled the step at every position
         return "compiling the decode step was tested with transformers 5.x only"
-    from sage_irp_ros.compat.torch_kernels import torch_version
-
-    if torch_version() not in TESTED_TORCH:
+    if not torch_kernels.is_tested():
         return (f"torch {torch.__version__} is outside the versions compiling the decode step was tested on "
-                f"(torch{TESTED_TORCH})")
+                f"(torch{versions.TESTED_TORCH})")
     if device.type == "cpu":
-        from torch._inductor import config as inductor_config
-
-        cxx = inductor_config.cpp.cxx[-1] if isinstance(inductor_config.cpp.cxx, tuple) else inductor_config.cpp.cxx
-        if not any(shutil.which(c) for c in (os.environ.get("CXX") or "", cxx or "", "g++", "clang++") if c):
+        compilers = (os.environ.get("CXX") or "", torch_kernels.inductor_cxx(), "g++", "clang++")
+        if not any(shutil.which(c) for c in compilers if c):
             return "no C++ compiler (g++) on PATH, which inductor needs on CPU"
         return ""
     if device.type == "cuda":
@@ -271,7 +261,7 @@ class CompiledStep:
         """Compile (or load from the cache) and run the step on dummy inputs of this shape."""
         if self._compiled is None:
             use_compile_cache()
-            _one_query_attention_without_repeated_heads()
+            hf_compat.attend_over_kv_heads_when_traced()
             self._compiled = torch.compile(self._eager, **self._compile_args)
         cache = hf_compat.new_cache(self.model, length, static=True)
         prompt = torch.zeros((1, 1), dtype=torch.long, device=self.device)
@@ -323,22 +313,6 @@ def _step_function(model: torch.nn.Module, cache_name: str) -> Callable[..., tor
     return types.FunctionType(code, step.__globals__, code.co_name, step.__defaults__, step.__closure__)
 
 
-def _one_query_attention_without_repeated_heads() -> None:
-    """Let the compiled step attend as the eager one does: over the key/value heads themselves.
-
-    transformers' SDPA attention (5.x) runs a one-token query on the key/value heads (``pack_gqa``) only
-    when ``is_torchdynamo_compiling()`` is False; traced, it repeats every layer's whole cache to all query
-    heads each step (``repeat_kv``): 5x slower than eager at 8 rows x 2048 positions, growing with both.
-    The check is that module's global, read at call time: made to answer what it answers in eager mode.
-    """
-    try:
-        from transformers.integrations import sdpa_attention
-    except ImportError:
-        return
-    if hasattr(sdpa_attention, "pack_gqa") and hasattr(sdpa_attention, "is_torchdynamo_compiling"):
-        sdpa_attention.is_torchdynamo_compiling = _never_compiling
-
-
 def _yield_to_answers() -> None:
     """Lower the compiler thread's CPU priority (Linux: per thread, inherited by the C++ compilers it runs)."""
     try:
@@ -347,17 +321,13 @@ def _yield_to_answers() -> None:
         pass
 
 
-def _never_compiling() -> bool:
-    return False
-
-
 def _static(cache: Any) -> None:
     """Mark a cache's tensors as fixed-address inputs (CUDA graphs then neither copy nor skip them)."""
     for layer in getattr(cache, "layers", ()):
         for name in ("keys", "values", "cumulative_length"):
             tensor = getattr(layer, name, None)
             if isinstance(tensor, torch.Tensor):
-                torch._dynamo.mark_static_address(tensor)
+                torch_kernels.mark_static_address(tensor)
 
 
 def _rewind(cache: Any, positions: torch.Tensor) -> None:

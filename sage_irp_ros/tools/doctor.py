@@ -37,12 +37,10 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
+from sage_irp_ros.compat.versions import MIN_PEFT, MIN_TORCH, MIN_TRANSFORMERS, TESTED_TORCH_MIN
+
 # The oldest versions scripts/test_matrix.sh passes on (docs/platforms.md), as in setup.py (a test checks).
 MIN_PYTHON = (3, 10)
-TESTED_TORCH = Version("2.13")
-MIN_TORCH = Version("2.2")  # transformers 4.57 turns torch off below this; 2.3-2.5 (JetPack 6) only warn
-MIN_TRANSFORMERS = Version("4.57.6")
-MIN_PEFT = Version("0.17.1")
 # rclpy's major version names the ROS 2 distro it was released for.
 RCLPY_DISTROS = {3: "humble", 4: "iron", 7: "jazzy", 9: "kilted", 10: "rolling"}
 ROS_MESSAGES = ("std_msgs", "std_srvs", "diagnostic_msgs", "lifecycle_msgs")
@@ -200,8 +198,8 @@ def _torch(facts: Facts) -> Check:
     if facts.jetson and not facts.cuda:
         return Check("torch", "FAIL", f"{text}: a Jetson without CUDA in torch; install NVIDIA's JetPack wheel, "
                                       "not PyPI's")
-    if version is not None and version < TESTED_TORCH:
-        return Check("torch", "warn", f"{text}: older than tested ({TESTED_TORCH}); expected to work "
+    if version is not None and version < TESTED_TORCH_MIN:
+        return Check("torch", "warn", f"{text}: older than tested ({TESTED_TORCH_MIN}); expected to work "
                                       "with transformers 4.57 (docs/platforms.md)")
     return Check("torch", "ok", text)
 
