@@ -115,8 +115,8 @@ def test_cpu_flags_summary():
     x86 = "processor\t: 0\nflags\t\t: fpu sse4_2 avx avx2 avx512f avx512_bf16 amx_bf16 amx_tile hypervisor xyz\n"
     assert record.cpu_flags(x86) == ["sse4_2", "avx", "avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16",
                                      "hypervisor"]
-    assert record.cpu_flags("processor\t: 0\nFeatures\t: fp asimd asimddp sve i8mm\n") == ["asimd", "asimddp",
-                                                                                          "sve", "i8mm"]
+    arm = "processor\t: 0\nFeatures\t: fp asimd asimddp sve i8mm\n"
+    assert record.cpu_flags(arm) == ["asimd", "asimddp", "sve", "i8mm"]
     assert record.cpu_flags("processor\t: 0\n") is None
 
 
