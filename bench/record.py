@@ -14,9 +14,12 @@
 
 """What every benchmark script stores: one JSON result with its provenance, and the explicit docs refresh.
 
-``run_info()`` describes a run: when it started, the command line, the machine (``bench.machine``: CPU,
-cores, RAM, GPU, torch and transformers versions, threads) and the git commit of the checkout with whether
-its tracked files differed from that commit. ``write_result(name, result)`` stores
+``run_info()`` describes a run: when it started, the command line, the machine (``bench.machine``: CPU
+model, cores, RAM, GPU, torch and transformers versions, threads; plus here the architecture and the CPU's
+vector / matrix extensions, ``cpu_flags``, since kernels and so figures differ between an AVX2-only CPU and
+one with AVX-512 or AMX) and the git commit of the checkout with whether its tracked files differed from that
+commit (``dirty``). A result without a commit, or with ``dirty: true``, cannot be traced to the code it
+measured: run from a clean checkout. ``write_result(name, result)`` stores
 ``bench/results/<name>.json`` (or ``<out>/<name>.json``). A default run writes only there;
 ``update_docs`` rewrites a marked section of docs/performance.md and is called only behind a script's
 ``--update-docs`` flag.
@@ -25,6 +28,7 @@ its tracked files differed from that commit. ``write_result(name, result)`` stor
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
 import time
@@ -36,6 +40,38 @@ from bench.machine import machine
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 DOCS = REPO / "docs" / "performance.md"
+
+
+# Extensions that decide which kernels run (x86: AVX2 / AVX-512 / AMX; Arm: NEON dot product, SVE, bf16, int8
+# matrix multiply), and ``hypervisor`` (a virtual machine). The summary keeps /proc/cpuinfo's spelling.
+NOTABLE_CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512_vnni",
+                     "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "asimd", "asimddp", "sve",
+                     "sve2", "bf16", "i8mm", "hypervisor")
+
+
+def cpu_flags(cpuinfo: str | None = None) -> list[str] | None:
+    """The notable extensions of the first CPU in ``cpuinfo`` (default: /proc/cpuinfo), in
+    :data:`NOTABLE_CPU_FLAGS` order; None where the file or its ``flags`` / ``Features`` line is missing."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in ("flags", "Features"):
+            present = set(value.split())
+            return [flag for flag in NOTABLE_CPU_FLAGS if flag in present]
+    return None
+
+
+def machine_info() -> dict[str, Any]:
+    """``bench.machine.machine()`` with the architecture and :func:`cpu_flags` added (new keys only, so
+    readers of older results keep working)."""
+    info = machine()
+    info.setdefault("arch", platform.machine())
+    info.setdefault("cpu_flags", cpu_flags())
+    return info
 
 
 def git_state() -> dict[str, Any]:
@@ -53,11 +89,15 @@ def git_state() -> dict[str, Any]:
 
 
 def run_info(argv: list[str] | None = None, module: str | None = None) -> dict[str, Any]:
-    """Provenance of a run: start time, command, machine and git state."""
+    """Provenance of a run: start time, command, machine (with CPU flags) and git state (commit, dirty)."""
     args = sys.argv[1:] if argv is None else list(argv)
     command = " ".join(["python", "-m", module, *args]) if module else " ".join(sys.argv)
-    return {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": command, "machine": machine(),
-            "git": git_state()}
+    git = git_state()
+    if git["commit"] is None or git["dirty"] is not False:
+        print(f"note: this result will record git {git}: it cannot be traced to a commit's code; commit "
+              "(or stash) first and run from a clean checkout", file=sys.stderr)
+    return {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": command, "machine": machine_info(),
+            "git": git}
 
 
 def result_path(name: str, out: str | Path | None = None) -> Path:
