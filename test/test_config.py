@@ -21,8 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sage_irp_ros.config.settings import (ALIASES, NO_EFFECT, RENAMED, RESEARCH, ConfigError, SageConfig, describe_keys,
-                                          unwrap_ros_parameters)
+from sage_irp_ros.config.settings import ALIASES, ConfigError, SageConfig, describe_keys, unwrap_ros_parameters
 from sage_irp_ros.config.docs import generated_section, parameter_table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,16 +74,6 @@ def test_research_edge_optimized_file_loads_with_its_values():
             assert _effective(section, key, edge) == _effective(section, key, cfg), f"{section}.{key}"
 
 
-def test_previous_release_edge_yaml_loads_to_the_same_config_as_the_new_one(caplog):
-    with caplog.at_level(logging.WARNING, logger="sage_irp_ros"):
-        old = SageConfig.from_yaml(DATA / "edge_previous_release.yaml")
-    assert old == SageConfig.from_yaml(ROOT / "config" / "edge.yaml")
-    text = caplog.text
-    assert "llm_irp.throttled_max_tokens is deprecated and will be removed in the next release: " \
-           "use throttle.max_tokens" in text
-    assert "llm_irp.throttled_candidates is deprecated and has no effect" in text
-
-
 @pytest.mark.parametrize("name", ["edge.yaml", "desktop.yaml"])
 def test_shipped_params_files_use_only_current_names(name, caplog):
     with caplog.at_level(logging.WARNING, logger="sage_irp_ros"):
@@ -107,21 +96,12 @@ def test_every_older_name_sets_its_new_key(old, new, value):
     assert SageConfig.from_mapping({section: {key: changed}}).flat()[new] == changed
 
 
-def test_renamed_key_warns_naming_the_new_key(caplog):
-    with caplog.at_level(logging.WARNING, logger="sage_irp_ros.config.settings"):
-        cfg = SageConfig.from_mapping({"llm_irp": {"pack_cpu_weights": False}, "memory": {"max_conversations": 7}})
-    assert not cfg.model.pack_cpu_weights and cfg.history.max_conversations == 7
-    assert "llm_irp.pack_cpu_weights is deprecated and will be removed in the next release: " \
-           "use model.pack_cpu_weights" in caplog.text
-    assert "memory.max_conversations is deprecated" in caplog.text and "use history.max_conversations" in caplog.text
-
-
-@pytest.mark.parametrize("key,value", [("decoder", "hf"), ("throttled_candidates", 2)])
-def test_keys_without_effect_are_accepted_with_a_warning(key, value, caplog):
-    with caplog.at_level(logging.WARNING, logger="sage_irp_ros.config.settings"):
-        cfg = SageConfig.from_mapping({"llm_irp": {key: value}})
-    assert cfg == SageConfig()
-    assert f"llm_irp.{key} is deprecated and has no effect" in caplog.text
+@pytest.mark.parametrize("section,key", [("llm_irp", "pack_cpu_weights"), ("llm_irp", "decoder"),
+                                         ("node", "throttled_timeout_s"), ("memory", "max_conversations")])
+def test_keys_that_are_not_the_research_systems_or_current_are_refused(section, key):
+    """Only the research system's names are aliases; a key that is neither fails the load, naming it."""
+    with pytest.raises(ConfigError, match=f"{section}.{key}"):
+        SageConfig.from_mapping({section: {key: 1}})
 
 
 def test_new_name_wins_over_older_name_with_a_warning(caplog):
@@ -131,12 +111,10 @@ def test_new_name_wins_over_older_name_with_a_warning(caplog):
     assert "llm_irp.device and model.device are both set; using model.device: 'cpu'" in caplog.text
 
 
-def test_aliases_are_classified():
-    kinds = {a.kind for a in ALIASES.values()}
-    assert kinds == {RESEARCH, RENAMED, NO_EFFECT}
+def test_aliases_name_current_keys_only():
     current = {name for name, _ in describe_keys()}
     assert not set(ALIASES) & current
-    assert all(a.new in current for a in ALIASES.values() if a.new)
+    assert all(a.new in current for a in ALIASES.values())
 
 
 @pytest.mark.parametrize("section,key,value,fragment", [

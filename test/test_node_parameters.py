@@ -45,32 +45,24 @@ def _get_parameters(tester, names):
     return dict(zip(names, (parameter_value_to_python(v) for v in future.result().values)))
 
 
-def test_params_file_with_older_names_sets_the_new_parameters(tiny_model_dir, tmp_path):
-    """A params file of the previous release (and the research names) works: ``ros2 param get`` of the new
-    names shows the values it set, the deprecated names are warned about, the old names are not listed."""
+def test_params_file_with_research_names_sets_the_new_parameters(tiny_model_dir, tmp_path):
+    """A params file with the research system's names works: ``ros2 param get`` of the current names
+    shows the values it set, silently, and the research names are not listed."""
     params = tmp_path / "old_names.yaml"
     params.write_text(
         "/**:\n  ros__parameters:\n"
-        "    llm_irp: {irp_iterations: 2, device: cpu, precision: fp32, pack_cpu_weights: false,\n"
-        "              throttled_max_tokens: 12, decoder: hf, throttled_candidates: 2}\n"
-        "    memory: {circular_buffer_size: 2, max_conversations: 9, db_path: none}\n"
-        "    node: {throttled_timeout_s: 3.0}\n")
+        "    llm_irp: {irp_iterations: 2, device: cpu, precision: fp32, model_keep_alive: true}\n"
+        "    memory: {circular_buffer_size: 2, db_path: none}\n")
     node = RunningNode(tmp_path, name="old_names", params_file=params, params={"model.path": str(tiny_model_dir)})
     try:
         want = {"llm_irp.candidates": 2, "model.device": "cpu", "model.precision": "fp32",
-                "model.pack_cpu_weights": False, "throttle.max_tokens": 12, "history.depth": 2,
-                "history.max_conversations": 9, "throttle.stale_timeout_s": 3.0}
+                "model.keep_alive": True, "history.depth": 2}
         assert _get_parameters(node.tester, list(want)) == want
         assert _ok(node.tester.ask("What is 2+2?"))["irp"]["iterations"] == 2  # the effective value
         log = node.proc.log()
-        assert "llm_irp.pack_cpu_weights is deprecated and will be removed in the next release: " \
-               "use model.pack_cpu_weights" in log
-        assert "node.throttled_timeout_s is deprecated" in log and "use throttle.stale_timeout_s" in log
-        assert "llm_irp.decoder is deprecated and has no effect" in log
-        assert "llm_irp.throttled_candidates is deprecated and has no effect" in log
-        assert "llm_irp.irp_iterations" not in log  # a research name: permanent, no warning
+        assert "llm_irp.irp_iterations" not in log and "circular_buffer_size" not in log  # permanent, no warning
         names = set(_list_names(node.tester))
-        assert "llm_irp.candidates" in names and not names & {"llm_irp.irp_iterations", "llm_irp.decoder"}
+        assert "llm_irp.candidates" in names and not names & {"llm_irp.irp_iterations", "memory.circular_buffer_size"}
     finally:
         node.close()
 

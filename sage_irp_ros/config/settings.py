@@ -20,11 +20,10 @@ the same sections) and ROS parameters set at run time (flattened ``section.key``
 declared once, with its type, range and description; the ROS node derives its parameter descriptors
 from the same declarations, so the two cannot drift apart.
 
-Older names keep working (:data:`ALIASES`): the research system's keys (``llm_irp.irp_iterations``,
-``llm_irp.device``, ``memory.circular_buffer_size`` ...) are permanent aliases of their new names; keys
-this package renamed are accepted for one more release with a warning naming the new key; keys that no
-longer do anything are accepted with a warning saying so. Warnings go to Python ``logging`` (the
-``sage_irp_ros.config.settings`` logger, which the nodes route to ROS).
+The research system's key names keep working (:data:`ALIASES`: ``llm_irp.irp_iterations``,
+``llm_irp.device``, ``memory.circular_buffer_size`` ...): they are permanent aliases of the current keys.
+Warnings (a key given under both names) go to Python ``logging`` (the ``sage_irp_ros.config.settings``
+logger, which the nodes route to ROS).
 
 Validation fails with one :class:`ConfigError` that names every bad key and its allowed range.
 """
@@ -47,7 +46,6 @@ from sage_irp_ros.config.schema import (DEVICES, ENERGIES, MEMORY_LIMIT_ACTIONS,
 from sage_irp_ros.irp.prompts import bank_indices
 
 _LOG = logging.getLogger("sage_irp_ros.config.settings")
-RESEARCH, RENAMED, NO_EFFECT = "research", "renamed", "no effect"
 
 
 class ConfigError(ValueError):
@@ -56,60 +54,36 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Alias:
-    """An older key name: ``new`` is the key it sets (None when it has no effect any more)."""
+    """A name of the research system's configuration: a permanent, silent alias of the key ``new``."""
 
     old: str
-    new: str | None
-    kind: str  # RESEARCH (permanent, silent), RENAMED (one release, warns) or NO_EFFECT (warns)
-    reason: str = ""
-
-    def warning(self) -> str | None:
-        """The warning logged when this name is used, or None for a permanent research name."""
-        if self.kind == RENAMED:
-            return f"{self.old} is deprecated and will be removed in the next release: use {self.new}"
-        if self.kind == NO_EFFECT:
-            return f"{self.old} is deprecated and has no effect: {self.reason}"
-        return None
+    new: str
 
 
 ALIASES: dict[str, Alias] = {a.old: a for a in (
-    Alias("llm_irp.irp_iterations", "llm_irp.candidates", RESEARCH),
-    Alias("llm_irp.device", "model.device", RESEARCH),
-    Alias("llm_irp.precision", "model.precision", RESEARCH),
-    Alias("llm_irp.max_memory_mb", "model.max_memory_mb", RESEARCH),
-    Alias("llm_irp.model_keep_alive", "model.keep_alive", RESEARCH),
-    Alias("llm_irp.power_mode", "model.power_mode", RESEARCH),
-    Alias("llm_irp.enable_thermal_monitoring", "throttle.enabled", RESEARCH),
-    Alias("llm_irp.thermal_throttle_threshold", "diagnostics.throttle_threshold_c", RESEARCH),
-    Alias("memory.circular_buffer_size", "history.depth", RESEARCH),
-    Alias("llm_irp.weight_quantization", "model.weight_quantization", RENAMED),
-    Alias("llm_irp.pack_cpu_weights", "model.pack_cpu_weights", RENAMED),
-    Alias("llm_irp.memory_limit_action", "model.memory_limit_action", RENAMED),
-    Alias("llm_irp.throttled_max_tokens", "throttle.max_tokens", RENAMED),
-    Alias("node.throttled_timeout_s", "throttle.stale_timeout_s", RENAMED),
-    Alias("memory.max_conversations", "history.max_conversations", RENAMED),
-    Alias("llm_irp.decoder", None, NO_EFFECT, "there is one decode loop"),
-    Alias("llm_irp.throttled_candidates", None, NO_EFFECT,
-          "a throttled question is answered greedily: one row at temperature 0 with throttle.max_tokens"),
+    Alias("llm_irp.irp_iterations", "llm_irp.candidates"),
+    Alias("llm_irp.device", "model.device"),
+    Alias("llm_irp.precision", "model.precision"),
+    Alias("llm_irp.max_memory_mb", "model.max_memory_mb"),
+    Alias("llm_irp.model_keep_alive", "model.keep_alive"),
+    Alias("llm_irp.power_mode", "model.power_mode"),
+    Alias("llm_irp.enable_thermal_monitoring", "throttle.enabled"),
+    Alias("llm_irp.thermal_throttle_threshold", "diagnostics.throttle_threshold_c"),
+    Alias("memory.circular_buffer_size", "history.depth"),
 )}
 
 
 def resolve_aliases(flat: Mapping[str, Any]) -> tuple[dict[str, tuple[str, Any]], list[str]]:
-    """Map older key names to their new ones.
+    """Map the research system's key names to their keys.
 
-    Returns ``({key: (name as written, value)}, warnings)``; keys that have no effect are dropped (with
-    their warning). When a key is given under both names, the new name wins (with a warning if the
-    values differ).
+    Returns ``({key: (name as written, value)}, warnings)``. When a key is given under both names, the
+    key's own name wins (with a warning if the values differ).
     """
     updates = {name: (name, value) for name, value in flat.items() if name not in ALIASES}
     notes: list[str] = []
     for name, value in flat.items():
         alias = ALIASES.get(name)
         if alias is None:
-            continue
-        if alias.warning():
-            notes.append(alias.warning())
-        if alias.new is None:
             continue
         if alias.new in updates:
             if updates[alias.new][1] != value:
