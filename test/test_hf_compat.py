@@ -24,7 +24,7 @@ import pytest
 import torch
 import transformers
 
-from sage_irp_ros.compat import hf_compat
+from sage_irp_ros.compat import hf_compat, once
 from sage_irp_ros.decoding.generator import GenerationRequest
 from sage_irp_ros.config.settings import SageConfig
 from sage_irp_ros.decoding.torch_generator import TorchGenerator
@@ -90,7 +90,7 @@ class _NoCacheForward(torch.nn.Module):
 
 
 def test_model_without_cache_argument_is_said_once(caplog):
-    hf_compat._warned.clear()
+    once.forget()
     with caplog.at_level(logging.WARNING, logger="sage_irp_ros.compat.hf_compat"):
         assert hf_compat.new_cache(_NoCacheForward(), 16) is None
         assert hf_compat.new_cache(_NoCacheForward(), 16) is None

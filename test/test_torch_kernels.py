@@ -21,7 +21,7 @@ from packaging.specifiers import SpecifierSet
 import torch
 from torch import nn
 
-from sage_irp_ros.compat import torch_kernels, versions
+from sage_irp_ros.compat import once, torch_kernels, versions
 from sage_irp_ros.weights.cpu_packing import is_packed, pack_linear_weights
 from sage_irp_ros.weights.int8 import Int8Linear, quantize_per_channel
 
@@ -29,7 +29,7 @@ from sage_irp_ros.weights.int8 import Int8Linear, quantize_per_channel
 def _pretend_untested(monkeypatch) -> None:
     """Every kernel's tested range excludes the running torch; the once-per-kernel log starts empty."""
     monkeypatch.setattr(versions, "TESTED_TORCH", SpecifierSet("<1"))
-    monkeypatch.setattr(torch_kernels, "_logged", set())
+    once.forget()
 
 
 def test_every_kernel_is_used_on_the_torch_the_package_pins():

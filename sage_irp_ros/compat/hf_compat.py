@@ -34,29 +34,22 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import threading
 from typing import Any
 
 import torch
 import transformers
 from packaging.version import Version
 
+from sage_irp_ros.compat import once
+
 log = logging.getLogger(__name__)
 
 TRANSFORMERS_VERSION = Version(transformers.__version__)
 
-_warned: set[str] = set()
-_warned_lock = threading.Lock()
-
 
 def warn_once(key: str, message: str) -> bool:
-    """Log ``message`` as a warning the first time ``key`` is seen in this process; True if logged."""
-    with _warned_lock:
-        if key in _warned:
-            return False
-        _warned.add(key)
-    log.warning(message)
-    return True
+    """Log ``message`` on this module's logger the first time ``key`` is seen in this process."""
+    return once.warn_once(log, key, message)
 
 
 def _forward_parameters(model: Any) -> frozenset[str]:

@@ -45,7 +45,7 @@ from typing import Callable
 from packaging.version import Version
 import torch
 
-from sage_irp_ros.compat import versions
+from sage_irp_ros.compat import once, versions
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,6 @@ log = logging.getLogger(__name__)
 # only after running test/test_cpu_packing.py, test/test_decode.py, test/test_torch_kernels.py and
 # test/test_compiled_step.py on the new release.
 KERNELS = ("onednn_linear", "int8_weight_mm", "int4_weight_mm")
-
-_logged: set[str] = set()
 
 
 def torch_version() -> Version:
@@ -92,9 +90,7 @@ def unavailable(kernel: str) -> str:
         return ""
     reason = (f"torch {torch.__version__} is outside the versions the private {kernel} kernel was tested on "
               f"(torch{versions.TESTED_TORCH}): using the plain PyTorch path")
-    if kernel not in _logged:
-        _logged.add(kernel)
-        log.warning("%s", reason)
+    once.warn_once(log, f"kernel:{kernel}", reason)
     return reason
 
 
