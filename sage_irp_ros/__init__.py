@@ -14,8 +14,9 @@
 
 """sage_irp_ros: an on-board language model for ROS 2 robots, answering with IRP and scoring SNARC salience.
 
-The core (configuration, model loading, the IRP engine, energies, SNARC, the memory store and the
-probes) imports no ROS; the nodes in ``irp_node`` and ``diagnostics_node`` are thin adapters over it.
+One subpackage per concern (docs/architecture.md); the top level keeps the wire contract: questions,
+results and error codes. Everything but ``ros`` (the nodes, thin adapters) and ``tools`` (the command
+line) imports no ROS.
 """
 
 __version__ = "0.1.0"
