@@ -22,6 +22,7 @@ import threading
 import pytest
 import torch
 
+from faulty_generator import FaultyGenerator
 from sage_irp_ros import errors
 from sage_irp_ros.config.settings import SageConfig
 from sage_irp_ros.serving.core import Ask, SageCore
@@ -32,14 +33,14 @@ from sage_irp_ros.questions import Question
 SCHEMA = {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}
 
 
-def _core(model_dir, tmp_path, **irp):
+def _core(model_dir, tmp_path, faults: FaultyGenerator | None = None, **irp):
+    """A loaded core over ``model_dir``; with ``faults``, its generation goes through that generator."""
     cfg = SageConfig.from_mapping({
         "model": {"path": str(model_dir), "precision": "fp32", "weight_quantization": "none"},
-        "llm_irp": {"max_tokens": 8, "candidates": 3, "min_available_memory_mb": 0, "seed": 7,
-                    "sampled_prompts": "0", **irp},
+        "llm_irp": {"max_tokens": 8, "candidates": 3, "min_available_memory_mb": 0, "seed": 7, **irp},
         "snarc": {"salience_threshold": 0.0},
         "memory": {"db_path": str(tmp_path / "memory.db")}})
-    core = SageCore(cfg)
+    core = SageCore(cfg, wrap_generator=faults.wrap if faults is not None else None)
     core.load()
     return core
 
@@ -113,37 +114,50 @@ def test_a_bad_question_fails_alone(core):
     assert results[3].error.code == errors.DEADLINE
 
 
-def test_a_failing_shared_call_is_retried_question_by_question(core, monkeypatch):
-    import sage_irp_ros.decoding.torch_generator as generation
+@pytest.fixture
+def faulty_core(tiny_plain_model_dir, tmp_path, request):
+    """A core whose first generation call raises ``request.param`` (later calls reach the model)."""
+    faults = FaultyGenerator(request.param, fail_calls={1})
+    core = _core(tiny_plain_model_dir, tmp_path, faults)
+    yield core, faults
+    core.release()
 
-    def broken(*args, **kwargs):
-        raise RuntimeError("batched kernel exploded")
 
-    monkeypatch.setattr(generation, "decode_groups", broken)
+@pytest.mark.parametrize("faulty_core", [RuntimeError("batched kernel exploded")], indirect=True)
+def test_a_failing_shared_call_is_retried_question_by_question(faulty_core):
+    core, faults = faulty_core
     results = core.answer_many([Ask(Question(text="one?")), Ask(Question(text="two?"))])
-    assert all(r.ok for r in results)  # each answered alone by the one-prompt loop
+    assert all(r.ok and r.irp.candidates == 4 for r in results)
+    # the shared call failed; then each question alone, with all of its rows
+    assert [(c.asks("one?", "two?"), c.rows, c.failed) for c in faults.calls] == [
+        (["one?", "two?"], 8, True), (["one?"], 4, False), (["two?"], 4, False)]
 
 
-def test_out_of_memory_in_a_batch_retries_each_question(core, monkeypatch):
-    import sage_irp_ros.decoding.torch_generator as generation
-
-    calls = []
-
-    def oom(*args, **kwargs):
-        calls.append(1)
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-
-    monkeypatch.setattr(generation, "decode_groups", oom)
+@pytest.mark.parametrize("faulty_core", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")],
+                         indirect=True)
+def test_out_of_memory_in_a_batch_retries_each_question(faulty_core):
+    core, faults = faulty_core
     results = core.answer_many([Ask(Question(text="one?")), Ask(Question(text="two?")), Ask(Question(text="3?"))])
-    assert calls == [1] and all(r.ok for r in results)
+    assert all(r.ok and r.irp.candidates == 4 for r in results)
+    # alone, each question first tries its full rows again: only an out of memory of its own reduces them
+    assert [(c.asks("one?", "two?", "3?"), c.rows, c.failed) for c in faults.calls] == [
+        (["one?", "two?", "3?"], 12, True), (["one?"], 4, False), (["two?"], 4, False), (["3?"], 4, False)]
 
 
 def test_a_cancelled_question_of_a_batch_does_not_stop_the_others(core):
-    cancel = threading.Event()
-    cancel.set()
-    results = core.answer_many([Ask(Question(text="one?", id="x"), cancel=cancel), Ask(Question(text="two?"))])
-    assert results[1].ok
-    assert results[0].ok or results[0].error.code == errors.SHUTTING_DOWN
+    from sage_irp_ros.serving.worker import Cancel
+
+    stopping = threading.Event()
+    stopping.set()
+    deactivated = Cancel()
+    deactivated.request(errors.SageError(errors.NOT_ACTIVE, "deactivated"))
+    results = core.answer_many([Ask(Question(text="one?", id="x"), cancel=stopping), Ask(Question(text="two?")),
+                                Ask(Question(text="three?", id="z"), cancel=deactivated)])
+    # cancelled before any answer: the canceller's reason, and without one the node is stopping
+    assert [(r.id, r.ok, r.error and (r.error.code, r.error.message)) for r in (results[0], results[2])] == [
+        ("x", False, (errors.SHUTTING_DOWN, "generation cancelled: the node is stopping")),
+        ("z", False, (errors.NOT_ACTIVE, "deactivated"))]
+    assert results[1].ok and results[1].irp.candidates == 4
 
 
 def test_sampled_prompts_spread_sampled_rows_and_keep_the_greedy_row(tiny_model_dir, tmp_path):

@@ -18,12 +18,14 @@ are scored in one batched forward that equals scoring each alone, and every ok r
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
 
 from sage_irp_ros.answers import choices
 from sage_irp_ros.config.settings import SageConfig
+from sage_irp_ros.decoding.generator import generate_all
 from sage_irp_ros.serving.core import SageCore
 from sage_irp_ros.questions import Question
 
@@ -75,6 +77,34 @@ def test_batched_option_scores_equal_scoring_each_option_alone(core):
         assert score.n_tokens == len(tok(option, add_special_tokens=False)["input_ids"])
 
 
-def test_a_choices_question_after_the_deadline_still_gets_an_option(core):
-    result = core.answer(Question(text="Is it?", choices=["yes", "no"], deadline_s=1e-6))
-    assert result.error_code == "deadline" or (result.ok and result.answer in ("yes", "no"))
+class _PastDeadline:
+    """Delegates each generation call once its requests' deadline has passed: the deadline falls while
+    the question is generating, never while it is queued."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def generate_many(self, requests, on_done=None):
+        deadline = max(r.deadline for r in requests)
+        while time.monotonic() < deadline:
+            time.sleep(deadline - time.monotonic())
+        return generate_all(self.inner, requests, on_done=on_done)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_a_choices_question_after_the_deadline_still_gets_an_option(tiny_model_dir):
+    cfg = SageConfig.from_mapping({"model": {"path": str(tiny_model_dir)}, "memory": {"db_path": "none"},
+                                   "llm_irp": {"max_tokens": 8, "min_available_memory_mb": 0}})
+    core = SageCore(cfg, wrap_generator=_PastDeadline)
+    core.load()
+    try:
+        result = core.answer(Question(text="Is it?", choices=["yes", "no"], deadline_s=1.0))
+        queued = core.answer(Question(text="Is it?", choices=["yes", "no"], deadline_s=1.0),
+                             received=time.monotonic() - 2.0)
+    finally:
+        core.release()
+    assert result.ok and result.answer in ("yes", "no") and result.irp.halt_reason == "deadline"
+    assert list(result.probabilities) == ["yes", "no"]
+    assert not queued.ok and queued.error_code == "deadline"  # passed in the queue: nothing was generated

@@ -197,14 +197,18 @@ def test_background_compile_swaps_in_while_eager_answers(tiny):
 
 @needs_transformers_5
 def test_engine_queues_its_usual_shape_and_keeps_one_step_per_model(tiny, monkeypatch):
-    monkeypatch.setattr(compiled_step, "DEFAULT_BACKEND", _Counting())
-    cfg = IRPConfig(candidates=3, max_tokens=20, compile="on")
+    backend = _Counting()
+    monkeypatch.setattr(compiled_step, "DEFAULT_BACKEND", backend)
+    # one prompt: the one-prompt decode loop runs the compiled step (several prompts' groups do not)
+    cfg = IRPConfig(candidates=3, max_tokens=20, compile="on", sampled_prompts="0")
     engine = IRPEngine(tiny, cfg)
     step = engine.generator.step_fn
     assert isinstance(step, CompiledStep) and IRPEngine(tiny, cfg).generator.step_fn is step
     assert step.wait(60)
     assert (bucket_rows(IRPEngine.usual_rows(cfg)), 256) in step.ready_shapes
-    assert engine.refine("What is 2+2?").answer is not None
+    before = backend.calls
+    refined = engine.refine("What is 2+2?")
+    assert refined.irp.candidates == 4 and backend.calls > before  # the question decoded on the compiled step
 
 
 def test_finished_rows_checked_every_k_steps_give_the_same_tokens(tiny, monkeypatch):

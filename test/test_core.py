@@ -20,6 +20,7 @@ import threading
 import pytest
 import torch
 
+from faulty_generator import FaultyGenerator
 from sage_irp_ros import errors
 from sage_irp_ros.config.settings import SageConfig
 from sage_irp_ros.serving.core import SageCore
@@ -32,14 +33,17 @@ RESULT_KEYS = {"id", "conversation", "question", "ok", "answer", "choice", "prob
                "warnings", "stamp"}
 
 
-def _core(model_dir, tmp_path):
+OOM = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def _core(model_dir, tmp_path, faults: FaultyGenerator | None = None):
+    """A loaded core over ``model_dir``; with ``faults``, its generation goes through that generator."""
     cfg = SageConfig.from_mapping({
         "model": {"path": str(model_dir)},
-        "llm_irp": {"max_tokens": 8, "irp_iterations": 3, "min_available_memory_mb": 0,
-                    "sampled_prompts": "0"},  # one prompt: the failure tests patch the one-prompt loop
+        "llm_irp": {"max_tokens": 8, "irp_iterations": 3, "min_available_memory_mb": 0},
         "snarc": {"salience_threshold": 0.0},  # everything is salient: every answer is stored
         "memory": {"db_path": str(tmp_path / "memory.db"), "consolidation_interval": 2}})
-    core = SageCore(cfg)
+    core = SageCore(cfg, wrap_generator=faults.wrap if faults is not None else None)
     core.load()
     return core
 
@@ -163,21 +167,15 @@ def test_throttled_answers_with_the_greedy_row_only(plain_core):
     assert normal.irp.candidates == 4 and not normal.irp.throttled and normal.irp.iterations == 3
 
 
-def test_out_of_memory_while_throttled_retries_the_greedy_row(plain_core, monkeypatch):
-    import sage_irp_ros.decoding.decode as decode_loop
-
-    real = decode_loop.decode
-    calls = []
-
-    def oom_once(model, request, **kwargs):
-        calls.append(list(request.temperatures))
-        if len(calls) == 1:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(model, request, **kwargs)
-
-    monkeypatch.setattr(decode_loop, "decode", oom_once)
-    result = plain_core.answer(Question(text="Hi"), throttled=True)
-    assert result.ok and calls == [[0.0], [0.0]] and result.irp.candidates == 1 and result.irp.throttled
+def test_out_of_memory_while_throttled_retries_the_greedy_row(tiny_plain_model_dir, tmp_path):
+    faults = FaultyGenerator(OOM, fail_calls={1})
+    core = _core(tiny_plain_model_dir, tmp_path, faults)
+    try:
+        result = core.answer(Question(text="Hi"), throttled=True)
+    finally:
+        core.release()
+    assert result.ok and result.irp.candidates == 1 and result.irp.throttled
+    assert [(c.temperatures, c.failed) for c in faults.calls] == [([0.0], True), ([0.0], False)]
 
 
 def test_result_json_round_trips_and_salient_results_are_stored_from_it(core):
@@ -200,38 +198,34 @@ def test_memory_floor_refuses_with_out_of_memory(core):
     assert "min_available_memory_mb" in result.error.message
 
 
-def test_generation_failure_is_a_result_and_serving_continues(core, monkeypatch):
-    # the one decode loop (sage_irp_ros/decoding/decode.py)
-    import sage_irp_ros.decoding.decode as decode_loop
+@pytest.fixture
+def faulty_core(tiny_model_dir, tmp_path, request):
+    """A core whose first generation call raises ``request.param`` (later calls reach the model)."""
+    faults = FaultyGenerator(request.param, fail_calls={1})
+    core = _core(tiny_model_dir, tmp_path, faults)
+    yield core, faults
+    core.release()
 
-    real = decode_loop.decode
 
-    def broken(*args, **kwargs):
-        raise ValueError("kernel exploded")
-
-    monkeypatch.setattr(decode_loop, "decode", broken)
+@pytest.mark.parametrize("faulty_core", [ValueError("kernel exploded")], indirect=True)
+def test_generation_failure_is_a_result_and_serving_continues(faulty_core):
+    core, faults = faulty_core
     failed = core.answer(Question(text="Hi"))
     assert failed.error == ResultError(errors.INFERENCE_FAILED, "ValueError: kernel exploded")
-    monkeypatch.setattr(decode_loop, "decode", real)
+    assert [c.failed for c in faults.calls] == [True]  # not retried: only out of memory is
     assert core.answer(Question(text="Hi")).ok
+    assert [c.failed for c in faults.calls] == [True, False]
     assert core.stats.snapshot()["errors"] == 1
 
 
-def test_out_of_memory_retries_once_with_fewer_candidates(core, monkeypatch):
-    import sage_irp_ros.decoding.decode as decode_loop
-
-    real = decode_loop.decode
-    calls = []
-
-    def oom_once(model, request, **kwargs):
-        calls.append(request.rows)  # rows of this batched call
-        if len(calls) == 1:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(model, request, **kwargs)
-
-    monkeypatch.setattr(decode_loop, "decode", oom_once)
+@pytest.mark.parametrize("faulty_core", [OOM], indirect=True)
+def test_out_of_memory_retries_once_with_fewer_candidates(faulty_core):
+    core, faults = faulty_core
     result = core.answer(Question(text="Hi"))
-    assert result.ok and calls[0] == 4 and set(calls[1:]) == {1} and result.irp.candidates == 1
+    assert result.ok and result.irp.candidates == 1
+    # the 3 sampled rows and the greedy one, then half the sampled ones (one) without the greedy row
+    assert [(c.rows, c.failed) for c in faults.calls] == [(4, True), (1, False)]
+    assert faults.calls[1].temperatures == [0.7]
 
 
 def test_keep_alive_false_releases_the_model_after_each_answer(core):
