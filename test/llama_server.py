@@ -116,12 +116,16 @@ class FaultProxy:
     """An HTTP proxy on a free port in front of ``upstream``; ``mode`` picks the fault for the next requests.
 
     ``seen`` is set when a generation request arrives (so a test can act mid-question), ``hits`` counts
-    generation requests, ``release`` ends every hanging request.
+    generation requests, ``release`` ends every hanging request. ``answer`` (status, JSON body, headers), when
+    set, is the reply to every generation request (4xx, Retry-After); ``props``, when set, is the reply to
+    ``GET /props`` (as llama.cpp's own server sends it), else that request is forwarded.
     """
 
     def __init__(self, upstream: str):
         self.upstream, self.mode = upstream, PASS
         self.hits = 0
+        self.answer: tuple[int, dict, dict[str, str]] | None = None
+        self.props: dict | None = None
         self.seen, self.release = threading.Event(), threading.Event()
         self.hold = threading.Event()  # set: pass requests wait for ``release`` before forwarding
         self._client = httpx.Client(timeout=120.0)
@@ -134,6 +138,8 @@ class FaultProxy:
                 pass
 
             def do_GET(self) -> None:
+                if self.path == "/props" and proxy.props is not None:
+                    return self._send(200, json.dumps(proxy.props).encode())
                 self._forward(None)
 
             def do_POST(self) -> None:
@@ -154,6 +160,9 @@ class FaultProxy:
                         return
                 if mode in FAULTS:
                     return self._send(FAULTS[mode], b'{"error": {"message": "injected fault"}}')
+                if body is not None and proxy.answer is not None:
+                    status, data, headers = proxy.answer
+                    return self._send(status, json.dumps(data).encode(), headers=headers)
                 if mode == DROP:
                     self.close_connection = True
                     return
@@ -172,8 +181,11 @@ class FaultProxy:
                     return self._send(reply.status_code, content[:len(content) // 2], length=len(content))
                 self._send(reply.status_code, content)
 
-            def _send(self, status: int, content: bytes, length: int | None = None) -> None:
+            def _send(self, status: int, content: bytes, length: int | None = None,
+                      headers: dict[str, str] | None = None) -> None:
                 self.send_response(status)
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(content) if length is None else length))
                 self.end_headers()

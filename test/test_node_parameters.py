@@ -12,16 +12,19 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Parameters of the IRP node from params files, over real DDS: older names still set the new ones, a bad
-file exits with code 2 naming each key. The node runs in its own process on a random ROS_DOMAIN_ID.
+"""Parameters of the IRP node from params files and ``-p``, over real DDS: older names still set the new ones, a
+bad file exits with code 2 naming each key, on/off words typed on the command line (YAML booleans) are taken
+as the words. The node runs in its own process on a random ROS_DOMAIN_ID.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
-from ros_harness import START_TIMEOUT, RunningNode
+from ros2_tooling import ros2_executable
+from ros_harness import START_TIMEOUT, RunningNode, ros_domain_env
 
 
 def _ok(result):
@@ -91,3 +94,45 @@ def test_bad_params_file_exits_with_code_2_naming_the_key(tmp_path, ros_env):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "llm_irp.max_tokens" in proc.stderr and "node.queue_size" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_on_off_typed_on_the_command_line_is_the_word_not_a_boolean(tiny_model_dir, tmp_path):
+    """``-p llm_irp.compile:=on`` and ``ros2 param set ... llm_irp.compile off`` reach the node as YAML booleans:
+    the node comes up with "on", a set of a boolean gives the word, and another type is refused."""
+    env = ros_domain_env({**os.environ, "SAGE_IRP_ROS_COMPILE": "off"})  # the value is taken; nothing compiles
+    node = RunningNode(tmp_path, name="compile_on", env=env,
+                       params={"model.path": str(tiny_model_dir), "llm_irp.compile": "on"})
+    try:
+        assert _get_parameters(node.tester, ["llm_irp.compile"]) == {"llm_irp.compile": "on"}
+        set_false = node.tester.set_parameters({"llm_irp.compile": False})
+        assert set_false[0].successful, set_false[0].reason
+        assert _get_parameters(node.tester, ["llm_irp.compile"]) == {"llm_irp.compile": "off"}
+        refused = node.tester.set_parameters({"llm_irp.compile": 5})
+        assert not refused[0].successful and "one of auto, on, off" in refused[0].reason
+        assert _get_parameters(node.tester, ["llm_irp.compile"]) == {"llm_irp.compile": "off"}
+        ros2 = ros2_executable()
+        if ros2 is not None:  # the CLI the docs show, where it is installed
+            cli = subprocess.run([ros2, "param", "set", "--no-daemon", "--spin-time", "10", node.tester.target,
+                                  "llm_irp.compile", "on"], env=env, capture_output=True, text=True,
+                                 timeout=START_TIMEOUT)
+            assert "Set parameter successful" in cli.stdout, cli.stdout + cli.stderr
+            assert _get_parameters(node.tester, ["llm_irp.compile"]) == {"llm_irp.compile": "on"}
+        assert _ok(node.tester.ask("What is 2+2?"))["answer"]
+    finally:
+        node.close()
+
+
+def test_compile_off_on_the_command_line_is_accepted_and_a_number_refused(tmp_path, ros_env):
+    """``:=off`` (a YAML false) passes the declaration: only the other bad key is named; ``:=5`` is named."""
+    def start(*params: str) -> subprocess.CompletedProcess:
+        args = [sys.executable, "-m", "sage_irp_ros.ros.irp_node", "--ros-args"]
+        for param in params:
+            args += ["-p", param]
+        return subprocess.run(args, env=ros_env, capture_output=True, text=True, timeout=START_TIMEOUT)
+
+    off = start("llm_irp.compile:=off", "llm_irp.max_tokens:=0")
+    assert off.returncode == 2 and "llm_irp.max_tokens" in off.stderr, off.stdout + off.stderr
+    assert "llm_irp.compile" not in off.stderr
+    number = start("llm_irp.compile:=5")
+    assert number.returncode == 2 and "llm_irp.compile" in number.stderr, number.stdout + number.stderr
+    assert "one of auto, on, off" in number.stderr and "Traceback" not in number.stderr

@@ -343,3 +343,101 @@ def test_a_bad_url_or_ca_file_fails_the_load_naming_the_key(tmp_path):
         make_core("gpu-host:8000", tmp_path)
     with pytest.raises(ModelLoadError, match="remote.ca_file"):
         make_core("https://127.0.0.1:1", tmp_path, ca_file=str(tmp_path / "missing.pem"))
+
+
+# -- what counts against the breaker, Retry-After, the context window, cancel ------------------------
+def _refused(status: int, headers: dict[str, str] | None = None) -> tuple[int, dict, dict[str, str]]:
+    return status, {"error": {"message": f"injected {status}"}}, headers or {}
+
+
+def test_a_bad_request_does_not_open_the_breaker_but_408_and_429_do(proxy, tmp_path):
+    core = make_core(proxy.url, tmp_path)  # breaker_failures 2
+    try:
+        for status in (400, 404, 422, 400):  # the server is up and refuses this request: not the server's failure
+            proxy.answer = _refused(status)
+            result = _ask(core)
+            assert result.error_code == errors.BACKEND_UNAVAILABLE and f"HTTP {status}" in result.error_message
+        breaker = core.status()["generation"]["breaker"]
+        assert breaker["state"] == "closed" and breaker["consecutive_failures"] == 0 and breaker["opened"] == 0
+        for status in (408, 429):  # "busy, try later": two in a row open it
+            proxy.answer = _refused(status)
+            assert f"HTTP {status}" in _ask(core).error_message
+        assert core.backend.breaker.state == "open"
+        hits = proxy.hits
+        assert "breaker open" in _ask(core).error_message and proxy.hits == hits
+    finally:
+        core.release()
+
+
+def test_retry_after_keeps_the_breaker_open_at_least_that_long(proxy, tmp_path):
+    import email.utils
+    import time
+
+    core = make_core(proxy.url, tmp_path)  # backoff 5 s
+    clock = FakeClock()
+    core.backend.breaker._clock = clock
+    try:
+        proxy.answer = _refused(429, {"Retry-After": "120"})
+        assert "HTTP 429" in _ask(core).error_message
+        breaker = core.status()["generation"]["breaker"]
+        assert breaker["state"] == "open" and breaker["retry_in_s"] == 120.0  # one such answer opens it
+        proxy.answer = None
+        clock.now += 119.0  # long past the backoff, not past Retry-After
+        hits = proxy.hits
+        assert "breaker open" in _ask(core).error_message and proxy.hits == hits
+        clock.now += 1.0
+        assert _ask(core).backend == "remote" and core.backend.breaker.state == "closed"
+        proxy.answer = _refused(503, {"Retry-After": email.utils.formatdate(time.time() + 600, usegmt=True)})
+        assert "HTTP 503" in _ask(core).error_message
+        assert core.status()["generation"]["breaker"]["retry_in_s"] > 500  # an HTTP date, 600 s from now
+    finally:
+        core.release()
+
+
+def test_a_prompt_over_the_servers_context_is_too_long_not_a_server_failure(server, proxy, tmp_path):
+    core = make_core(server.url, tmp_path / "unknown")  # llama-cpp-python does not say its n_ctx: it refuses
+    try:
+        assert core.backend.remote.context_window is None
+        result = _ask(core, "7" * 3000)  # a token per digit: over the server's 2048
+        assert result.error_code == errors.TOO_LONG and "context" in result.error_message, result.error
+        assert core.status()["generation"]["breaker"]["consecutive_failures"] == 0
+        assert _ask(core).ok
+    finally:
+        core.release()
+    proxy.props = {"default_generation_settings": {"n_ctx": 8}}  # as llama.cpp's own server says it
+    core = make_core(proxy.url, tmp_path / "known")
+    try:
+        assert core.backend.remote.context_window == 8
+        hits = proxy.hits
+        result = _ask(core)  # max_tokens 8 leaves no room for a prompt: refused before any request
+        assert result.error_code == errors.TOO_LONG and "context window of 8 tokens" in result.error_message
+        assert proxy.hits == hits
+        core.backend.remote.context_window = 30  # room for max_tokens, not for this prompt: the reply says so
+        result = _ask(core)
+        assert result.error_code == errors.TOO_LONG and "context window of 30 tokens" in result.error_message
+        assert proxy.hits > hits and core.backend.breaker.state == "closed"
+    finally:
+        core.release()
+
+
+def test_cancel_closes_a_request_the_server_is_computing(server):
+    """Closed on our side at once; llama-cpp-python finishes the abandoned request (docs/reliability.md)."""
+    from sage_irp_ros.config.schema import RemoteConfig
+
+    generator = RemoteGenerator(RemoteConfig(url=server.url), API_KEY)
+    cancel = threading.Event()
+
+    async def cancel_once_sent(request) -> None:
+        if request.url.path.endswith("/completions"):
+            cancel.set()
+
+    generator._client.event_hooks["request"].append(cancel_once_sent)
+    try:
+        batch = generator.generate(GenerationRequest([], [0.0], 256, messages=MESSAGES, cancel=cancel))
+        assert batch.stopped_early and batch.candidates[0].n_tokens == 0
+        assert generator.in_flight == 0 and generator.failures == 0
+        generator._client.event_hooks["request"].clear()
+        after = generator.generate(GenerationRequest([], [0.0], MAX_TOKENS, messages=MESSAGES))
+        assert after.candidates[0].n_tokens > 0  # the server serves on (once it has finished the abandoned one)
+    finally:
+        generator.close()

@@ -16,14 +16,16 @@
 
 :class:`RemoteBackend` is a :class:`~sage_irp_ros.decoding.generator.Generator`. Each call goes to the
 :class:`~sage_irp_ros.remote.generator.RemoteGenerator` while the circuit breaker lets it; when the
-request fails (unreachable, timeout, HTTP 429/5xx, a malformed reply or one without log-probs, an
+request fails (unreachable, timeout, an HTTP error, a malformed reply or one without log-probs, an
 unknown model) or the breaker is open, the same request runs on the on-board generator
 (``remote.fallback: local``; its candidates say ``local_fallback``), or the call raises
-``backend_unavailable`` (``fallback: none``). A request cut short by its deadline or a cancel before any
-row finished is neither a success nor a failure for the breaker: the question's budget ended, not the
-server. Scoring (``score``/``score_options``: choices questions, ``IRPEngine.energy``) and constrained
-rows (json_schema) need the resident model's logits: they run on board, or raise
-``backend_unsupported`` without one.
+``backend_unavailable`` (``fallback: none``; ``too_long`` for a prompt over the server's context window).
+A request cut short by its deadline or a cancel before any row finished is neither a success nor a
+failure for the breaker: the question's budget ended, not the server. Neither is an HTTP 4xx other than
+408 and 429: the server is up and refused that one request. A ``Retry-After`` (429, 503) keeps the
+breaker open at least that long. Scoring (``score``/``score_options``: choices questions,
+``IRPEngine.energy``) and constrained rows (json_schema) need the resident model's logits: they run on
+board, or raise ``backend_unsupported`` without one.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ class RemoteBackend:
         try:
             self.remote.probe()
         except RemoteError as exc:
-            self.breaker.failure()
+            self._count(exc)
             log.warning("generation server: %s", exc.message)
             return False
         self.breaker.success()
@@ -98,9 +100,9 @@ class RemoteBackend:
         try:
             batches = self.remote.generate_many(requests)
         except RemoteError as exc:
-            self.breaker.failure()
+            self._count(exc)
             log.warning("generation server failed: %s", exc.message)
-            return self._local(requests, LOCAL_FALLBACK, exc.message)
+            return self._local(requests, LOCAL_FALLBACK, exc.message, exc.code)
         except BaseException:
             self.breaker.release_trial()
             raise
@@ -111,6 +113,13 @@ class RemoteBackend:
         with self._lock:
             self.fallback_active = False
         return batches
+
+    def _count(self, exc: RemoteError) -> None:
+        """A failed request for the breaker: a failure (with the server's Retry-After), or neither."""
+        if exc.counts:
+            self.breaker.failure(exc.retry_after_s)
+        else:
+            self.breaker.release_trial()
 
     def score(self, prompt_ids: Sequence[int], text: str) -> Candidate:
         return self._need_local("scoring an answer").score(prompt_ids, text)
@@ -124,10 +133,12 @@ class RemoteBackend:
             raise SageError(errors.BACKEND_UNSUPPORTED, f"{what} {NEEDS_LOCAL}")
         return self.local
 
-    def _local(self, requests: Sequence[GenerationRequest], label: str, reason: str) -> list[Batch]:
-        """``requests`` on board, candidates marked ``label``; without an on-board model the reason is raised."""
+    def _local(self, requests: Sequence[GenerationRequest], label: str, reason: str,
+               code: str = errors.BACKEND_UNAVAILABLE) -> list[Batch]:
+        """``requests`` on board, candidates marked ``label``; without an on-board model the reason is raised
+        (``code``; ``backend_unsupported`` for ``label`` local)."""
         if self.local is None:
-            code = errors.BACKEND_UNSUPPORTED if label == LOCAL else errors.BACKEND_UNAVAILABLE
+            code = errors.BACKEND_UNSUPPORTED if label == LOCAL else code
             raise SageError(code, reason + ("" if label == LOCAL else " (remote.fallback: none)"))
         if label == LOCAL_FALLBACK:
             with self._lock:

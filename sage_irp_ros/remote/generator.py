@@ -44,6 +44,11 @@ distribution). ``min_new_tokens`` is sent as vLLM's ``min_tokens`` (llama.cpp ig
 than ``max_tokens`` is cut to ``max_tokens`` tokens (counted in the status). Every failure raises
 :class:`RemoteError` (code ``backend_unavailable``, a ``kind`` saying which); constraints (grammar rows)
 cannot be applied remotely and raise ``backend_unsupported``.
+
+Context window: the probe reads the server's (vLLM: ``max_model_len`` in ``/v1/models``; llama.cpp: ``n_ctx``
+in ``GET /props``). Known, a request whose prompt (its token ids, else ``usage.prompt_tokens`` of the reply)
+plus ``max_tokens`` cannot fit fails as ``too_long``, as on board; so does the server's own refusal of a
+prompt over its context (HTTP 400), known or not. Neither counts against the circuit breaker.
 """
 
 from __future__ import annotations
@@ -65,20 +70,25 @@ from sage_irp_ros import errors
 from sage_irp_ros.decoding.generator import Batch, Candidate, GenerationRequest
 from sage_irp_ros.config.schema import RemoteConfig
 from sage_irp_ros.errors import ModelLoadError, SageError
+from sage_irp_ros.remote.circuit_breaker import counts_as_failure, retry_after_s
 from sage_irp_ros.serving.stats import latency_summary
 
 POLL_S = 0.02  # how often the waiting caller looks at its cancel events (the on-board loop: every token)
-UNREACHABLE, TIMEOUT, HTTP, MALFORMED, NO_LOGPROBS, UNKNOWN_MODEL = (
-    "unreachable", "timeout", "http", "malformed", "no_logprobs", "unknown_model")
+UNREACHABLE, TIMEOUT, HTTP, MALFORMED, NO_LOGPROBS, UNKNOWN_MODEL, CONTEXT = (
+    "unreachable", "timeout", "http", "malformed", "no_logprobs", "unknown_model", "context")
+_CONTEXT_REFUSALS = ("context_length_exceeded", "maximum context length",  # llama-cpp-python, vLLM
+                     "exceed_context_size", "exceeds the available context size")  # llama.cpp's server
 _SAMPLING = {"top_p": 1.0, "top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0}
 
 
 class RemoteError(SageError):
-    """A request to the generation server failed; ``kind`` is one of the module's failure kinds."""
+    """A request to the generation server failed; ``kind``: one of the module's failure kinds; ``counts``: it
+    counts towards the circuit breaker (never ``context``); ``retry_after_s``: the server's ``Retry-After``."""
 
-    def __init__(self, kind: str, message: str, status: int | None = None):
-        super().__init__(errors.BACKEND_UNAVAILABLE, message)
-        self.kind, self.status = kind, status
+    def __init__(self, kind: str, message: str, status: int | None = None, retry_after: float | None = None):
+        super().__init__(errors.TOO_LONG if kind == CONTEXT else errors.BACKEND_UNAVAILABLE, message)
+        self.kind, self.status, self.retry_after_s = kind, status, retry_after
+        self.counts = kind != CONTEXT and counts_as_failure(status)
 
 
 def read_api_key(cfg: RemoteConfig) -> str | None:
@@ -110,6 +120,7 @@ class RemoteGenerator:
         self.base_url = base[:-3] if base.endswith("/v1") else base
         self.url = display_url(self.base_url)
         self.model: str | None = cfg.model or None
+        self.context_window: int | None = None  # the server's, in tokens (None: it does not say)
         self._lock = threading.Lock()
         self._latencies: deque[float] = deque(maxlen=200)
         self._ids: dict[str, int] = {}
@@ -154,6 +165,8 @@ class RemoteGenerator:
         served = self._run(self._models(), [])
         if self.model is None and served:
             self.model = served[0]
+        if self.context_window is None:
+            self.context_window = self._run(self._props_n_ctx(), [])
         return served
 
     # -- the seam --------------------------------------------------------------------------------
@@ -168,6 +181,8 @@ class RemoteGenerator:
                                 "a generation server cannot apply on-board token constraints (json_schema)")
         if not self._verified:  # llama.cpp accepts any model name: check it is the one served
             self.probe()
+        for request in requests:
+            self._check_context(request.max_new_tokens, len(request.prompt_ids) or 1)
         stops = [asyncio.Event() for _ in requests]
         return self._run(self._many(list(requests), stops), [r.cancel for r in requests], stops)
 
@@ -256,6 +271,9 @@ class RemoteGenerator:
         path = "/v1/chat/completions" if chat else "/v1/completions"
         data = await self._request("POST", path, body)
         try:
+            usage = data.get("usage") or {}
+            if isinstance(usage.get("prompt_tokens"), int):
+                self._check_context(request.max_new_tokens, usage["prompt_tokens"])
             choices = data["choices"]
             return [self._candidate(c, chat, temperature, request.max_new_tokens) for c in choices[:max(n, 1)]]
         except RemoteError:
@@ -268,13 +286,32 @@ class RemoteGenerator:
         data = await self._request("GET", "/v1/models", None)
         try:
             served = [str(m["id"]) for m in data["data"]]
-        except (KeyError, TypeError) as exc:
+            lengths = [m["max_model_len"] for m in data["data"] if isinstance(m.get("max_model_len"), int)]
+            if lengths and (not self.cfg.model or self.cfg.model in served):
+                self.context_window = min(lengths)  # vLLM
+        except (KeyError, TypeError, AttributeError) as exc:
             raise self._failed(RemoteError(MALFORMED, f"malformed model list from {self.url}: {exc}"))
         if self.cfg.model and self.cfg.model not in served:
             raise self._failed(RemoteError(UNKNOWN_MODEL, f"model {self.cfg.model!r} is not served by {self.url} "
                                                           f"(it serves: {', '.join(served) or 'none'})"))
         self._verified = True
         return served
+
+    async def _props_n_ctx(self) -> int | None:
+        """llama.cpp server's context size from ``GET /props``; None from a server without it (no failure)."""
+        try:
+            props = (await asyncio.wait_for(self._client.get("/props"), self.cfg.timeout_s)).raise_for_status().json()
+            n_ctx = (props.get("default_generation_settings") or {}).get("n_ctx") or props.get("n_ctx")
+        except (asyncio.TimeoutError, httpx.HTTPError, ValueError, AttributeError):
+            return None
+        return n_ctx if isinstance(n_ctx, int) and n_ctx > 0 else None
+
+    def _check_context(self, max_tokens: int, prompt_tokens: int) -> None:
+        """Raise ``too_long`` when ``prompt_tokens`` plus ``max_tokens`` exceed the server's known context."""
+        window = self.context_window
+        if window is not None and prompt_tokens + max_tokens > window:
+            raise RemoteError(CONTEXT, f"prompt is {prompt_tokens} tokens; with max_tokens {max_tokens} it exceeds "
+                                       f"the generation server's context window of {window} tokens ({self.url})")
 
     async def _request(self, method: str, path: str, body: dict | None) -> Any:
         """One HTTP exchange, bounded by ``remote.timeout_s``; its JSON, or RemoteError."""
@@ -293,11 +330,15 @@ class RemoteGenerator:
         finally:
             with self._lock:
                 self.in_flight -= 1
-        if response.status_code >= 400:
-            detail = payload[:200].decode("utf-8", errors="replace")
-            kind = UNKNOWN_MODEL if response.status_code == 404 and "model" in detail.lower() else HTTP
-            raise self._failed(RemoteError(kind, f"{self.url}{path} answered HTTP {response.status_code}: {detail}",
-                                           status=response.status_code))
+        status = response.status_code
+        if status >= 400:
+            detail = payload[:300].decode("utf-8", errors="replace")
+            kind = UNKNOWN_MODEL if status == 404 and "model" in detail.lower() else HTTP
+            if status == 400 and any(text in detail for text in _CONTEXT_REFUSALS):
+                kind = CONTEXT
+            wait = retry_after_s(response.headers.get("retry-after")) if status in (429, 503) else None
+            raise self._failed(RemoteError(kind, f"{self.url}{path} answered HTTP {status}: {detail}",
+                                           status=status, retry_after=wait))
         try:
             data = response.json()
         except ValueError as exc:

@@ -24,6 +24,11 @@ default of the new name (an override of the new name still wins), the deprecatio
 the node's logger, and the old name is undeclared again. ``ros2 param get`` of the new name shows the
 effective value and ``ros2 param list`` lists only the new names.
 
+Keys whose values include ``on`` and ``off`` (``llm_irp.compile``: auto, on, off) are declared with dynamic
+typing: ``-p llm_irp.compile:=on`` and ``ros2 param set ... llm_irp.compile on`` read the word as YAML, which
+makes it a boolean; it is turned back into ``"on"`` / ``"off"`` (at start-up and on every set), as the
+config layer does for a params file. Any other type is refused with the allowed values.
+
 When a key takes effect (:func:`when_applied`, the "applies" column of docs/interface.md, the ``applies``
 metadata of :mod:`sage_irp_ros.config.schema`):
 
@@ -50,6 +55,8 @@ from sage_irp_ros.config.schema import CONFIGURE, LIVE, READ_ONLY
 _FIELDS = dict(describe_keys())
 # The IRP node's keys: every section but the diagnostics node's own.
 IRP_NODE_KEYS = tuple(name for name in _FIELDS if not name.startswith("diagnostics."))
+# String keys with on/off among their values: a bare on/off typed on the command line arrives as a boolean.
+ON_OFF_KEYS = frozenset(name for name, f in _FIELDS.items() if {"on", "off"} <= set(f.metadata.get("choices") or ()))
 # The diagnostics node's keys: its section and the model's memory budget (it warns above it).
 DIAGNOSTICS_NODE_KEYS = tuple(name for name in _FIELDS if name.startswith("diagnostics.")) + (
     "model.max_memory_mb",)
@@ -66,7 +73,8 @@ def descriptor(name: str, f: dataclasses.Field, applies: str = LIVE) -> Paramete
     note = {LIVE: "", CONFIGURE: "; applies at configure (settable only while unconfigured)",
             READ_ONLY: "; read-only: set it at start-up"}[applies]
     desc = ParameterDescriptor(name=name, description=meta.get("doc", ""), read_only=applies == READ_ONLY,
-                               additional_constraints=f"allowed: {allowed_range(f)}{note}")
+                               additional_constraints=f"allowed: {allowed_range(f)}{note}",
+                               dynamic_typing=name in ON_OFF_KEYS)
     kind = f.type if isinstance(f.type, str) else f.type.__name__
     lo, hi = meta.get("lo"), meta.get("hi")
     if kind == "int" and lo is not None and hi is not None:
@@ -86,6 +94,8 @@ def declare_config(node: Node, keys: Iterable[str] | None = None, *,
     Raises ConfigError listing every override that does not fit its key.
     """
     wanted = list(_FIELDS) if keys is None else [name for name in _FIELDS if name in set(keys)]
+    if ON_OFF_KEYS & set(wanted):
+        node.add_pre_set_parameters_callback(on_off_words)
     defaults = SageConfig().flat()
     problems: list[str] = []
     from_aliases, notes = _read_aliases(node, wanted, problems)
@@ -96,7 +106,7 @@ def declare_config(node: Node, keys: Iterable[str] | None = None, *,
         try:
             param = node.declare_parameter(name, default, descriptor(
                 name, f, (applies or {}).get(name, when_applied(name))))
-            values[name] = param.value
+            values[name] = _on_off_word(node, param) if name in ON_OFF_KEYS else param.value
         except (InvalidParameterValueException, InvalidParameterTypeException) as exc:
             hint = " (write floats with a decimal point, e.g. 85.0)" if f.type in ("float", float) else ""
             problems.append(f"{name}: {_first_line(exc)}; allowed {allowed_range(f)}{hint}")
@@ -108,6 +118,24 @@ def declare_config(node: Node, keys: Iterable[str] | None = None, *,
     if problems:
         raise ConfigError("invalid parameters:\n  " + "\n  ".join(problems))
     return SageConfig().with_updates(values)
+
+
+def on_off_words(params: list[Parameter]) -> list[Parameter]:
+    """A pre-set callback: a boolean for an on/off key becomes the word ``on`` / ``off`` (YAML read ``on`` as true)."""
+    return [Parameter(p.name, Parameter.Type.STRING, "on" if p.value else "off")
+            if p.name in ON_OFF_KEYS and p.type_ == Parameter.Type.BOOL else p for p in params]
+
+
+def _on_off_word(node: Node, param: Parameter) -> str:
+    """An on/off key's declared value as the word it stands for, also set on the node (so ``ros2 param get``
+    shows it); a value of another type or word raises InvalidParameterValueException."""
+    try:
+        value = coerce(param.name, param.value)
+    except ConfigError as exc:
+        raise InvalidParameterValueException(param.name, param.value, str(exc)) from exc
+    if value != param.value and not node.describe_parameter(param.name).read_only:
+        node.set_parameters([Parameter(param.name, Parameter.Type.STRING, value)])
+    return value
 
 
 def _read_aliases(node: Node, wanted: list[str], problems: list[str]
@@ -151,6 +179,10 @@ def validate_update(current: SageConfig, params: list[Parameter], lifecycle: str
         return None, SetParametersResult(successful=False, reason=(
             f"{', '.join(late)} take effect only at configure and the node is {lifecycle}: "
             "deactivate and cleanup it first, then set and configure"))
+    wrong = [f"{name}: {value!r} is not allowed; use {allowed_range(_FIELDS[name])}"
+             for name, value in updates.items() if name in ON_OFF_KEYS and not isinstance(value, str)]
+    if wrong:  # dynamically typed: say the allowed words, not only "must be a string"
+        return None, SetParametersResult(successful=False, reason="invalid parameters:\n  " + "\n  ".join(wrong))
     try:
         new = current.with_updates(updates)
     except ConfigError as exc:
