@@ -208,7 +208,7 @@ def test_engine_queues_its_usual_shape_and_keeps_one_step_per_model(tiny, monkey
     assert (bucket_rows(IRPEngine.usual_rows(cfg)), 256) in step.ready_shapes
     before = backend.calls
     refined = engine.refine("What is 2+2?")
-    assert refined.irp.candidates == 4 and backend.calls > before  # the question decoded on the compiled step
+    assert len(refined.irp.energies) == 4 and backend.calls > before  # the question decoded on the compiled step
 
 
 def test_finished_rows_checked_every_k_steps_give_the_same_tokens(tiny, monkeypatch):
