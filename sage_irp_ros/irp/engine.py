@@ -51,6 +51,17 @@ MAX_ITERATIONS, DEADLINE, CANCELLED = "max_iterations", "deadline", "cancelled"
 _EPS = 1e-9
 
 
+def local_generator(lm: LoadedModel, cfg: IRPConfig) -> Generator:
+    """The on-board generator for ``lm``: llama.cpp's forward (``model.forward``), else the torch decode
+    loop with the compiled step where ``llm_irp.compile`` asks for it."""
+    if lm.forward == "llama_cpp":
+        from sage_irp_ros.decoding.llama_cpp_generator import LlamaCppGenerator
+
+        return LlamaCppGenerator(lm)
+    return TorchGenerator(lm, step_fn=compiled_step.for_model(lm, cfg.compile, expect_rows=IRPEngine.usual_rows(cfg),
+                                                              expect_tokens=cfg.max_tokens))
+
+
 def temperature_schedule(cfg: IRPConfig, candidates: int) -> list[float]:
     """Temperatures the research loop samples at: it stops after the step that reaches the floor."""
     temps, t = [], cfg.initial_temperature
@@ -128,14 +139,12 @@ class IRPEngine:
     def __init__(self, lm: LoadedModel | None, cfg: IRPConfig, energy: EnergyFn | SelectionRule | None = None,
                  use_chat_template: bool = True, generator: Generator | None = None):
         """``energy``: a per-candidate energy or a selection rule; default: ``cfg.energy``'s rule.
-        ``generator``: where candidates come from; default: the torch decode loop over ``lm`` (``lm`` None:
+        ``generator``: where candidates come from; default: :func:`local_generator` over ``lm`` (``lm`` None:
         no resident model, prompts are messages and text only, ``generator`` is required)."""
         self.lm, self.cfg = lm, cfg
         if lm is None and generator is None:
             raise ValueError("an engine without a resident model needs a generator")
-        self.generator: Generator = generator if generator is not None else TorchGenerator(
-            lm, step_fn=compiled_step.for_model(lm, cfg.compile, expect_rows=self.usual_rows(cfg),
-                                                expect_tokens=cfg.max_tokens))
+        self.generator: Generator = generator if generator is not None else local_generator(lm, cfg)
         if energy is None:
             self.rule: SelectionRule = selection_rule(cfg.energy)
         else:
