@@ -274,8 +274,8 @@ def _forward(facts: Facts) -> Check:
         return Check("forward", "ok", f"llama-cpp-python {facts.llama_cpp}: a GGUF on CPU runs on llama.cpp's "
                                       f"forward (CPU: {cpu})")
     return Check("forward", "ok", f"llama-cpp-python not installed: GGUF models run on torch's int4 kernel, "
-                                    f"several times slower on CPUs without AMX (CPU: {cpu}); "
-                                    "pip install llama-cpp-python")
+                                  f"several times slower on CPUs without AMX (CPU: {cpu}); "
+                                  "pip install llama-cpp-python")
 
 
 def _models(facts: Facts) -> Check:
