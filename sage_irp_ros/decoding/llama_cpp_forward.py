@@ -46,6 +46,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 MAX_SEQUENCES = 64  # rows decoded at once at most (questions x candidates); more wait for a free id
+PREFIX_SEQUENCE = MAX_SEQUENCES  # holds the last prompt's cells, so the next prompt reuses its common prefix
 BATCH_TOKENS = 512  # prompt tokens per llama_decode call while prefilling
 
 _init_lock = threading.Lock()
@@ -90,7 +91,7 @@ class LlamaCppForward:
         cparams = L.llama_context_default_params()
         cparams.n_ctx = n_ctx
         cparams.n_batch = cparams.n_ubatch = BATCH_TOKENS
-        cparams.n_seq_max = MAX_SEQUENCES
+        cparams.n_seq_max = MAX_SEQUENCES + 1
         cparams.kv_unified = True
         cparams.n_threads = cparams.n_threads_batch = max(1, threads)
         cparams.no_perf = True
@@ -107,19 +108,22 @@ class LlamaCppForward:
         self.config = SimpleNamespace(vocab_size=self.vocab_size, max_position_embeddings=self.context_window)
         self._batch = L.llama_batch_init(max(BATCH_TOKENS, MAX_SEQUENCES), 0, 1)
         self._lock = threading.Lock()
+        # Held by a generator for a whole call: sequence ids are the context's, not the caller's.
+        self.busy = threading.RLock()
+        self.prefix_ids: list[int] = []  # the prompt whose cells PREFIX_SEQUENCE holds
         # Freed with the last reference (the resident cache may hand one model to several engines).
         self._free = weakref.finalize(self, _free_handles, L, self._batch, self._ctx, self._model)
 
     # -- sequences ------------------------------------------------------------------------------------
-    def prefill(self, seq: int, ids: Sequence[int], *, all_logits: bool = False) -> np.ndarray:
-        """Decode ``ids`` into sequence ``seq`` from position 0; the last position's logits ``(vocab,)``,
+    def prefill(self, seq: int, ids: Sequence[int], *, at: int = 0, all_logits: bool = False) -> np.ndarray:
+        """Decode ``ids`` into sequence ``seq`` from position ``at``; the last position's logits ``(vocab,)``,
         or with ``all_logits`` every position's ``(len(ids), vocab)``."""
         out = []
         with self._lock:
             for start in range(0, len(ids), BATCH_TOKENS):
                 chunk = ids[start:start + BATCH_TOKENS]
                 last = start + len(chunk) == len(ids)
-                self._fill([(token, start + i, seq, all_logits or (last and i == len(chunk) - 1))
+                self._fill([(token, at + start + i, seq, all_logits or (last and i == len(chunk) - 1))
                             for i, token in enumerate(chunk)])
                 self._decode()
                 if all_logits:
@@ -130,9 +134,9 @@ class LlamaCppForward:
         """Let sequence ``target`` continue from ``source``'s cells (the prompt is stored once)."""
         self._L.llama_memory_seq_cp(self._memory, source, target, -1, -1)
 
-    def free(self, seq: int) -> None:
-        """Drop sequence ``seq``'s cells; its id can serve another row."""
-        self._L.llama_memory_seq_rm(self._memory, seq, -1, -1)
+    def free(self, seq: int, keep: int = 0) -> None:
+        """Drop sequence ``seq``'s cells from position ``keep`` on (0: all; its id can serve another row)."""
+        self._L.llama_memory_seq_rm(self._memory, seq, keep, -1)
 
     def step(self, tokens: Sequence[int], positions: Sequence[int], seqs: Sequence[int]) -> np.ndarray:
         """One token for each sequence at its position, in one call: logits ``(rows, vocab)`` (a copy)."""

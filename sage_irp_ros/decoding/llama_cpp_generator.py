@@ -39,7 +39,7 @@ import torch
 from sage_irp_ros.answers.choices import OptionScore, spellings
 from sage_irp_ros.decoding.decode import constrain
 from sage_irp_ros.decoding.generator import Batch, Candidate, GenerationRequest
-from sage_irp_ros.decoding.llama_cpp_forward import MAX_SEQUENCES, LlamaCppForward
+from sage_irp_ros.decoding.llama_cpp_forward import MAX_SEQUENCES, PREFIX_SEQUENCE, LlamaCppForward
 from sage_irp_ros.decoding.torch_generator import TorchGenerator
 from sage_irp_ros.weights.loader import LoadedModel
 
@@ -77,6 +77,11 @@ class LlamaCppGenerator(TorchGenerator):
 
     def generate_many(self, requests: Sequence[GenerationRequest],
                       on_done: Callable[[int, Batch], None] | None = None) -> list[Batch]:
+        with self.forward.busy:
+            return self._generate_many(requests, on_done)
+
+    def _generate_many(self, requests: Sequence[GenerationRequest],
+                       on_done: Callable[[int, Batch], None] | None) -> list[Batch]:
         forward = self.forward
         waiting = deque(enumerate(requests))
         free = list(range(MAX_SEQUENCES))
@@ -116,7 +121,7 @@ class LlamaCppGenerator(TorchGenerator):
 
     def _admit(self, index: int, request: GenerationRequest, seqs: list[int]) -> _Running:
         start = time.monotonic()
-        last = self.forward.prefill(seqs[0], list(request.prompt_ids))
+        last = self._prefill(seqs[0], list(request.prompt_ids))
         for seq in seqs[1:]:
             self.forward.share(seqs[0], seq)
         rows = request.rows
@@ -124,6 +129,25 @@ class LlamaCppGenerator(TorchGenerator):
         now = time.monotonic()
         return _Running(index, request, seqs, logits, prefill_s=now - start, first_step=now,
                         tokens=[[] for _ in range(rows)], logprobs=[[] for _ in range(rows)], ended=[False] * rows)
+
+    def _prefill(self, seq: int, ids: list[int]) -> torch.Tensor:
+        """The prompt into ``seq``, reusing the cells of the longest prefix it shares with the last prompt
+        (the system prompt and chat template at least; all of it when a question is asked again); the
+        last token is always decoded again, for its logits."""
+        forward = self.forward
+        shared = 0
+        for a, b in zip(ids[:-1], forward.prefix_ids):
+            if a != b:
+                break
+            shared += 1
+        if shared:
+            forward.share(PREFIX_SEQUENCE, seq)
+            forward.free(seq, keep=shared)
+        last = forward.prefill(seq, ids[shared:], at=shared)
+        forward.free(PREFIX_SEQUENCE)
+        forward.share(seq, PREFIX_SEQUENCE)
+        forward.prefix_ids = ids
+        return last
 
     def _sample(self, run: _Running) -> list[int]:
         """The next token of every running row from its logits (the request's own rules); returns the
@@ -200,6 +224,10 @@ class LlamaCppGenerator(TorchGenerator):
 
     def _answer_logprobs(self, prefix: list[int], answer: list[int]) -> list[float]:
         seq = MAX_SEQUENCES - 1
+        with self.forward.busy:
+            return self._logprobs_in(seq, prefix, answer)
+
+    def _logprobs_in(self, seq: int, prefix: list[int], answer: list[int]) -> list[float]:
         try:
             logits = torch.from_numpy(self.forward.prefill(seq, prefix + answer, all_logits=True)).float()
         finally:
