@@ -94,11 +94,11 @@ class Timing(_Record):
 class IRPSummary(_Record):
     """The result's ``irp`` object: how the answer was chosen among the candidates.
 
-    ``iterations`` counts the schedule's sampled candidates; ``candidates``, ``energies`` and
-    ``temperatures`` also count the greedy row (temperature 0.0) when one was decoded.
+    ``candidates`` counts the sampled candidates (``llm_irp.candidates`` or the question's own);
+    ``energies`` and ``temperatures`` have one entry per scored answer, the greedy row (temperature 0.0)
+    included when one was decoded.
     """
 
-    iterations: int = 0
     candidates: int = 0
     rounds: int = 0
     best_energy: float | None = None

@@ -207,7 +207,7 @@ def test_engine_queues_its_usual_shape_and_keeps_one_step_per_model(tiny, monkey
     assert len(engine.round_requests(engine.init_state("What is 2+2?"))) == 2  # two prompts, one engine
     before, calls = backend.calls, step.calls
     refined = engine.refine("What is 2+2?")
-    assert refined.irp.candidates == 4 and refined.irp.step == "compiled"
+    assert len(refined.irp.energies) == 4 and refined.irp.step == "compiled"
     longest = max(len(c.token_ids) for c in refined.candidates)
     # one compiled call per forward pass of the engine: as many as the longest row's tokens after its first
     assert backend.calls - before == step.calls - calls >= longest - 1 > 0

@@ -113,7 +113,7 @@ def engine_cell(lm, n: int, per_round: int, precision: str, name: str | None = N
         info = engine.refine(question, history=list(history), options=options)
         irp = info.irp
         return {"prefill_s": irp.prefill_s, "decode_s": irp.decode_s, "tokens": info.tokens,
-                "rounds": irp.rounds, "candidates": irp.candidates,
+                "rounds": irp.rounds, "candidates": len(irp.energies),
                 "temperatures": list(irp.temperatures), "halt_reason": irp.halt_reason}
 
     if name is None:

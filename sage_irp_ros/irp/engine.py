@@ -51,10 +51,10 @@ MAX_ITERATIONS, DEADLINE, CANCELLED = "max_iterations", "deadline", "cancelled"
 _EPS = 1e-9
 
 
-def temperature_schedule(cfg: IRPConfig, iterations: int) -> list[float]:
+def temperature_schedule(cfg: IRPConfig, candidates: int) -> list[float]:
     """Temperatures the research loop samples at: it stops after the step that reaches the floor."""
     temps, t = [], cfg.initial_temperature
-    for _ in range(iterations):
+    for _ in range(candidates):
         temps.append(t)
         t = round(max(cfg.min_temperature, t - cfg.temp_reduction), 9)
         if t <= cfg.min_temperature + _EPS:
@@ -164,7 +164,7 @@ class IRPEngine:
                     f"prompt is {len(prompt.ids)} tokens; with max_tokens {max_tokens} it exceeds the "
                     f"model's context window of {self.lm.context_window} tokens"))
             history.pop(0)
-        schedule = temperature_schedule(self.cfg, options.iterations)
+        schedule = temperature_schedule(self.cfg, options.candidates)
         variants, sampled = {}, list(options.sampled_prompts) if schedule else [0]
         for index in sorted(set(sampled) - {0}):
             variant = render_prompt(tokenizer, question, context, history, self.use_chat_template,
@@ -184,7 +184,7 @@ class IRPEngine:
         """Sample one round of candidates at the next temperatures, score them all, keep the best.
 
         With ``greedy_candidate`` the first round carries one more row at temperature 0: the greedy
-        continuation, decoded in the same batched call (it is not one of the schedule's iterations);
+        continuation, decoded in the same batched call (it is not one of the schedule's candidates);
         with an empty schedule (throttled) that row is the whole round.
         """
         requests = self.round_requests(state)
@@ -255,7 +255,7 @@ class IRPEngine:
     def get_result(self, state: IRPState) -> Refinement:
         """The best response with the result's ``irp`` summary, the tokens and the final temperature."""
         summary = IRPSummary(
-            iterations=state.iteration, candidates=len(state.responses), rounds=state.rounds,
+            candidates=state.iteration, rounds=state.rounds,
             best_energy=state.best_energy if state.energies else None,
             energies=[round(e, 6) for e in state.energies], temperatures=list(state.temperatures),
             halt_reason=state.halt_reason,
