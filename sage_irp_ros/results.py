@@ -110,6 +110,7 @@ class IRPSummary(_Record):
     throttled: bool = False
     history_used: int = 0
     batch: int = 1  # questions decoded together with this one, itself included (node.batch_size)
+    step: str = "eager"  # "compiled": every decoding step of its candidates ran through the compiled step
     prefill_s: float = 0.0
     decode_s: float = 0.0
     scoring_s: float = 0.0

@@ -37,7 +37,7 @@ from typing import Callable, Sequence
 import torch
 
 from sage_irp_ros.answers.choices import OptionScore, spellings
-from sage_irp_ros.decoding.decode import constrain
+from sage_irp_ros.decoding.decode import constrained, sample
 from sage_irp_ros.decoding.generator import Batch, Candidate, GenerationRequest
 from sage_irp_ros.decoding.llama_cpp_forward import MAX_SEQUENCES, PREFIX_SEQUENCE, LlamaCppForward
 from sage_irp_ros.decoding.torch_generator import TorchGenerator
@@ -157,14 +157,15 @@ class LlamaCppGenerator(TorchGenerator):
         logits = run.logits[live]
         if run.steps < request.min_new_tokens and self.eos_ids:
             logits = logits.index_fill(1, torch.tensor(self.eos_ids), float("-inf"))
-        constraints = [request.constraints[row] for row in live] if request.constraints else None
-        allowed = None
         end_id = self.eos_ids[0] if self.eos_ids else self.pad_id
-        if constraints and any(constraints):
-            allowed = constrain(logits, constraints, [run.tokens[row] for row in live],
-                                torch.zeros(len(live), dtype=torch.bool), end_id)
+        allowed = None
+        if request.constraints:
+            allowed = constrained(logits, [request.constraints[row] for row in live], [run.tokens[row] for row in live],
+                                  end_id)
         temps = torch.tensor([request.temperatures[row] for row in live], dtype=torch.float32)
-        tokens, logp = draw(logits, temps, allowed)
+        greedy = temps <= 0.0
+        tokens, logp = sample(logits, torch.where(greedy, torch.ones_like(temps), temps)[:, None], greedy, allowed,
+                              inverse_cdf=True)
         left = []
         for k, row in enumerate(live):
             token = int(tokens[k])
@@ -196,7 +197,7 @@ class LlamaCppGenerator(TorchGenerator):
             self.forward.free(seq)
         candidates = [self._candidate(run.tokens[row], run.logprobs[row], run.request.temperatures[row])
                       for row in range(run.request.rows)]
-        batch = Batch(candidates, run.prefill_s, time.monotonic() - first, stopped)
+        batch = Batch(candidates, run.prefill_s, time.monotonic() - first, stopped, step="llama_cpp")
         done[run.index] = batch
         if on_done is not None:
             on_done(run.index, batch)
@@ -234,21 +235,3 @@ class LlamaCppGenerator(TorchGenerator):
             self.forward.free(seq)
         at = logits[len(prefix) - 1:len(prefix) + len(answer) - 1]
         return torch.log_softmax(at, dim=-1).gather(1, torch.tensor(answer)[:, None]).squeeze(1).tolist()
-
-
-def draw(logits: torch.Tensor, temperatures: torch.Tensor,
-         allowed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One token per row at its temperature (argmax at 0.0) -> (tokens, untempered log-probs).
-
-    Sampling inverts each row's cumulative distribution with one uniform number, for one row as for
-    many (``torch.multinomial`` draws one exponential per vocabulary entry). ``allowed``: the logits with
-    forbidden tokens at -inf; the log-prob recorded is the unconstrained model's.
-    """
-    source = logits if allowed is None else allowed
-    greedy = temperatures <= 0.0
-    scaled = source / torch.where(greedy, torch.ones_like(temperatures), temperatures)[:, None]
-    cdf = torch.softmax(scaled, dim=-1).cumsum_(dim=-1)
-    u = torch.rand((cdf.shape[0], 1)) * cdf[:, -1:]
-    sampled = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=cdf.shape[1] - 1)
-    tokens = torch.where(greedy, source.argmax(dim=-1), sampled)
-    return tokens, logits.gather(1, tokens[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)

@@ -107,6 +107,7 @@ class IRPState:
     prompt_text: str = ""
     variants: dict[int, Prompt] = field(default_factory=dict)  # the bank's other phrasings the sampled rows use
     sampled_prompts: tuple[int, ...] = (0,)  # the phrasing of sampled row i is sampled_prompts[i % len]
+    steps: list[str] = field(default_factory=list)  # which step decoded each batch ("compiled" / "eager")
     timings: dict[str, float] = field(default_factory=lambda: {
         "prefill_s": 0.0, "decode_s": 0.0, "scoring_s": 0.0})
 
@@ -225,6 +226,7 @@ class IRPEngine:
         candidates = sorted((c for batch in batches for c in batch.candidates), key=lambda c: -c.temperature)
         for batch in batches:
             state.timings["prefill_s"] += batch.prefill_s
+            state.steps.append(getattr(batch, "step", "eager"))
         state.timings["decode_s"] += max(batch.decode_s for batch in batches)
         start = time.monotonic()
         for candidate in candidates:
@@ -268,7 +270,7 @@ class IRPEngine:
             halt_reason=state.halt_reason,
             converged=bool(state.energies) and state.best_energy < self.cfg.energy_convergence_threshold,
             finished=state.best_finished, throttled=state.throttled, history_used=state.history_used,
-            batch=state.batch,
+            batch=state.batch, step=state.steps[0] if state.steps and len(set(state.steps)) == 1 else "eager",
             **{k: round(v, 6) for k, v in state.timings.items()})
         return Refinement(answer=state.best_response, irp=summary, tokens=state.tokens,
                           final_temperature=state.temperature, candidates=tuple(state.candidates),
