@@ -255,3 +255,39 @@ def test_bad_tools_fail_alone_and_the_core_keeps_serving(core):
     assert not refused.ok and refused.error_code == INVALID_INPUT and "repeats" in refused.error_message
     assert refused.tool_call is None and refused.to_dict()["tool_call"] is None
     assert core.answer(_ask()).ok
+
+
+# -- a behaviour tree dispatching the call ------------------------------------------------------------
+def test_the_dispatch_subtree_runs_the_called_skill_only():
+    pytest.importorskip("py_trees")
+    pytest.importorskip("rclpy")
+    import py_trees
+    from py_trees.common import Status
+
+    from sage_irp_ros.ros.examples.dispatch_tree import SKILLS, create_dispatch_subtree
+
+    ran, said = [], []
+    handlers = {t["function"]["name"]: (lambda name: lambda **kw: ran.append((name, kw)))(t["function"]["name"])
+                for t in SKILLS}
+    handlers["pick"] = lambda **kw: (_ for _ in ()).throw(RuntimeError("gripper jammed"))
+    tree = py_trees.trees.BehaviourTree(create_dispatch_subtree(handlers, min_confidence=0.5, say=said.append))
+    storage = py_trees.blackboard.Blackboard.storage
+    try:
+        storage.update({"/sage/tool_call": {"name": "navigate_to", "arguments": {"place": "kitchen"}},
+                        "/sage/confidence": 0.8, "/sage/answer": "{...}", "/sage/salience": 0.3})
+        tree.tick()
+        assert tree.root.status == Status.SUCCESS and ran == [("navigate_to", {"place": "kitchen"})]
+        storage["/sage/confidence"] = 0.2  # not confident: no skill runs, the answer is only logged
+        tree.tick()
+        assert ran == [("navigate_to", {"place": "kitchen"})] and said and said[-1].startswith("no skill:")
+        storage.update({"/sage/tool_call": None, "/sage/confidence": 0.9, "/sage/answer": "Hello!"})
+        tree.tick()  # an answer in text (tool_choice auto): logged, nothing runs
+        assert len(ran) == 1 and "Hello!" in said[-1]
+        storage["/sage/tool_call"] = {"name": "pick", "arguments": {"object": "cup"}}
+        tree.tick()  # a failing skill is its branch's failure: the tree falls through to the log
+        assert len(ran) == 1 and "no skill:" in said[-1]
+        pick = next(n for n in tree.root.iterate() if n.name == "RunSkill(pick)")
+        assert "gripper jammed" in pick.feedback_message
+    finally:
+        for key in ("/sage/tool_call", "/sage/confidence", "/sage/answer", "/sage/salience"):
+            storage.pop(key, None)
