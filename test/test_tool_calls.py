@@ -126,7 +126,6 @@ def test_the_plain_format_lists_signatures_and_none_only_with_auto():
     prompt = tool_calls.name_prompt("Go home", tools, auto=True)
     assert prompt.startswith("Tools:\n") and prompt.endswith(tool_calls.AUTO_INSTRUCTION)
     assert "Request: Go home" in prompt
-    assert "Request:" not in tool_calls.neutral_prompt(tools, auto=False)
     assert tool_calls.options_of(tools, "required") == ["navigate_to", "say", "dock"]
     assert tool_calls.options_of(tools, "auto") == ["navigate_to", "say", "dock", "none"]
     assert tool_calls.options_of(tools, {"name": "say"}) == ["say"]

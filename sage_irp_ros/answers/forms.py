@@ -22,8 +22,8 @@ serving core calls, so the core holds no branch per form and a new form is one m
   short; JSON rows are constrained by the schema's grammar);
 - :meth:`AnswerForm.finish`: the answer from the refined candidates, with its calibrated confidence
   (choices score their options in one batched forward; JSON keeps the valid candidate the others agree
-  with most; a tool call chooses its name as choices do, then decodes the arguments under that tool's
-  schema in one more generation call).
+  with most; a tool call takes the name most rows, decoded under the names' grammar, voted for, then
+  decodes the arguments under that tool's schema in one more generation call).
 """
 
 from __future__ import annotations
@@ -130,13 +130,12 @@ class JsonAnswer:
 
 
 class ToolCall:
-    """One call of the question's tools: the name chosen as choices are (scored options and the IRP rows'
-    votes), then its arguments decoded under the tool's schema with the grammar (:mod:`.tool_calls`)."""
-
-    needs_text = False
+    """One call of the question's tools: the name voted by the IRP rows, each decoded under the grammar of
+    the names, then its arguments decoded under the tool's schema with the grammar (:mod:`.tool_calls`)."""
 
     def __init__(self) -> None:
         self.options: AnswerOptions | None = None  # the question's own options (prepare narrows the rows')
+        self.needs_text = True  # a row names a tool; not with a named tool (nothing to vote on)
 
     def prepare(self, engine: IRPEngine, q: Question, options: AnswerOptions) -> tuple[str, AnswerOptions]:
         if engine.lm is None:
@@ -149,29 +148,23 @@ class ToolCall:
         self.options = options
         auto = q.tool_choice == tool_calls.AUTO
         text = tool_calls.name_prompt(q.text, tools, auto)
-        if len(tool_calls.options_of(tools, q.tool_choice)) == 1:  # the name is given: no votes needed
+        names = tool_calls.options_of(tools, q.tool_choice)
+        if len(names) == 1:  # the name is given: no votes needed
+            self.needs_text = False
             return text, options.replace(iterations=0, greedy=True, max_tokens=1)
-        return text, options.replace(max_tokens=min(options.max_tokens, choices.MAX_TOKENS))
+        return text, options.replace(max_tokens=min(options.max_tokens, choices.MAX_TOKENS),
+                                     constraint=_grammar(engine, {"enum": names}).constraint)
 
     def finish(self, engine: IRPEngine, q: Question, history: Sequence[tuple[str, str]],
                refined: Refinement) -> Answered:
         begin = time.monotonic()
         options = self.options or AnswerOptions.resolve(engine.cfg, q)
-        tools, tokenizer, chat = q.tools or [], engine.lm.tokenizer, engine.use_chat_template
+        tools = q.tools or []
         used = list(history)[len(history) - refined.irp.history_used:] if refined.irp.history_used else []
         names = tool_calls.options_of(tools, q.tool_choice)
-        calibration = shipped()
         if len(names) > 1:
-            auto = q.tool_choice == tool_calls.AUTO
-            listed = not (chat and tool_calls.template_renders_tools(tokenizer))
-            prompt_ids = tool_calls.prompt_ids(tokenizer, tool_calls.name_prompt(q.text, tools, auto, listed), tools,
-                                               q.context, used, chat)
-            neutral_ids = tool_calls.prompt_ids(tokenizer, tool_calls.neutral_prompt(tools, auto, listed), tools,
-                                                "", (), chat)
-            scores = engine.generator.score_options(prompt_ids, neutral_ids, names)
-            picked = choices.choose(scores, [c.text for c in refined.candidates], names, calibration.choice_weights)
-            name, probabilities = picked.choice, picked.probabilities
-            confidence = calibration.choice_confidence(list(probabilities.values()))
+            name, probabilities = tool_calls.vote(refined.candidates, names)
+            confidence = shipped().choice_confidence(list(probabilities.values()))
         else:
             name, probabilities, confidence = names[0], {names[0]: 1.0}, None
         if name == tool_calls.NONE:

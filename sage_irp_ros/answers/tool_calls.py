@@ -19,9 +19,12 @@ A question may carry ``tools`` in the OpenAI function format (``[{"type": "funct
 is one call), ``"auto"`` (one more option, ``none``: the model answers in text) or ``{"name": ...}`` (that
 tool, only its arguments are decoded). A call is two answers in one:
 
-- **the name**, chosen as a choices question's option is (:mod:`sage_irp_ros.answers.choices`): every
-  tool name scored after the tool prompt and after the neutral one (PMI), plus the votes of the IRP rows,
-  which answer the tool prompt in a few words; the probabilities are over the names (and ``none``);
+- **the name**, voted by the IRP rows (:func:`vote`): each row (the greedy one and the sampled ones)
+  answers the tool prompt decoded under the grammar of the names, so every complete row names exactly
+  one tool; the probabilities are the names' vote shares (and ``none``'s), the calibrated confidence is
+  the choices' (:mod:`sage_irp_ros.answers.choices`). Scoring every name with ``score_options`` instead
+  costs one forward of the long tool prompt per name and spelling (tens of seconds on a 2-core CPU);
+  the rows share one prefill;
 - **the arguments**, decoded under the chosen tool's ``parameters`` schema with the grammar
   (:mod:`sage_irp_ros.answers.grammar`): a greedy row and up to :data:`ARGUMENT_SAMPLES` sampled rows, the
   valid one the others agree with most (:func:`sage_irp_ros.answers.json_answers.pick`), validated with
@@ -44,7 +47,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from sage_irp_ros.errors import INVALID_INPUT, SageError
+from sage_irp_ros.errors import INFERENCE_FAILED, INVALID_INPUT, SageError
 
 MAX_TOOLS = 20
 MAX_DESCRIPTION_CHARS = 1024
@@ -177,10 +180,25 @@ def name_prompt(question: str, tools: Sequence[Tool], auto: bool, listed: bool =
     return f"{tool_list(tools, auto)}\n{body}" if listed else body
 
 
-def neutral_prompt(tools: Sequence[Tool], auto: bool, listed: bool = True) -> str:
-    """The name prompt without the request: the names' prior, for PMI."""
-    instruction = AUTO_INSTRUCTION if auto else INSTRUCTION
-    return f"{tool_list(tools, auto)}\n{instruction}" if listed else instruction
+def vote(candidates: Sequence[Any], names: Sequence[str]) -> tuple[str, dict[str, float]]:
+    """(the chosen name, each name's share of the rows naming one, summing to 1): every complete row names
+    one, decoded under the names' grammar. The most voted name wins, the greedy row's on a tie, then the
+    first. SageError inference_failed when no row named a tool (every row cut short)."""
+    from sage_irp_ros.answers.choices import map_to_option
+
+    votes = [0.0] * len(names)
+    greedy = None
+    for candidate in candidates:
+        index = map_to_option(candidate.text, names)
+        if index is not None:
+            votes[index] += 1.0
+            if candidate.temperature == 0.0:
+                greedy = index
+    total = sum(votes)
+    if not total:
+        raise SageError(INFERENCE_FAILED, f"none of {len(candidates)} candidates named a tool")
+    best = max(range(len(names)), key=lambda i: (votes[i], i == greedy, -i))
+    return names[best], {name: round(v / total, 6) for name, v in zip(names, votes)}
 
 
 def arguments_prompt(question: str, tool: Tool, listed: bool = True) -> str:
