@@ -102,11 +102,11 @@ class Timing(_Record):
 class IRPSummary(_Record):
     """The result's ``irp`` object: how the answer was chosen among the candidates.
 
-    ``iterations`` counts the schedule's sampled candidates; ``candidates``, ``energies`` and
-    ``temperatures`` also count the greedy row (temperature 0.0) when one was decoded.
+    ``candidates`` counts the sampled candidates (``llm_irp.candidates`` or the question's own);
+    ``energies`` and ``temperatures`` have one entry per scored answer, the greedy row (temperature 0.0)
+    included when one was decoded.
     """
 
-    iterations: int = 0
     candidates: int = 0
     rounds: int = 0
     best_energy: float | None = None
@@ -118,6 +118,7 @@ class IRPSummary(_Record):
     throttled: bool = False
     history_used: int = 0
     batch: int = 1  # questions decoded together with this one, itself included (node.batch_size)
+    step: str = "eager"  # "compiled": every decoding step of its candidates ran through the compiled step
     prefill_s: float = 0.0
     decode_s: float = 0.0
     scoring_s: float = 0.0

@@ -42,7 +42,7 @@ TORCH_FREE="test/test_config.py test/test_confidence.py test/test_json_answers.p
 WITH_TORCH="test/test_hf_compat.py test/test_choices.py test/test_json_answers.py test/test_core.py test/test_irp_engine.py test/test_model_loading.py
   test/test_end_to_end.py test/test_doctor.py test/test_irp_node.py test/test_diagnostics_node.py
   test/test_decode.py test/test_selection.py test/test_model_cache.py test/test_prompts.py test/test_managed_node.py
-  test/test_node_parameters.py test/test_int4.py test/test_compiled_step.py test/test_decode_groups.py
+  test/test_node_parameters.py test/test_int4.py test/test_compiled_step.py test/test_decode_engine.py
   test/test_batched_questions.py test/test_remote_generation.py test/test_remote_node.py"
 
 declare -A PYTHON_OF=([py311-tf4-jazzy]=3.11 [py310-notorch-jazzy]=3.10 [py312-notorch-jazzy]=3.12)

@@ -56,7 +56,7 @@ def test_every_question_of_a_batch_gets_exactly_one_result_in_order(core):
     asks = [Ask(Question(text=f"What is {i}+{i}?", id=f"q{i}")) for i in range(4)]
     results = core.answer_many(asks)
     assert [r.id for r in results] == ["q0", "q1", "q2", "q3"]
-    assert all(r.ok and r.irp.candidates == 4 for r in results)
+    assert all(r.ok and len(r.irp.energies) == 4 for r in results)
     assert core.stats.snapshot()["served"] == 4
 
 
@@ -127,7 +127,7 @@ def faulty_core(tiny_plain_model_dir, tmp_path, request):
 def test_a_failing_shared_call_is_retried_question_by_question(faulty_core):
     core, faults = faulty_core
     results = core.answer_many([Ask(Question(text="one?")), Ask(Question(text="two?"))])
-    assert all(r.ok and r.irp.candidates == 4 for r in results)
+    assert all(r.ok and len(r.irp.energies) == 4 for r in results)
     # the shared call failed; then each question alone, with all of its rows
     assert [(c.asks("one?", "two?"), c.rows, c.failed) for c in faults.calls] == [
         (["one?", "two?"], 8, True), (["one?"], 4, False), (["two?"], 4, False)]
@@ -138,7 +138,7 @@ def test_a_failing_shared_call_is_retried_question_by_question(faulty_core):
 def test_out_of_memory_in_a_batch_retries_each_question(faulty_core):
     core, faults = faulty_core
     results = core.answer_many([Ask(Question(text="one?")), Ask(Question(text="two?")), Ask(Question(text="3?"))])
-    assert all(r.ok and r.irp.candidates == 4 for r in results)
+    assert all(r.ok and len(r.irp.energies) == 4 for r in results)
     # alone, each question first tries its full rows again: only an out of memory of its own reduces them
     assert [(c.asks("one?", "two?", "3?"), c.rows, c.failed) for c in faults.calls] == [
         (["one?", "two?", "3?"], 12, True), (["one?"], 4, False), (["two?"], 4, False), (["3?"], 4, False)]
@@ -157,7 +157,7 @@ def test_a_cancelled_question_of_a_batch_does_not_stop_the_others(core):
     assert [(r.id, r.ok, r.error and (r.error.code, r.error.message)) for r in (results[0], results[2])] == [
         ("x", False, (errors.SHUTTING_DOWN, "generation cancelled: the node is stopping")),
         ("z", False, (errors.NOT_ACTIVE, "deactivated"))]
-    assert results[1].ok and results[1].irp.candidates == 4
+    assert results[1].ok and len(results[1].irp.energies) == 4
 
 
 def test_sampled_prompts_spread_sampled_rows_and_keep_the_greedy_row(tiny_model_dir, tmp_path):
@@ -171,7 +171,7 @@ def test_sampled_prompts_spread_sampled_rows_and_keep_the_greedy_row(tiny_model_
         assert len({tuple(r.prompt_ids) for r in requests}) == 3
         assert requests[1].messages[0]["role"] == "system"
         a, b = plain.engine.refine("What is 2+2?"), varied.engine.refine("What is 2+2?")
-        assert b.irp.candidates == 4 and sorted(b.irp.temperatures) == sorted(a.irp.temperatures)
+        assert len(b.irp.energies) == 4 and sorted(b.irp.temperatures) == sorted(a.irp.temperatures)
         greedy_a = a.candidates[a.irp.temperatures.index(0.0)]
         greedy_b = b.candidates[b.irp.temperatures.index(0.0)]
         assert greedy_a.token_ids == greedy_b.token_ids

@@ -68,9 +68,9 @@ def test_answer_has_the_documented_shape(core):
     assert isinstance(result, Result) and set(result.to_dict()) == RESULT_KEYS and result.ok and result.id == "q1"
     assert set(result.to_dict()["snarc"]) == {"surprise", "novelty", "arousal", "reward", "conflict", "total",
                                               "salient"}
-    assert result.irp.candidates == 4 and len(result.irp.energies) == 4  # + the greedy row
+    assert result.irp.candidates == 3 and len(result.irp.energies) == 4  # + the greedy row
     assert result.irp.temperatures == pytest.approx([0.7, 0.647, 0.594, 0.0])
-    assert result.irp.iterations == 3
+    assert result.irp.candidates == 3
     assert result.timing.tokens > 0 and result.timing.total_s >= result.timing.inference_s
 
 
@@ -150,7 +150,7 @@ def test_throttled_answers_with_the_greedy_row_only(plain_core):
     core = plain_core
     result = core.answer(Question(text="What is 2+2?"), throttled=True)
     assert result.ok and result.irp.throttled
-    assert (result.irp.candidates, result.irp.iterations, result.irp.rounds) == (1, 0, 1)
+    assert (len(result.irp.energies), result.irp.candidates, result.irp.rounds) == (1, 0, 1)
     assert result.irp.temperatures == [0.0] and len(result.irp.energies) == 1
     engine = core.engine
     state = engine.init_state("What is 2+2?", options=AnswerOptions.resolve(core.cfg.llm_irp))
@@ -161,10 +161,10 @@ def test_throttled_answers_with_the_greedy_row_only(plain_core):
     assert result.answer == greedy[0].text and not engine.get_result(state).irp.throttled
     core.reconfigure(core.cfg.with_updates({"throttle.max_tokens": 2}))
     short = core.answer(Question(text="What is 2+2?"), throttled=True)
-    assert short.irp.candidates == 1 and 0 < short.timing.tokens <= 2
+    assert len(short.irp.energies) == 1 and 0 < short.timing.tokens <= 2
     core.reconfigure(core.cfg.with_updates({"throttle.enabled": False}))
     normal = core.answer(Question(text="Hi"), throttled=True)
-    assert normal.irp.candidates == 4 and not normal.irp.throttled and normal.irp.iterations == 3
+    assert len(normal.irp.energies) == 4 and not normal.irp.throttled and normal.irp.candidates == 3
 
 
 def test_out_of_memory_while_throttled_retries_the_greedy_row(tiny_plain_model_dir, tmp_path):
@@ -174,7 +174,7 @@ def test_out_of_memory_while_throttled_retries_the_greedy_row(tiny_plain_model_d
         result = core.answer(Question(text="Hi"), throttled=True)
     finally:
         core.release()
-    assert result.ok and result.irp.candidates == 1 and result.irp.throttled
+    assert result.ok and len(result.irp.energies) == 1 and result.irp.throttled
     assert [(c.temperatures, c.failed) for c in faults.calls] == [([0.0], True), ([0.0], False)]
 
 
@@ -222,7 +222,7 @@ def test_generation_failure_is_a_result_and_serving_continues(faulty_core):
 def test_out_of_memory_retries_once_with_fewer_candidates(faulty_core):
     core, faults = faulty_core
     result = core.answer(Question(text="Hi"))
-    assert result.ok and result.irp.candidates == 1
+    assert result.ok and len(result.irp.energies) == 1
     # the 3 sampled rows and the greedy one, then half the sampled ones (one) without the greedy row
     assert [(c.rows, c.failed) for c in faults.calls] == [(4, True), (1, False)]
     assert faults.calls[1].temperatures == [0.7]
@@ -336,7 +336,7 @@ def test_a_cancelled_question_fails_with_the_cancel_reason(core):
 
 def test_status_has_what_the_status_json_needs(core):
     status = core.status().to_dict()
-    assert {"model", "device", "precision", "packed_layers", "weights", "quantized_layers", "model_mb",
+    assert {"model", "device", "precision", "packed_layers", "weights", "forward", "quantized_layers", "model_mb",
             "gpu_mem_mb", "max_memory_mb", "served", "errors", "refused", "consecutive_errors", "last", "latency",
             "memory_store", "generation"} == set(status)
     assert status["model"] and status["device"] == "cpu" and status["model_mb"] > 0

@@ -84,10 +84,10 @@ def test_sequential_halts_on_plateau_between_rounds(tiny_model_dir):
     flat = lambda candidate, t0: 0.5  # noqa: E731
     engine = _engine(tiny_model_dir, energy=flat, irp_iterations=6, temp_reduction=0.01, candidates_per_round=1)
     info = engine.refine("Hi").irp
-    assert info.halt_reason == "plateau" and info.candidates == 3
+    assert info.halt_reason == "plateau" and len(info.energies) == 3
     engine = _engine(tiny_model_dir, energy=flat, irp_iterations=6, temp_reduction=0.01, candidates_per_round=2)
     info = engine.refine("Hi").irp
-    assert info.halt_reason == "plateau" and info.candidates == 4  # checked after each 2-row round
+    assert info.halt_reason == "plateau" and len(info.energies) == 4  # checked after each 2-row round
 
 
 def test_convergence_halts_and_keeps_best(tiny_model_dir):
@@ -136,7 +136,7 @@ def test_greedy_row_alone_is_one_round_on_an_empty_schedule(tiny_model_dir):
     assert [c.temperature for c in engine.step(state)] == [0.0]
     assert engine.halt(state) and engine.step(state) == []
     refined = engine.get_result(state)
-    assert (refined.irp.iterations, refined.irp.candidates, refined.irp.rounds) == (0, 1, 1)
+    assert (refined.irp.candidates, len(refined.irp.energies), refined.irp.rounds) == (0, 1, 1)
     assert refined.irp.throttled and refined.irp.temperatures == [0.0] and 0 < refined.tokens <= 4
     assert refined.answer == state.responses[0] and refined.final_temperature == engine.cfg.initial_temperature
     late = engine.init_state("Hi", options=options.replace(deadline=time.monotonic() - 1))

@@ -79,7 +79,7 @@ def test_plain_text_question_gets_a_result_with_a_generated_id(t):
     assert isinstance(result["id"], str) and len(result["id"]) == 12
     assert result["answer"] and result["model"] == "model"
     assert set(result["timing"]) >= {"queued_s", "inference_s", "total_s", "tokens", "tokens_per_s"}
-    assert result["timing"]["tokens"] > 0 and result["irp"]["candidates"] >= 1
+    assert result["timing"]["tokens"] > 0 and len(result["irp"]["energies"]) >= 1
 
 
 def test_json_question_echoes_id_and_fields(t):
@@ -88,7 +88,7 @@ def test_json_question_echoes_id_and_fields(t):
     _ok(result)
     assert (result["id"], result["conversation"]) == ("json-1", "conv-json")
     assert result["question"] == "How does compression affect meaning?"
-    assert result["irp"]["iterations"] <= 2 and result["irp"]["halt_reason"]  # sampled; + the greedy row
+    assert result["irp"]["candidates"] <= 2 and result["irp"]["halt_reason"]  # sampled; + the greedy row
     assert result["error"] is None and result["warnings"] == []
 
 
@@ -261,7 +261,7 @@ def test_valid_parameter_takes_effect_at_the_next_question(t):
     (res,) = t.set_parameters({"llm_irp.candidates": 1})
     assert res.successful, res.reason
     try:
-        assert _ok(t.ask("What is 2+2?"))["irp"]["iterations"] == 1  # sampled candidates
+        assert _ok(t.ask("What is 2+2?"))["irp"]["candidates"] == 1  # sampled candidates
     finally:
         (res,) = t.set_parameters({"llm_irp.candidates": 3})
         assert res.successful
@@ -372,7 +372,7 @@ def test_lifecycle_transitions_from_another_process(slow_model_dir, tmp_path, ro
         # a tiny deadline with long generation: cut short, never waits for all 1500 tokens
         cut = t.ask("Tell me everything.", qid="lc-deadline", deadline_s=0.3)
         assert (cut["ok"] and cut["irp"]["halt_reason"] == "deadline") or cut["error"]["code"] == "deadline"
-        assert not cut["ok"] or cut["timing"]["tokens"] < cut["irp"]["candidates"] * 1500  # cut, not timed
+        assert not cut["ok"] or cut["timing"]["tokens"] < len(cut["irp"]["energies"]) * 1500  # cut, not timed
 
         # deactivate with questions pending: the running one finishes, the queued ones get not_active
         ids = [f"lc-pending-{i}" for i in range(4)]

@@ -189,7 +189,7 @@ def test_configure_failure_in_warm_up_is_reported_released_and_retried(tiny_mode
         assert t.change_state("activate")
         status = t.wait_status(lambda s: s["lifecycle"] == "active", 10)
         assert status["error"] is None and status["model"] == "model"
-        assert _ok(t.ask("What is 2+2?"))["irp"]["iterations"] == 1
+        assert _ok(t.ask("What is 2+2?"))["irp"]["candidates"] == 1
     finally:
         rc = node.close()
     assert rc == 0
@@ -271,7 +271,7 @@ def test_throttled_from_volatile_and_latched_publishers_goes_stale(tiny_plain_mo
         mark = t.status_mark()
         status = t.wait_status(lambda s: s["throttled_signal"] == "stale", 30, "a stale throttled", mark)
         assert not status["throttled"] and status["throttled_age_s"] > 2.0
-        assert _ok(t.ask("What is 2+2?"))["irp"]["iterations"] == 3
+        assert _ok(t.ask("What is 2+2?"))["irp"]["candidates"] == 3
         node.proc.wait_log("treating the platform as not throttled")
 
         # a latched (transient local) publisher, as the diagnostics node's: heard too, and goes stale

@@ -61,7 +61,7 @@ def test_params_file_with_research_names_sets_the_new_parameters(tiny_model_dir,
         want = {"llm_irp.candidates": 2, "model.device": "cpu", "model.precision": "fp32",
                 "model.keep_alive": True, "history.depth": 2}
         assert _get_parameters(node.tester, list(want)) == want
-        assert _ok(node.tester.ask("What is 2+2?"))["irp"]["iterations"] == 2  # the effective value
+        assert _ok(node.tester.ask("What is 2+2?"))["irp"]["candidates"] == 2  # the effective value
         log = node.proc.log()
         assert "llm_irp.irp_iterations" not in log and "circular_buffer_size" not in log  # permanent, no warning
         names = set(_list_names(node.tester))

@@ -165,6 +165,6 @@ def test_forced_length_gives_equal_tokens(lm):
     engine = IRPEngine(lm, cfg, use_chat_template=False)
     refined = engine.refine("Are you aware of this conversation?",
                             options=AnswerOptions.resolve(cfg).replace(min_new_tokens=5))  # batched N x 1
-    assert base["response_count"] == refined.irp.candidates == 4
+    assert base["response_count"] == len(refined.irp.energies) == 4
     assert base["tokens"] == refined.tokens == 4 * 5
     assert refined.irp.rounds == 1

@@ -51,7 +51,7 @@ def _keys(value):
 def _ok_result() -> Result:
     return Result(id="q1", conversation="c1", question="What is 2+2?", ok=True, answer="Four. ✓",
                   snarc=SnarcScores(0.0, 0.61, 0.42, 0.55, 0.13, 0.342, True),
-                  irp=IRPSummary(iterations=3, candidates=4, rounds=1, best_energy=0.21,
+                  irp=IRPSummary(candidates=3, rounds=1, best_energy=0.21,
                                  energies=[0.3, 0.21, 0.25, 0.22], temperatures=[0.7, 0.647, 0.594, 0.0],
                                  halt_reason="max_iterations", finished=True, prefill_s=0.05, decode_s=3.2,
                                  scoring_s=0.0001),
@@ -125,17 +125,17 @@ def _irp(**keys):
 def test_options_resolve_config_and_question_once():
     cfg = _irp(irp_iterations=3, max_tokens=100, candidates_per_round=2, deadline_s=5.0)
     plain = AnswerOptions.resolve(cfg)
-    assert (plain.iterations, plain.max_tokens, plain.candidates_per_round, plain.greedy) == (3, 100, 2, True)
+    assert (plain.candidates, plain.max_tokens, plain.candidates_per_round, plain.greedy) == (3, 100, 2, True)
     assert plain.deadline is None and plain.deadline_s == 5.0 and not plain.throttled and plain.rows == 4
     cancel = threading.Event()
     asked = AnswerOptions.resolve(cfg, Question(text="q", candidates=7, deadline_s=2.0), received=100.0,
                                   cancel=cancel)
-    assert (asked.iterations, asked.deadline, asked.deadline_s, asked.cancel) == (7, 102.0, 2.0, cancel)
+    assert (asked.candidates, asked.deadline, asked.deadline_s, asked.cancel) == (7, 102.0, 2.0, cancel)
     assert AnswerOptions.resolve(cfg, Question(text="q"), received=100.0).deadline == 105.0
     assert AnswerOptions.resolve(_irp(deadline_s=0.0), received=100.0).deadline is None
     assert AnswerOptions.resolve(_irp(greedy_candidate=False)).greedy is False
     with pytest.raises(Exception):
-        plain.iterations = 1  # frozen
+        plain.candidates = 1  # frozen
 
 
 def _throttle(**keys):
@@ -146,20 +146,20 @@ def test_throttled_options_are_the_greedy_row_alone():
     cfg = _irp(candidates=3, max_tokens=100, greedy_candidate=False)
     throttled = AnswerOptions.resolve(cfg, Question(text="q", candidates=9), throttled=True,
                                       throttle=_throttle(max_tokens=64))
-    assert (throttled.iterations, throttled.greedy, throttled.max_tokens, throttled.rows) == (0, True, 64, 1)
+    assert (throttled.candidates, throttled.greedy, throttled.max_tokens, throttled.rows) == (0, True, 64, 1)
     assert throttled.throttled
     assert AnswerOptions.resolve(_irp(max_tokens=20), throttled=True, throttle=_throttle(max_tokens=64)
                                  ).max_tokens == 20
     off = AnswerOptions.resolve(_irp(candidates=3), throttled=True, throttle=_throttle(enabled=False))
-    assert not off.throttled and off.iterations == 3
+    assert not off.throttled and off.candidates == 3
 
 
 def test_reduced_options_after_running_out_of_memory():
     options = AnswerOptions.resolve(_irp(irp_iterations=5, candidates_per_round=0))
     fewer = options.reduced()
-    assert (fewer.iterations, fewer.candidates_per_round, fewer.greedy, fewer.rows) == (2, 1, False, 2)
-    assert options.iterations == 5  # the original is unchanged
-    assert AnswerOptions.resolve(_irp(irp_iterations=1)).reduced().iterations == 1
+    assert (fewer.candidates, fewer.candidates_per_round, fewer.greedy, fewer.rows) == (2, 1, False, 2)
+    assert options.candidates == 5  # the original is unchanged
+    assert AnswerOptions.resolve(_irp(irp_iterations=1)).reduced().candidates == 1
     greedy_only = AnswerOptions.resolve(_irp(), throttled=True)
     assert greedy_only.reduced() == greedy_only
 

@@ -42,14 +42,14 @@ def test_tripped_alert_reduces_candidates_until_it_clears(tiny_plain_model_dir, 
     try:
         irp.tester.wait_status(lambda s: s["throttled"], timeout=60)
         throttled = irp.tester.ask("What is 2+2?")
-        assert throttled["ok"] and throttled["irp"]["throttled"] and throttled["irp"]["candidates"] == 1
-        assert throttled["irp"]["iterations"] == 0 and throttled["irp"]["temperatures"] == [0.0]  # greedy only
+        assert throttled["ok"] and throttled["irp"]["throttled"] and len(throttled["irp"]["energies"]) == 1
+        assert throttled["irp"]["candidates"] == 0 and throttled["irp"]["temperatures"] == [0.0]  # greedy only
 
         mark = irp.tester.status_mark()
         (root / ALERT).write_text("0\n")
         irp.tester.wait_status(lambda s: not s["throttled"], timeout=60, since=mark)
         normal = irp.tester.ask("What is 2+2?")
-        assert normal["ok"] and not normal["irp"]["throttled"] and normal["irp"]["iterations"] == 3
+        assert normal["ok"] and not normal["irp"]["throttled"] and normal["irp"]["candidates"] == 3
     finally:
         diagnostics.terminate()
         diagnostics.wait(timeout=30)

@@ -54,8 +54,8 @@ from bench.quality.question_set import is_correct, load_questions
 from bench.record import REPO, RESULTS, add_update_docs_flag, run_info, update_docs, write_result
 from sage_irp_ros.config.settings import SageConfig
 from sage_irp_ros.decoding.generator import GenerationRequest
-from sage_irp_ros.decoding.torch_generator import TorchGenerator
 from sage_irp_ros.irp.engine import temperature_schedule
+from sage_irp_ros.irp.engine import local_generator
 from sage_irp_ros.weights.loader import load_model
 from sage_irp_ros.irp.prompts import build_prompt_ids, clean_answer
 
@@ -114,7 +114,7 @@ def generate(setting: str, questions: list[dict], seeds: int, cfg: SageConfig, l
     temps, max_tokens = setting_plan(setting)
     rows = [*temps, 0.0]
     lm = load_model(cfg.model)
-    generator = TorchGenerator(lm)
+    generator = local_generator(lm, cfg.llm_irp)  # the forward model.forward chose (torch or llama.cpp)
     trials: list[dict] = list(done or [])
     have = {(t["q"], t["seed"]) for t in trials}
     start = time.monotonic()

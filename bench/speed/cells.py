@@ -52,7 +52,8 @@ def timing_irp(n: int, tokens: int, **extra):
     """An IRPConfig that samples exactly n candidates of ``tokens`` tokens: 0.7 -> 0.54 in n steps.
 
     The greedy row is off, so that N is the number of rows per call for every contender (the research
-    loop has none); the package's default adds it: its cost is the N + 1 column of the sweep.
+    loop has none); the package's default adds it: its cost is the N + 1 column of the sweep. Every row
+    uses the plain prompt (``sampled_prompts: "0"``), the prompt the other contenders are given.
     """
     from sage_irp_ros.config.settings import SageConfig
 
@@ -60,7 +61,7 @@ def timing_irp(n: int, tokens: int, **extra):
         "candidates": n, "initial_temperature": 0.7, "min_temperature": 0.54,
         "temp_reduction": round(0.16 / n, 9), "max_tokens": tokens, "energy": "seed",
         "energy_convergence_threshold": 0.0, "energy_plateau_delta": 0.0, "greedy_candidate": False,
-        **extra}}).llm_irp
+        "sampled_prompts": "0", **extra}}).llm_irp
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,7 +114,7 @@ def engine_cell(lm, n: int, per_round: int, precision: str, name: str | None = N
         info = engine.refine(question, history=list(history), options=options)
         irp = info.irp
         return {"prefill_s": irp.prefill_s, "decode_s": irp.decode_s, "tokens": info.tokens,
-                "rounds": irp.rounds, "candidates": irp.candidates,
+                "rounds": irp.rounds, "candidates": len(irp.energies),
                 "temperatures": list(irp.temperatures), "halt_reason": irp.halt_reason}
 
     if name is None:

@@ -28,7 +28,11 @@ untempered log-probs), in two modes:
 - ``loop``:             the loop as the package runs it, eager;
 - ``loop-compile``:     the same loop with the package's compiled step (sage_irp_ros/decoding/compiled_step.py,
   ``llm_irp.compile``: CUDA graphs through mode "reduce-overhead" on CUDA, inductor's C++ backend on CPU;
-  rows padded to a power of two, the cache length to a multiple of 256).
+  rows padded to a power of two, the cache length to a multiple of 256);
+- ``question`` / ``question-compile``: the default question's shape (``llm_irp.sampled_prompts: "2"``): two
+  prompts in one decode engine (sage_irp_ros/decoding/engine.py), the plain one with the greedy row and half
+  the sampled rows, a second phrasing with the others; eager, and through the compiled step (CUDA graphs).
+  The cell records how many engine steps ran compiled (``compiled_steps`` of ``steps``).
 
 ``--quant int8`` stores the Linear weights (head and tied embedding included) as int8 per output channel
 (sage_irp_ros/weights/int8.py, ``model.weight_quantization: int8``) before measuring; ``--quant int4`` as 4-bit
@@ -70,7 +74,7 @@ except ImportError:  # pragma: no cover
 from bench.record import RESULTS, run_info  # noqa: E402
 
 NAME = "gpu_check"
-MODES = ("loop", "loop-compile")
+MODES = ("loop", "loop-compile", "question", "question-compile")
 
 BANDWIDTH_GBS = {"H100 SXM": 3350.0, "H100 PCIe": 2000.0, "H200": 4800.0, "Jetson Orin Nano 8GB": 68.0}
 
@@ -116,29 +120,47 @@ COMPILE_BACKEND = {"backend": None}
 
 
 def loop_cell(torch, model, mode: str, prompt, temps, tokens: int, sync):
-    """``once(max_new)`` for the package's decode loop (eager or with a compiled step)."""
-    from sage_irp_ros.decoding.generator import GenerationRequest
+    """``once(max_new)`` for the package's decode engine (eager or with a compiled step): one prompt's rows
+    (``loop*``) or the default question's two prompts (``question*``)."""
     from sage_irp_ros.decoding.compiled_step import CompiledStep
-    from sage_irp_ros.decoding.decode import decode
+    from sage_irp_ros.decoding.engine import DecodeEngine
+    from sage_irp_ros.decoding.generator import GenerationRequest
 
-    if mode == "loop-compile" and "step" not in _COMPILED:  # the package's compiled step, compiled in place
+    compiled = mode.endswith("-compile")
+    if compiled and "step" not in _COMPILED:  # the package's compiled step, compiled in place
         backend = COMPILE_BACKEND["backend"] or "inductor"
         _COMPILED["step"] = CompiledStep(model, context_window=int(model.config.max_position_embeddings),
                                          backend=backend, background=False)
-    step_fn = _COMPILED.get("step") if mode == "loop-compile" else None
+    step_fn = _COMPILED.get("step") if compiled else None
+    ids = prompt[0].tolist()
+    if mode.startswith("question"):  # plain prompt: greedy + every other sampled row; a phrasing 7 tokens longer
+        sampled = list(temps)
+        prompts = [(ids, sampled[0::2] + [0.0]), (ids[:7] + ids, sampled[1::2])]
+        prompts = [(p, t) for p, t in prompts if t]
+    else:
+        prompts = [(ids, list(temps))]
+    rows = sum(len(t) for _, t in prompts)
+    length = max(len(p) for p, _ in prompts) + tokens
+    capacity, length = step_fn.shapes(rows, length) if step_fn is not None else (rows, length)
     if step_fn is not None:
-        step_fn.request([step_fn.shapes(len(temps), prompt.shape[1] + tokens)])
+        step_fn.request([(capacity, length)])
         if step_fn.failed:
             raise RuntimeError(step_fn.failed)
+    pooled = step_fn.pooled_cache(capacity, length) if step_fn is not None else None
+    engine = DecodeEngine(model, capacity=capacity, length=length, eos_ids=[], pad_id=0, step_fn=step_fn,
+                          cache=pooled)
 
     def once(max_new: int) -> dict:
         sync()
         start = time.perf_counter()
-        request = GenerationRequest(prompt[0].tolist(), temps, max_new, min_new_tokens=max_new)
-        out = decode(model, request, eos_ids=[], pad_id=0, step_fn=step_fn)
+        steps, compiled_steps = engine.steps, engine.compiled_steps
+        for p, t in prompts:
+            engine.submit(GenerationRequest(p, t, max_new, min_new_tokens=max_new))
+        outs = [f.decoded for f in engine.run()]
         sync()
-        return {"total_s": time.perf_counter() - start, "prefill_s": out.prefill_s, "decode_s": out.decode_s,
-                "new_tokens": out.tokens.shape[1]}
+        return {"total_s": time.perf_counter() - start, "prefill_s": sum(o.prefill_s for o in outs),
+                "decode_s": max(o.decode_s for o in outs), "new_tokens": max(o.tokens.shape[1] for o in outs),
+                "steps": engine.steps - steps, "compiled_steps": engine.compiled_steps - compiled_steps}
 
     return once
 
@@ -154,8 +176,9 @@ def run_cell(torch, model, mode: str, n: int, prompt_len: int, tokens: int, reps
     runs = [once(tokens) for _ in range(reps)]
     steps = [r["decode_s"] / max(1, r["new_tokens"] - 1) for r in runs]
     step = statistics.median(steps)
-    compiled = mode == "loop-compile"
-    return {"mode": mode, "n": n, "tokens": tokens, "prompt_tokens": prompt_len, "reps": reps,
+    compiled = mode.endswith("-compile")
+    return {"mode": mode, "steps": runs[0]["steps"], "compiled_steps": runs[0]["compiled_steps"], "n": n,
+            "tokens": tokens, "prompt_tokens": prompt_len, "reps": reps,
             "warmup_s": [round(w["total_s"], 3) for w in warm], "compiled": compiled,
             "prefill_ms": 1e3 * statistics.median(r["prefill_s"] for r in runs),
             "decode_ms_per_step": 1e3 * step, "decode_ms_per_token": 1e3 * step / n,

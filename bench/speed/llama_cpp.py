@@ -28,7 +28,8 @@ exactly ``tokens`` new tokens per candidate (end-of-sequence banned through ``lo
 at the candidate's temperature (``top_k=0, top_p=1, min_p=0``, no repeat penalty). One candidate is one
 completion; five candidates are five sequential completions (llama.cpp reuses the prompt's KV cache
 between them, as a llama.cpp node would). The engine runs single (N = 1), batched (N = 5) and best-of-5
-with the default's greedy row (6 rows).
+with the default's greedy row (6 rows); llama.cpp's own batched decode of 6 sequences per step (the prompt's
+KV cells shared, one ``llama_decode`` per step, numpy sampling) is the peer of the 6-row call.
 
 Prints a markdown table and writes ``llama_cpp.json`` (every repetition, the ratios, the machine, versions,
 git commit and load average before and after) into ``--out``; without llama_cpp installed the result
@@ -93,6 +94,47 @@ def llama_cell(llm, tokenizer, n: int, name: str | None = None) -> Cell:
     return Cell(label, "llama.cpp single" if n == 1 else "llama.cpp sequential", n, run, "Q4_1")
 
 
+def llama_batched_cell(threads: int, tokenizer, rows: int) -> Cell:
+    """llama.cpp's own batched decode: ``rows`` sequences sharing the prompt's KV cells, one
+    ``llama_decode`` per step for all of them, the next tokens drawn with numpy (argmax for row 0, the
+    greedy row; the engine's annealed temperatures for the others)."""
+    import numpy as np
+
+    from sage_irp_ros.decoding.llama_cpp_forward import LlamaCppForward
+    from sage_irp_ros.irp.prompts import seed_prompt
+    from sage_irp_ros.weights.embedded_model import embedded_gguf
+
+    forward = LlamaCppForward(embedded_gguf(), n_ctx=4096, threads=threads)
+    rng = np.random.default_rng(0)
+    temperatures = [0.0] + [round(0.7 - i * 0.16 / (rows - 1), 6) for i in range(rows - 1)]
+
+    def pick(logits: np.ndarray, temperature: float) -> int:
+        if temperature <= 0.0:
+            return int(logits.argmax())
+        scaled = (logits - logits.max()) / temperature
+        cdf = np.cumsum(np.exp(scaled))
+        return int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), len(cdf) - 1))
+
+    def run(question: str, tokens: int) -> dict:
+        ids = tokenizer(seed_prompt(question))["input_ids"]
+        start = time.perf_counter()
+        logits = np.repeat(forward.prefill(0, ids)[None], rows, axis=0)
+        for seq in range(1, rows):
+            forward.share(0, seq)
+        prefill_s = time.perf_counter() - start
+        for step in range(tokens):
+            chosen = [pick(logits[r], temperatures[r]) for r in range(rows)]
+            if step + 1 < tokens:
+                logits = forward.step(chosen, [len(ids) + step] * rows, list(range(rows)))
+        for seq in range(rows):
+            forward.free(seq)
+        return {"prefill_s": prefill_s, "decode_s": time.perf_counter() - start - prefill_s,
+                "tokens": rows * tokens, "rounds": 1, "candidates": rows, "temperatures": temperatures,
+                "halt_reason": "iterations"}
+
+    return Cell(f"llama.cpp batched decode, {rows} sequences per step", "llama.cpp batched", rows, run, "Q4_1")
+
+
 def with_cpu_time(cell: Cell) -> Cell:
     """Record the process CPU seconds of each run too: on a loaded machine wall time also counts waiting
     for a core, CPU time (all threads of this process, one thread per contender here) does not."""
@@ -115,7 +157,8 @@ def compare(variants: dict[str, Any], reps: int, tokens: int, log: Callable[[str
     threads = torch.get_num_threads()
     llm = load_llama(threads)
     tokenizer = next(iter(variants.values()))[0].tokenizer
-    cells = [llama_cell(llm, tokenizer, 1), llama_cell(llm, tokenizer, MAIN_N)]
+    cells = [llama_cell(llm, tokenizer, 1), llama_cell(llm, tokenizer, MAIN_N),
+             llama_batched_cell(threads, tokenizer, MAIN_N + 1)]
     for name, (lm, irp) in variants.items():
         greedy = {**irp, "greedy_candidate": True}
         cells += [engine_cell(lm, 1, 1, name, f"engine {name}, one candidate", kind=f"{name} single", irp_keys=irp),
@@ -135,6 +178,8 @@ def compare(variants: dict[str, Any], reps: int, tokens: int, log: Callable[[str
             median[f"{name} batched"] / median["llama.cpp sequential"]
         ratios[f"{name}: 5 + greedy (6 rows) / llama.cpp 5 sequential (time)"] = \
             median[f"{name} batched+greedy"] / median["llama.cpp sequential"]
+        ratios[f"{name}: 5 + greedy (6 rows) / llama.cpp batched 6 sequences (time)"] = \
+            median[f"{name} batched+greedy"] / median["llama.cpp batched"]
         ratios[f"{name}: batched N=5 / single (time)"] = median[f"{name} batched"] / median[f"{name} single"]
         ratios[f"{name}: single / llama.cpp single (CPU time)"] = cpu[f"{name} single"] / cpu["llama.cpp single"]
         ratios[f"{name}: batched N=5 / llama.cpp 5 sequential (CPU time)"] = \

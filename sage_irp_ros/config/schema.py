@@ -45,6 +45,7 @@ POWER_MODES = ("efficiency", "balanced", "performance")
 PROBE_BACKENDS = ("auto", "jtop", "nvml", "sysfs")
 MEMORY_LIMIT_ACTIONS = ("warn", "error")
 WEIGHT_QUANTIZATIONS = ("auto", "none", "int8", "int4")
+FORWARDS = ("auto", "torch", "llama_cpp")
 COMPILE_MODES = ("auto", "on", "off")
 FALLBACKS = ("local", "none")
 LIVE, CONFIGURE, READ_ONLY = "live", "configure", "read-only"
@@ -81,6 +82,12 @@ class ModelConfig:
     precision: str = field(default="auto", metadata=_key(
         "Weight precision; auto = fp16 on CUDA, bf16 on a CPU with native bf16 (AVX512-BF16/AMX), else fp32",
         choices=PRECISIONS, applies=CONFIGURE))
+    forward: str = field(default="auto", metadata=_key(
+        "What computes the model's logits: llama_cpp = llama.cpp's kernels in process over a GGUF's own blocks "
+        "(llama-cpp-python; rows share one KV cache; the package keeps its sampling, constraints and log-probs), "
+        "torch = PyTorch (HF folders, LoRA adapters, CUDA); auto = llama_cpp for a GGUF on CPU without an "
+        "adapter when llama-cpp-python is installed and weight_quantization is auto, else torch "
+        "(docs/performance.md)", choices=FORWARDS, applies=CONFIGURE))
     weight_quantization: str = field(default="auto", metadata=_key(
         "int4: Linear weights 4-bit in groups (a Q4_0/Q4_1 GGUF's own blocks; others quantised at load), "
         "embedding and output head 8-bit blocks, on PyTorch's int4 kernel with bf16 activations: about 2x "

@@ -12,7 +12,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""A compiled decode step (``llm_irp.compile``): ``torch.compile`` of :func:`decode.step`, never in the way.
+"""A compiled decode step (``llm_irp.compile``): ``torch.compile`` of the decode engine's step, never in the way.
 
 Why: a decode step of a small model is many small ops (norms, rotary, attention, masks) around the
 matrix products; eager PyTorch pays Python and dispatch overhead for each. Compiling the step fuses
@@ -22,10 +22,12 @@ How it stays out of the way of answering:
 
 - **fixed shapes**: a compiled graph is specialised to its shapes, so the KV cache length is rounded up
   to a multiple of :data:`LENGTH_BUCKET` (capped by the context window) and the row count up to a power
-  of two (:func:`bucket_rows`); the rows above a request's count are padding rows whose logits are
-  dropped (``decode`` never samples them). A shape is compiled once per process, not per question;
+  of two (:func:`bucket_rows`): the decode engine (:mod:`sage_irp_ros.decoding.engine`) is built at that
+  shape, its slot count and cache length, so every question, and every row joining or leaving between
+  steps, goes through the same graph; free slots are stepped but never sampled. A shape is compiled once
+  per process, not per question;
 - **in the background**: a shape is compiled on a daemon thread (warm-up on dummy inputs of that shape,
-  under ``inference_mode`` like ``decode``); until it is ready the eager step answers, then the compiled
+  under ``inference_mode`` like the engine); until it is ready the eager step answers, then the compiled
   function is swapped in (one attribute write per shape). ``sage_irp cache warm`` compiles ahead of time;
 - **a persistent compile cache** in ``<cache dir>/compile`` (inductor's FX graph and AOT caches, via
   ``TORCHINDUCTOR_CACHE_DIR``; a value already in the environment wins), so a restart skips code
@@ -130,11 +132,12 @@ def why_not(mode: str, device: torch.device) -> str:
 
 
 class CompiledStep:
-    """A drop-in for :func:`decode.step` over one model: eager until a shape's compiled function is ready.
+    """The decode engine's step over one model: eager until a shape's compiled function is ready.
 
-    ``decode`` asks :meth:`shapes` for the padded row count and the cache length of a request and calls
-    the object like ``decode.step``. ``backend``/``mode`` go to ``torch.compile`` (tests pass a cheap
-    backend); ``background=False`` compiles on the calling thread (``sage_irp cache warm``).
+    The generator asks :meth:`shapes` for the engine's slot count and cache length and the engine calls
+    the object like its eager step ``(model, tokens, positions, cache, mask)``. ``backend``/``mode`` go to
+    ``torch.compile`` (tests pass a cheap backend); ``background=False`` compiles on the calling thread
+    (``sage_irp cache warm``).
     """
 
     def __init__(self, model: torch.nn.Module, *, context_window: int, backend: str | Callable = "inductor",
@@ -158,49 +161,44 @@ class CompiledStep:
         self._running = False  # a compiler (thread or caller) is working through _wanted
         self.failed = ""  # why compiling was given up ('' while it works)
         self.compile_s: dict[tuple[int, int], float] = {}
+        self.last_compiled = False  # the last call ran the compiled function
+        self.calls = 0  # calls that ran the compiled function
 
     def shapes(self, rows: int, length: int) -> tuple[int, int]:
         """(rows with padding, cache length) for a request of ``rows`` rows and ``length`` positions."""
         return bucket_rows(rows), bucket_length(length, self.context_window)
 
-    def adopt_cache(self, cache: Any, rows: int) -> Any:
-        """The cache to decode with, given the one-row prompt cache: its rows repeated to ``rows``.
-
-        With CUDA graphs (``pooled``), a ready shape's questions all use one cache, the one its graph was
-        recorded on, so the graph's addresses stay valid: the prompt's keys and values are copied into it.
-        """
-        shape = (rows, _cache_length(cache))
-        pooled = self._pool.get(shape) if self.pooled and shape in self._ready else None
-        if pooled is None:
-            if rows > 1:
-                hf_compat.repeat_cache_rows(cache, rows)
-            return cache
-        for source, target in zip(cache.layers, pooled.layers):
-            target.keys.copy_(source.keys.expand_as(target.keys))
-            target.values.copy_(source.values.expand_as(target.values))
-            if isinstance(getattr(target, "cumulative_length", None), torch.Tensor):  # transformers 5.x
-                target.cumulative_length.copy_(source.cumulative_length)
-        return pooled
+    def pooled_cache(self, rows: int, length: int) -> Any:
+        """With CUDA graphs (``pooled``), the one cache a ready shape's graph was recorded on: the decode
+        engine of that shape decodes in it, so the graph's addresses stay valid. None otherwise."""
+        shape = (rows, length)
+        return self._pool.get(shape) if self.pooled and shape in self._ready else None
 
     def __call__(self, model: torch.nn.Module, tokens: torch.Tensor, positions: torch.Tensor,
-                 cache: Any) -> torch.Tensor:
-        """``decode.step``: the compiled function where this shape is ready, else the eager step."""
+                 cache: Any, mask: torch.Tensor) -> torch.Tensor:
+        """The decode engine's step: the compiled function where this shape is ready, else the eager step;
+        :attr:`last_compiled` says which ran, :attr:`calls` counts the compiled ones."""
         shape = (tokens.shape[0], _cache_length(cache))
         compiled = self._compiled
+        self.last_compiled = False
         if (model is not self.model or compiled is None or shape not in self._ready or self.failed
                 or (self.pooled and cache is not self._pool.get(shape))):  # a graph recorded on another cache
             if model is self.model and not self.failed and shape not in self._ready:
                 self.request([shape])
-            return self._eager(tokens, positions, cache)
+            return self._eager(tokens, positions, cache, mask)
         try:
             if self.cuda_graphs:
                 torch.compiler.cudagraph_mark_step_begin()
-                return compiled(tokens, positions, cache).clone()  # a graph's output is overwritten next replay
-            return compiled(tokens, positions, cache)
+                logits = compiled(tokens, positions, cache, mask).clone()  # a graph's output is overwritten next
+            else:
+                logits = compiled(tokens, positions, cache, mask)
         except Exception as exc:  # a guard or run-time failure: eager from now on, this step again
             self._give_up(f"the compiled step failed: {type(exc).__name__}: {exc}")
-            _rewind(cache, positions)
-            return self._eager(tokens, positions, cache)
+            _rewind(cache, mask)
+            return self._eager(tokens, positions, cache, mask)
+        self.last_compiled = True
+        self.calls += 1
+        return logits
 
     def request(self, shapes: Iterable[tuple[int, int]]) -> None:
         """Queue ``shapes`` (rows, cache length) for compiling (in the background unless constructed
@@ -263,21 +261,20 @@ class CompiledStep:
             use_compile_cache()
             hf_compat.attend_over_kv_heads_when_traced()
             self._compiled = torch.compile(self._eager, **self._compile_args)
-        cache = hf_compat.new_cache(self.model, length, static=True)
-        prompt = torch.zeros((1, 1), dtype=torch.long, device=self.device)
-        self.model(input_ids=prompt, use_cache=True, **{self.cache_name: cache})
-        if rows > 1:
-            hf_compat.repeat_cache_rows(cache, rows)
-        if self.pooled:  # this shape's questions will decode in this cache (see adopt_cache)
-            _static(cache)
-            self._pool[(rows, length)] = cache
+        from sage_irp_ros.decoding.slots import SlotCache  # the engine's own cache: the same guards
+
+        slots = SlotCache(self.model, rows, length)
+        _, prompt_cache = slots.prefill([0])
+        slots.insert(range(rows), prompt_cache, 1)
+        if self.pooled:  # this shape's questions will decode in this cache (see pooled_cache)
+            _static(slots.cache)
+            self._pool[(rows, length)] = slots.cache
         tokens = torch.zeros(rows, dtype=torch.long, device=self.device)
-        positions = torch.ones((rows, 1), dtype=torch.long, device=self.device)
+        compiled = self._compiled
         for _ in range(3 if self.cuda_graphs else 1):  # CUDA graphs record on a later call than the first
             if self.cuda_graphs:
                 torch.compiler.cudagraph_mark_step_begin()
-            self._compiled(tokens, positions, cache)
-            positions += 1
+            slots.step(lambda model, *args: compiled(*args), tokens)
 
     def _give_up(self, reason: str) -> None:
         with self._lock:
@@ -300,13 +297,14 @@ _step_numbers = itertools.count()
 
 
 def _step_function(model: torch.nn.Module, cache_name: str) -> Callable[..., torch.Tensor]:
-    """The step itself (what is compiled): ``decode.step`` over ``model`` with the cache argument's name fixed.
+    """The step itself (what is compiled): the engine's masked step over ``model`` with the cache argument's
+    name fixed.
 
     A function with a code object of its own: dynamo keeps compiled graphs, and counts recompiles against
     its limit (8), per code object, so each model's step gets its own, freed with it.
     """
-    def step(tokens: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
-        return model(input_ids=tokens[:, None], position_ids=positions, use_cache=True,
+    def step(tokens: torch.Tensor, positions: torch.Tensor, cache: Any, mask: torch.Tensor) -> torch.Tensor:
+        return model(input_ids=tokens[:, None], position_ids=positions, attention_mask=mask, use_cache=True,
                      **{cache_name: cache}).logits[:, -1]
 
     code = step.__code__.replace(co_name=f"decode_step_{next(_step_numbers)}")
@@ -330,12 +328,14 @@ def _static(cache: Any) -> None:
                 torch_kernels.mark_static_address(tensor)
 
 
-def _rewind(cache: Any, positions: torch.Tensor) -> None:
-    """Put a static cache's fill level back to ``positions`` (a failed compiled step may have advanced it)."""
+def _rewind(cache: Any, mask: torch.Tensor) -> None:
+    """Put a static cache's fill level back to the step's write column, the last one the mask marks (a failed
+    compiled step may have advanced it)."""
+    column = int(mask[0].nonzero().max()) if bool(mask[0].any()) else 0
     for layer in getattr(cache, "layers", ()):
         length = getattr(layer, "cumulative_length", None)
         if isinstance(length, torch.Tensor):
-            length.copy_(positions[0, 0])
+            length.fill_(column)
 
 
 _per_model_lock = threading.Lock()
@@ -357,7 +357,7 @@ def for_model(lm: Any, mode: str, *, expect_rows: int = 0, expect_tokens: int = 
             hf_compat.warn_once(f"compile:{reason}", f"{reason}: the decode step runs eagerly")
         return None
     if hf_compat.cache_argument(lm.model) is None:
-        return None  # decode runs the whole sequence per step: nothing to compile
+        return None  # decoding runs the whole sequence per step: nothing to compile
     with _per_model_lock:
         step = getattr(lm.model, _ATTRIBUTE, None)
         if step is None:

@@ -53,6 +53,7 @@ class Batch:
     prefill_s: float
     decode_s: float
     stopped_early: bool  # the deadline or a cancel request cut decoding short
+    step: str = "eager"  # "compiled": every decoding step of these rows ran through the compiled step
 
     @property
     def tokens(self) -> int:

@@ -12,73 +12,116 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""The on-board generator: the generation seam implemented by the torch decode loop over a resident model.
+"""The on-board generator: the generation seam implemented by the step-driven decode engine.
 
-``TorchGenerator.generate`` decodes every row of a request in one batched call (:mod:`decode`): decoding
-is memory-bound, so N rows cost little more than one. It turns the rows' tokens into
-:class:`~sage_irp_ros.decoding.generator.Candidate` objects: text up to end-of-sequence, the untempered
-log-probs of the kept tokens (and of the end-of-sequence token, which is part of the model's answer).
+``TorchGenerator.generate_many`` submits every request to one
+:class:`~sage_irp_ros.decoding.engine.DecodeEngine` and pulls each as it finishes (``generate`` is the
+same with one request): decoding is memory-bound, so rows of several requests cost little more than one,
+and a request waiting for free slots joins between two steps as soon as rows leave. The engine is kept
+between calls (one per shape: its static cache keeps its addresses, which a compiled step's CUDA graph
+holds). It turns the rows' tokens into :class:`~sage_irp_ros.decoding.generator.Candidate` objects: text
+up to end-of-sequence, the untempered log-probs of the kept tokens (and of the end-of-sequence token,
+which is part of the model's answer).
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Callable, Sequence
 
 import torch
 
-from sage_irp_ros.decoding.generator import Batch, Candidate, GenerationRequest
 from sage_irp_ros.answers.choices import OptionScore, spellings
-from sage_irp_ros.decoding import decode
-from sage_irp_ros.decoding.decode_groups import decode_groups, supports_groups
+from sage_irp_ros.compat import hf_compat
+from sage_irp_ros.decoding.decode import Decoded, decode_simple
+from sage_irp_ros.decoding.engine import CacheIgnored, DecodeEngine, StopRule
+from sage_irp_ros.decoding.generator import Batch, Candidate, GenerationRequest
+from sage_irp_ros.decoding.slots import StepFn
 from sage_irp_ros.weights.loader import LoadedModel
+
+MAX_SLOTS = 32  # rows decoded at once; a request beyond them waits for free slots
 
 
 class TorchGenerator:
-    """Candidates from the resident model, one batched decode per request."""
+    """Candidates from the resident model, decoded by the step-driven engine."""
 
-    def __init__(self, lm: LoadedModel, *, step_fn: decode.StepFn | None = None, static_cache: bool = True):
-        """``step_fn``: a replacement for :func:`decode.step` (a compiled step); ``static_cache``: False
-        decodes with transformers' dynamic cache (the same tokens; for models a static cache cannot hold)."""
+    def __init__(self, lm: LoadedModel, *, step_fn: StepFn | None = None, static_cache: bool = True,
+                 max_slots: int = MAX_SLOTS, stop_rule: StopRule | None = None):
+        """``step_fn``: a replacement for the eager step (a compiled step); ``static_cache``: False decodes
+        with transformers' dynamic cache, one request at a time (the same tokens; for models a static cache
+        cannot hold); ``max_slots``: the engine's most rows; ``stop_rule``: the engine's hook that drops
+        rows between steps."""
         self.lm, self.step_fn, self.static_cache = lm, step_fn, static_cache
+        self.max_slots, self.stop_rule = max_slots, stop_rule
         eos = lm.tokenizer.eos_token_id
         self.eos_ids = [i for i in (eos if isinstance(eos, (list, tuple)) else [eos]) if i is not None]
+        self._engine: DecodeEngine | None = None
+        self._lock = threading.Lock()  # one decode at a time over the resident model
 
     @property
     def pad_id(self) -> int:
         tokenizer = self.lm.tokenizer
         return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.eos_ids or [0])[0]
 
+    @property
+    def slot_engine(self) -> bool:
+        """Whether requests decode in the slot engine (a static cache the model's forward takes)."""
+        return self.static_cache and hf_compat.cache_argument(self.lm.model) is not None
+
     def generate(self, request: GenerationRequest) -> Batch:
-        out = decode.decode(self.lm.model, request, eos_ids=self.eos_ids, pad_id=self.pad_id,
-                            static_cache=self.static_cache, step_fn=self.step_fn)
-        return self._batch(request, out)
+        return self.generate_many([request])[0]
 
     def generate_many(self, requests: Sequence[GenerationRequest],
                       on_done: Callable[[int, Batch], None] | None = None) -> list[Batch]:
-        """Every request's rows in one batched decode (:mod:`decode_groups`); ``on_done(index, batch)`` as
-        each request ends. A lone request, or a model without a static cache, goes through
-        :func:`decode.decode` one request at a time."""
-        if len(requests) == 1 or not supports_groups(self.lm.model, self.static_cache):
-            batches = []
-            for index, request in enumerate(requests):
-                batches.append(self.generate(request))
-                if on_done is not None:
-                    on_done(index, batches[-1])
-            return batches
+        """Every request's rows in one engine, one :class:`Batch` per request in order; ``on_done(index,
+        batch)`` as each request finishes (the engine hands it over between two steps)."""
         done: dict[int, Batch] = {}
+        with self._lock:
+            if self.slot_engine:
+                try:
+                    engine = self._engine_for(requests)
+                    for index, request in enumerate(requests):
+                        engine.submit(request, key=index)
+                    for finished in engine.run():
+                        finished.decoded.step = finished.step
+                        done[finished.key] = self._batch(finished.request, finished.decoded)
+                        if on_done is not None:
+                            on_done(finished.key, done[finished.key])
+                    return [done[i] for i in range(len(requests))]
+                except CacheIgnored:
+                    self.static_cache, self._engine = False, None
+                    done.clear()
+            for index, request in enumerate(requests):
+                out = decode_simple(self.lm.model, request, eos_ids=self.eos_ids, pad_id=self.pad_id,
+                                    cache=self.static_cache is False)
+                done[index] = self._batch(request, out)
+                if on_done is not None:
+                    on_done(index, done[index])
+        return [done[i] for i in range(len(requests))]
 
-        def finished(index: int, out: decode.Decoded) -> None:
-            done[index] = self._batch(requests[index], out)
-            if on_done is not None:
-                on_done(index, done[index])
+    def _engine_for(self, requests: Sequence[GenerationRequest]) -> DecodeEngine:
+        """The engine of the shape these requests need (the kept one where it has it): slots for every row
+        up to ``max_slots`` (never fewer than the largest request)."""
+        most = max(r.rows for r in requests)
+        rows = max(most, min(sum(r.rows for r in requests), self.max_slots))
+        # room for any of them to join whatever the others' prompts: the longest prompt + the most new tokens
+        length = max(len(r.prompt_ids) for r in requests) + max(r.max_new_tokens for r in requests)
+        shapes = getattr(self.step_fn, "shapes", None)
+        capacity, length = shapes(rows, length) if shapes is not None else (rows, length)
+        pooled = getattr(self.step_fn, "pooled_cache", None)
+        cache = pooled(capacity, length) if pooled is not None else None
+        engine = self._engine
+        if (engine is None or engine.busy or engine.capacity != capacity or engine.length != length
+                or (cache is not None and engine.slots.cache is not cache)):
+            engine = DecodeEngine(self.lm.model, capacity=capacity, length=length, eos_ids=self.eos_ids,
+                                  pad_id=self.pad_id, step_fn=self.step_fn, stop_rule=self.stop_rule, cache=cache)
+            self._engine = engine
+        return engine
 
-        outs = decode_groups(self.lm.model, requests, eos_ids=self.eos_ids, pad_id=self.pad_id, on_done=finished)
-        return [done[i] if i in done else self._batch(r, out) for i, (r, out) in enumerate(zip(requests, outs))]
-
-    def _batch(self, request: GenerationRequest, out: decode.Decoded) -> Batch:
+    def _batch(self, request: GenerationRequest, out: Decoded) -> Batch:
         candidates = [self._candidate(out.tokens[i].tolist(), out.logprobs[i].tolist(), request.temperatures[i])
                       for i in range(request.rows)]
-        return Batch(candidates, out.prefill_s, out.decode_s, out.stopped_early)
+        return Batch(candidates, out.prefill_s, out.decode_s, out.stopped_early, step=out.step)
 
     @torch.inference_mode()
     def score(self, prompt_ids: Sequence[int], text: str) -> Candidate:

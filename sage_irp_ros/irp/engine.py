@@ -51,10 +51,21 @@ MAX_ITERATIONS, DEADLINE, CANCELLED = "max_iterations", "deadline", "cancelled"
 _EPS = 1e-9
 
 
-def temperature_schedule(cfg: IRPConfig, iterations: int) -> list[float]:
+def local_generator(lm: LoadedModel, cfg: IRPConfig) -> Generator:
+    """The on-board generator for ``lm``: llama.cpp's forward (``model.forward``), else the torch decode
+    loop with the compiled step where ``llm_irp.compile`` asks for it."""
+    if lm.forward == "llama_cpp":
+        from sage_irp_ros.decoding.llama_cpp_generator import LlamaCppGenerator
+
+        return LlamaCppGenerator(lm)
+    return TorchGenerator(lm, step_fn=compiled_step.for_model(lm, cfg.compile, expect_rows=IRPEngine.usual_rows(cfg),
+                                                              expect_tokens=cfg.max_tokens))
+
+
+def temperature_schedule(cfg: IRPConfig, candidates: int) -> list[float]:
     """Temperatures the research loop samples at: it stops after the step that reaches the floor."""
     temps, t = [], cfg.initial_temperature
-    for _ in range(iterations):
+    for _ in range(candidates):
         temps.append(t)
         t = round(max(cfg.min_temperature, t - cfg.temp_reduction), 9)
         if t <= cfg.min_temperature + _EPS:
@@ -96,6 +107,7 @@ class IRPState:
     prompt_text: str = ""
     variants: dict[int, Prompt] = field(default_factory=dict)  # the bank's other phrasings the sampled rows use
     sampled_prompts: tuple[int, ...] = (0,)  # the phrasing of sampled row i is sampled_prompts[i % len]
+    steps: list[str] = field(default_factory=list)  # which step decoded each batch ("compiled" / "eager")
     timings: dict[str, float] = field(default_factory=lambda: {
         "prefill_s": 0.0, "decode_s": 0.0, "scoring_s": 0.0})
 
@@ -128,14 +140,12 @@ class IRPEngine:
     def __init__(self, lm: LoadedModel | None, cfg: IRPConfig, energy: EnergyFn | SelectionRule | None = None,
                  use_chat_template: bool = True, generator: Generator | None = None):
         """``energy``: a per-candidate energy or a selection rule; default: ``cfg.energy``'s rule.
-        ``generator``: where candidates come from; default: the torch decode loop over ``lm`` (``lm`` None:
+        ``generator``: where candidates come from; default: :func:`local_generator` over ``lm`` (``lm`` None:
         no resident model, prompts are messages and text only, ``generator`` is required)."""
         self.lm, self.cfg = lm, cfg
         if lm is None and generator is None:
             raise ValueError("an engine without a resident model needs a generator")
-        self.generator: Generator = generator if generator is not None else TorchGenerator(
-            lm, step_fn=compiled_step.for_model(lm, cfg.compile, expect_rows=self.usual_rows(cfg),
-                                                expect_tokens=cfg.max_tokens))
+        self.generator: Generator = generator if generator is not None else local_generator(lm, cfg)
         if energy is None:
             self.rule: SelectionRule = selection_rule(cfg.energy)
         else:
@@ -163,7 +173,7 @@ class IRPEngine:
                     f"prompt is {len(prompt.ids)} tokens; with max_tokens {max_tokens} it exceeds the "
                     f"model's context window of {self.lm.context_window} tokens"))
             history.pop(0)
-        schedule = temperature_schedule(self.cfg, options.iterations)
+        schedule = temperature_schedule(self.cfg, options.candidates)
         variants, sampled = {}, list(options.sampled_prompts) if schedule else [0]
         for index in sorted(set(sampled) - {0}):
             variant = render_prompt(tokenizer, question, context, history, self.use_chat_template,
@@ -183,7 +193,7 @@ class IRPEngine:
         """Sample one round of candidates at the next temperatures, score them all, keep the best.
 
         With ``greedy_candidate`` the first round carries one more row at temperature 0: the greedy
-        continuation, decoded in the same batched call (it is not one of the schedule's iterations);
+        continuation, decoded in the same batched call (it is not one of the schedule's candidates);
         with an empty schedule (throttled) that row is the whole round.
         """
         requests = self.round_requests(state)
@@ -216,6 +226,7 @@ class IRPEngine:
         candidates = sorted((c for batch in batches for c in batch.candidates), key=lambda c: -c.temperature)
         for batch in batches:
             state.timings["prefill_s"] += batch.prefill_s
+            state.steps.append(getattr(batch, "step", "eager"))
         state.timings["decode_s"] += max(batch.decode_s for batch in batches)
         start = time.monotonic()
         for candidate in candidates:
@@ -253,13 +264,13 @@ class IRPEngine:
     def get_result(self, state: IRPState) -> Refinement:
         """The best response with the result's ``irp`` summary, the tokens and the final temperature."""
         summary = IRPSummary(
-            iterations=state.iteration, candidates=len(state.responses), rounds=state.rounds,
+            candidates=state.iteration, rounds=state.rounds,
             best_energy=state.best_energy if state.energies else None,
             energies=[round(e, 6) for e in state.energies], temperatures=list(state.temperatures),
             halt_reason=state.halt_reason,
             converged=bool(state.energies) and state.best_energy < self.cfg.energy_convergence_threshold,
             finished=state.best_finished, throttled=state.throttled, history_used=state.history_used,
-            batch=state.batch,
+            batch=state.batch, step=state.steps[0] if state.steps and len(set(state.steps)) == 1 else "eager",
             **{k: round(v, 6) for k, v in state.timings.items()})
         return Refinement(answer=state.best_response, irp=summary, tokens=state.tokens,
                           final_temperature=state.temperature, candidates=tuple(state.candidates),

@@ -37,7 +37,7 @@ from sage_irp_ros.questions import Question
 class AnswerOptions:
     """One question's resolved IRP settings.
 
-    ``iterations``: sampled candidates of the temperature schedule (0 = none: greedy row only).
+    ``candidates``: sampled candidates of the temperature schedule (0 = none: greedy row only).
     ``candidates_per_round``: sampled rows per batched call (0 = all in one call).
     ``greedy``: decode the greedy (T = 0) continuation as one more row of the first call.
     ``deadline``: ``time.monotonic()`` instant after which no new token is decoded (None = none);
@@ -45,7 +45,7 @@ class AnswerOptions:
     ``min_confidence``: the question's own, else ``llm_irp.min_confidence`` (0 = off).
     """
 
-    iterations: int
+    candidates: int
     max_tokens: int
     candidates_per_round: int = 0
     greedy: bool = True
@@ -75,23 +75,23 @@ class AnswerOptions:
                                   "min_confidence": cfg.min_confidence if min_confidence is None else min_confidence}
         throttle = throttle or ThrottleConfig()
         if throttled and throttle.enabled:
-            return cls(iterations=0, max_tokens=min(throttle.max_tokens, cfg.max_tokens), greedy=True,
+            return cls(candidates=0, max_tokens=min(throttle.max_tokens, cfg.max_tokens), greedy=True,
                        throttled=True, **common)
-        iterations = (question.candidates if question is not None else None) or cfg.candidates
-        return cls(iterations=iterations, max_tokens=cfg.max_tokens, candidates_per_round=cfg.candidates_per_round,
+        candidates = (question.candidates if question is not None else None) or cfg.candidates
+        return cls(candidates=candidates, max_tokens=cfg.max_tokens, candidates_per_round=cfg.candidates_per_round,
                    greedy=cfg.greedy_candidate, sampled_prompts=bank_indices(cfg.sampled_prompts), **common)
 
     @property
     def rows(self) -> int:
         """Candidates the options ask for at most: the sampled ones plus the greedy row."""
-        return self.iterations + (1 if self.greedy else 0)
+        return self.candidates + (1 if self.greedy else 0)
 
     def reduced(self) -> "AnswerOptions":
         """The smaller retry after running out of memory: half the sampled candidates (at least one),
         one per call, no greedy row. Options that are the greedy row alone stay as they are."""
-        if self.iterations == 0:
+        if self.candidates == 0:
             return self
-        return dataclasses.replace(self, iterations=max(1, self.iterations // 2), candidates_per_round=1,
+        return dataclasses.replace(self, candidates=max(1, self.candidates // 2), candidates_per_round=1,
                                    greedy=False)
 
     def replace(self, **changes: Any) -> "AnswerOptions":

@@ -300,6 +300,7 @@ class SageCore:
             precision=lm.precision if lm else cfg.model.precision,
             packed_layers=lm.packed_layers if lm else None,
             weights=lm.weight_quantization if lm else cfg.model.weight_quantization,
+            forward=lm.forward if lm else cfg.model.forward,
             quantized_layers=lm.quantized_layers if lm else None,
             model_mb=round(lm.footprint_mb, 1) if lm else None, gpu_mem_mb=gpu_mb,
             max_memory_mb=cfg.model.max_memory_mb, serving=self.stats.snapshot(),

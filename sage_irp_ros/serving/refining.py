@@ -83,9 +83,9 @@ def refine_alone(engine: IRPEngine, job: RefineJob) -> Refinement:
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` is running out of memory: torch's typed error on CUDA; on a CPU an allocation
-    failure is a plain RuntimeError from the allocator, known only by its message."""
-    return isinstance(exc, torch.OutOfMemoryError) or (
+    """Whether ``exc`` is running out of memory: torch's typed error on CUDA, a MemoryError (llama.cpp's
+    KV cache full); on a CPU torch's allocation failure is a plain RuntimeError, known only by its message."""
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or (
         isinstance(exc, RuntimeError) and ("out of memory" in str(exc).lower()
                                            or "can't allocate memory" in str(exc).lower()))
 

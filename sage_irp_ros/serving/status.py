@@ -52,6 +52,7 @@ class CoreStatus:
     precision: str
     packed_layers: int | None
     weights: str
+    forward: str  # what computes the logits: torch or llama_cpp (model.forward)
     quantized_layers: int | None
     model_mb: float | None
     gpu_mem_mb: float | None

@@ -206,7 +206,7 @@ def _format(result: Result) -> str:
             f"S {snarc.surprise:.2f} N {snarc.novelty:.2f} A {snarc.arousal:.2f} "
             f"R {snarc.reward:.2f} C {snarc.conflict:.2f})\n"
             f"   {timing.total_s:.2f} s total, {timing.tokens} tokens at {timing.tokens_per_s:.1f}/s, "
-            f"{irp.candidates} candidates, best energy {energy}, halt: {irp.halt_reason}")
+            f"{len(irp.energies)} candidates, best energy {energy}, halt: {irp.halt_reason}")
 
 
 def _ask(args: argparse.Namespace, ros_args: list[str]) -> int:

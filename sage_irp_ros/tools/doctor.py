@@ -79,6 +79,8 @@ class Facts:
     ros_distro_env: str = ""
     messages_missing: list[str] = field(default_factory=list)
     jtop: str | None = None
+    llama_cpp: str | None = None  # llama-cpp-python's version (model.forward llama_cpp)
+    cpu_flags: list[str] = field(default_factory=list)  # the vector/matrix extensions that decide the forward
     jetson: bool = False
     embedded_model: str = ""  # path of the embedded GGUF, "" when the wheel is missing
     cache_dir: str = ""
@@ -134,6 +136,8 @@ def gather() -> Facts:
         except Exception:
             facts.messages_missing.append(package)
     facts.jtop = _version("jetson-stats") or ("unknown version" if _importable("jtop") else None)
+    facts.llama_cpp = _version("llama_cpp_python") or ("unknown version" if _importable("llama_cpp") else None)
+    facts.cpu_flags = _cpu_flags()
     from sage_irp_ros.weights.embedded_model import EMBEDDED_GGUF, EMBEDDED_PACKAGE, default_cache_dir
 
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
@@ -145,6 +149,16 @@ def gather() -> Facts:
     if cache.is_dir():
         facts.cached_models = sorted(p.name for p in cache.iterdir() if (p / "config.json").is_file())
     return facts
+
+
+def _cpu_flags() -> list[str]:
+    """AVX2, AVX-512, AMX or NEON as /proc/cpuinfo lists them (empty where it cannot be read)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    words = set(text.split())
+    return [flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_tile", "asimd") if flag in words]
 
 
 def _importable(module: str) -> bool:
@@ -173,7 +187,7 @@ def judge(facts: Facts) -> list[Check]:
         checks.append(Check("ros messages", "FAIL" if facts.messages_missing else "ok",
                             f"missing: {', '.join(facts.messages_missing)}" if facts.messages_missing
                             else ", ".join(ROS_MESSAGES)))
-    checks += [_jtop(facts), _models(facts)]
+    checks += [_jtop(facts), _forward(facts), _models(facts)]
     return checks
 
 
@@ -251,6 +265,17 @@ def _jtop(facts: Facts) -> Check:
         return Check("jtop", "warn", "not installed: sudo pip install jetson-stats, reboot (diagnostics fall "
                                      "back to sysfs)")
     return Check("jtop", "ok", "not installed (not a Jetson: not needed)")
+
+
+def _forward(facts: Facts) -> Check:
+    """Which forward ``model.forward: auto`` takes for a GGUF on this CPU, and why."""
+    cpu = ", ".join(facts.cpu_flags) or "no AVX2/AVX-512/AMX/NEON listed"
+    if facts.llama_cpp:
+        return Check("forward", "ok", f"llama-cpp-python {facts.llama_cpp}: a GGUF on CPU runs on llama.cpp's "
+                                      f"forward (CPU: {cpu})")
+    return Check("forward", "ok", f"llama-cpp-python not installed: GGUF models run on torch's int4 kernel, "
+                                  f"several times slower on CPUs without AMX (CPU: {cpu}); "
+                                  "pip install llama-cpp-python")
 
 
 def _models(facts: Facts) -> Check:

@@ -52,11 +52,12 @@ def content_key(gguf: Path, cache_dir: Path) -> str:
 
 
 def entries(cache_dir: Path) -> list[tuple[Path, int]]:
-    """(folder, bytes) of every converted model in the cache (finished conversions only)."""
+    """(folder, bytes) of every converted model (or a llama.cpp model's tokenizer) in the cache, finished
+    conversions only."""
     if not cache_dir.is_dir():
         return []
     return [(path, _size(path)) for path in sorted(cache_dir.iterdir())
-            if path.is_dir() and (path / "config.json").is_file()]
+            if path.is_dir() and ((path / "config.json").is_file() or (path / "tokenizer_config.json").is_file())]
 
 
 def clear(cache_dir: Path) -> tuple[int, int]:

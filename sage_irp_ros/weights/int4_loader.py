@@ -88,7 +88,10 @@ def _convert(gguf: Path, out: Path) -> None:
 
 
 def folder_format(folder: Path) -> str:
-    """The stored weights' format of a cache folder: ``int4-v1``..., or ``fp32`` for a plain conversion."""
+    """The stored weights' format of a cache folder: ``int4-v1``..., ``fp32`` for a plain conversion,
+    ``tokenizer`` for the tokenizer of a model on llama.cpp's forward (no weights)."""
+    if not (folder / "config.json").is_file():
+        return "tokenizer"
     try:
         return json.loads((folder / FORMAT_FILE).read_text())["format"]
     except (OSError, ValueError, KeyError):

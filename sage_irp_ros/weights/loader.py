@@ -41,6 +41,7 @@ from sage_irp_ros.weights.embedded_model import EMBEDDED_NAME, converted_gguf, d
 from sage_irp_ros.weights.int4 import int4_layers, quantize_model_int4
 from sage_irp_ros.weights.int4_loader import converted_int4, load_int4_folder
 from sage_irp_ros.errors import ModelLoadError
+from sage_irp_ros.weights.llama_cpp_model import open_gguf, resolve_forward
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,8 @@ class LoadedModel:
     over_budget: bool = False
     packed_layers: int = 0  # Linear layers in oneDNN's blocked layout (model.pack_cpu_weights)
     quantized_layers: int = 0  # Linear layers holding int8/int4 weights (model.weight_quantization)
-    weight_quantization: str = "none"  # what model.weight_quantization resolved to
+    weight_quantization: str = "none"  # what model.weight_quantization resolved to ("gguf": llama.cpp's blocks)
+    forward: str = "torch"  # what computes the logits: torch, or llama_cpp (``model`` is then its forward)
 
     @property
     def precision(self) -> str:
@@ -126,6 +128,8 @@ def load_model(model_cfg: ModelConfig, progress: Callable[[str], None] | None = 
     dtype = resolve_dtype(model_cfg.precision, device)
     folder, gguf = _locate(model_cfg)
     adapter = _check_adapter(model_cfg.adapter_path)
+    if resolve_forward(model_cfg, device, gguf, adapter) == "llama_cpp":
+        return _load_llama_cpp(model_cfg, gguf, device, say)
     quant = resolve_quantization(model_cfg.weight_quantization, device)
     pack = model_cfg.pack_cpu_weights and device.type == "cpu" and quant == "none"
     dense = model_cfg.int4_dense_above_rows if quant == "int4" and device.type == "cpu" else 0
@@ -180,6 +184,31 @@ def load_model(model_cfg: ModelConfig, progress: Callable[[str], None] | None = 
         _check_budget(loaded, model_cfg)
         _cache[key] = loaded
         say(f"model {model_id} ready: {loaded.footprint_mb:.0f} MB in {loaded.load_s:.1f} s")
+        return loaded
+
+
+def _load_llama_cpp(model_cfg: ModelConfig, gguf: Path, device: torch.device,
+                    say: Callable[[str], None]) -> LoadedModel:
+    """The GGUF on llama.cpp's forward (:mod:`~sage_irp_ros.weights.llama_cpp_model`), kept resident."""
+    threads = torch.get_num_threads()
+    key = (_identity(gguf), "llama_cpp", threads)
+    with _cache_lock:
+        cached = _cache.get(key)
+        if cached is not None:
+            say(f"model {cached.model_id} already resident on llama.cpp: not reloading")
+            return cached
+        start = time.monotonic()
+        cache_dir = Path(model_cfg.cache_dir).expanduser() if model_cfg.cache_dir else default_cache_dir()
+        say(f"loading {gguf.name} on llama.cpp's forward ({threads} thread(s))")
+        forward, tokenizer = open_gguf(gguf, cache_dir, threads, say)
+        loaded = LoadedModel(
+            model=forward, tokenizer=tokenizer, model_id=EMBEDDED_NAME if not model_cfg.path else Path(
+                model_cfg.path).name, device=device, dtype=torch.float32, footprint_mb=forward.size_mb,
+            load_s=time.monotonic() - start, context_window=forward.context_window or 2048, key=key,
+            weight_quantization="gguf", forward="llama_cpp")
+        _check_budget(loaded, model_cfg)
+        _cache[key] = loaded
+        say(f"model {loaded.model_id} ready on llama.cpp: {loaded.footprint_mb:.0f} MB in {loaded.load_s:.1f} s")
         return loaded
 
 

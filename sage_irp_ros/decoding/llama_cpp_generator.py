@@ -1,0 +1,237 @@
+# Copyright 2026 The sage_irp_ros Authors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""The generation seam over llama.cpp's forward: rows as sequence ids, joining and leaving between steps.
+
+:class:`LlamaCppGenerator` implements :class:`~sage_irp_ros.decoding.generator.Generator` for a model
+loaded with ``model.forward: llama_cpp`` (:mod:`~sage_irp_ros.weights.llama_cpp_model`). llama.cpp only
+computes logits; everything a candidate is made of stays the package's: sampling at each row's
+temperature (the greedy row by argmax), the constraints of JSON answers, ``min_new_tokens``, the
+untempered log-probs the energies read, deadlines and cancels.
+
+One loop serves every call: waiting requests are admitted between two steps while sequence ids and KV
+cells are free (the prompt is decoded once and shared by the request's rows); each step decodes one token
+for every running row in one ``llama_decode``; a row that ends (end-of-sequence, a constraint's dead end)
+leaves at once and its id serves the next request; a request ends when its rows have, at its
+``max_new_tokens``, deadline or cancel, and is handed to ``on_done`` then.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from sage_irp_ros.answers.choices import OptionScore, spellings
+from sage_irp_ros.decoding.decode import constrained, sample
+from sage_irp_ros.decoding.generator import Batch, Candidate, GenerationRequest
+from sage_irp_ros.decoding.llama_cpp_forward import MAX_SEQUENCES, PREFIX_SEQUENCE, LlamaCppForward
+from sage_irp_ros.decoding.torch_generator import TorchGenerator
+from sage_irp_ros.weights.loader import LoadedModel
+
+
+@dataclass
+class _Running:
+    """One request while it decodes: its rows' sequence ids, tokens and log-probs so far."""
+
+    index: int
+    request: GenerationRequest
+    seqs: list[int]
+    logits: torch.Tensor  # (rows, vocab): the next token's logits of every row
+    prefill_s: float
+    first_step: float
+    tokens: list[list[int]] = field(default_factory=list)
+    logprobs: list[list[float]] = field(default_factory=list)
+    ended: list[bool] = field(default_factory=list)
+    steps: int = 0
+
+    @property
+    def cells(self) -> int:
+        """KV cells this request may take: its prompt once, and every row's new tokens."""
+        return len(self.request.prompt_ids) + self.request.rows * self.request.max_new_tokens
+
+
+class LlamaCppGenerator(TorchGenerator):
+    """Candidates from llama.cpp's forward with the package's own sampling (see the module docstring)."""
+
+    def __init__(self, lm: LoadedModel):
+        super().__init__(lm)
+        self.forward: LlamaCppForward = lm.model
+
+    def generate(self, request: GenerationRequest) -> Batch:
+        return self.generate_many([request])[0]
+
+    def generate_many(self, requests: Sequence[GenerationRequest],
+                      on_done: Callable[[int, Batch], None] | None = None) -> list[Batch]:
+        with self.forward.busy:
+            return self._generate_many(requests, on_done)
+
+    def _generate_many(self, requests: Sequence[GenerationRequest],
+                       on_done: Callable[[int, Batch], None] | None) -> list[Batch]:
+        forward = self.forward
+        waiting = deque(enumerate(requests))
+        free = list(range(MAX_SEQUENCES))
+        running: list[_Running] = []
+        done: dict[int, Batch] = {}
+        while waiting or running:
+            while waiting and self._fits(waiting[0][1], running, free):
+                index, request = waiting.popleft()
+                running.append(self._admit(index, request, [free.pop(0) for _ in range(request.rows)]))
+            if not running:  # the first waiting request alone exceeds the cache: let llama.cpp say so
+                index, request = waiting.popleft()
+                running.append(self._admit(index, request, [free.pop(0) for _ in range(request.rows)]))
+            entries = []
+            for run in list(running):
+                free.extend(self._sample(run))
+                if self._request_ended(run):
+                    running.remove(run)
+                    free.extend(self._finish(run, done, on_done))
+                    continue
+                for row, seq in enumerate(run.seqs):
+                    if run.ended[row]:
+                        continue
+                    entries.append((run, row, run.tokens[row][-1], len(run.request.prompt_ids) + run.steps - 1, seq))
+            if not entries:
+                continue
+            logits = torch.from_numpy(forward.step([e[2] for e in entries], [e[3] for e in entries],
+                                                   [e[4] for e in entries]))
+            for k, (run, row, *_) in enumerate(entries):
+                run.logits[row] = logits[k]
+        return [done[i] for i in range(len(requests))]
+
+    # -- one request's life ---------------------------------------------------------------------------
+    def _fits(self, request: GenerationRequest, running: list[_Running], free: list[int]) -> bool:
+        used = sum(r.cells for r in running)
+        need = len(request.prompt_ids) + request.rows * request.max_new_tokens
+        return request.rows <= len(free) and used + need <= self.forward.n_ctx
+
+    def _admit(self, index: int, request: GenerationRequest, seqs: list[int]) -> _Running:
+        start = time.monotonic()
+        last = self._prefill(seqs[0], list(request.prompt_ids))
+        for seq in seqs[1:]:
+            self.forward.share(seqs[0], seq)
+        rows = request.rows
+        logits = torch.from_numpy(last).float().expand(rows, -1).clone()
+        now = time.monotonic()
+        return _Running(index, request, seqs, logits, prefill_s=now - start, first_step=now,
+                        tokens=[[] for _ in range(rows)], logprobs=[[] for _ in range(rows)], ended=[False] * rows)
+
+    def _prefill(self, seq: int, ids: list[int]) -> torch.Tensor:
+        """The prompt into ``seq``, reusing the cells of the longest prefix it shares with the last prompt
+        (the system prompt and chat template at least; all of it when a question is asked again); the
+        last token is always decoded again, for its logits."""
+        forward = self.forward
+        shared = 0
+        for a, b in zip(ids[:-1], forward.prefix_ids):
+            if a != b:
+                break
+            shared += 1
+        if shared:
+            forward.share(PREFIX_SEQUENCE, seq)
+            forward.free(seq, keep=shared)
+        last = forward.prefill(seq, ids[shared:], at=shared)
+        forward.free(PREFIX_SEQUENCE)
+        forward.share(seq, PREFIX_SEQUENCE)
+        forward.prefix_ids = ids
+        return last
+
+    def _sample(self, run: _Running) -> list[int]:
+        """The next token of every running row from its logits (the request's own rules); returns the
+        sequence ids of the rows that ended, free again."""
+        request = run.request
+        live = [row for row in range(request.rows) if not run.ended[row]]
+        logits = run.logits[live]
+        if run.steps < request.min_new_tokens and self.eos_ids:
+            logits = logits.index_fill(1, torch.tensor(self.eos_ids), float("-inf"))
+        end_id = self.eos_ids[0] if self.eos_ids else self.pad_id
+        allowed = None
+        if request.constraints:
+            allowed = constrained(logits, [request.constraints[row] for row in live], [run.tokens[row] for row in live],
+                                  end_id)
+        temps = torch.tensor([request.temperatures[row] for row in live], dtype=torch.float32)
+        greedy = temps <= 0.0
+        tokens, logp = sample(logits, torch.where(greedy, torch.ones_like(temps), temps)[:, None], greedy, allowed,
+                              inverse_cdf=True)
+        left = []
+        for k, row in enumerate(live):
+            token = int(tokens[k])
+            run.tokens[row].append(token)
+            run.logprobs[row].append(float(logp[k]))
+            if token in self.eos_ids or (allowed is not None and token == end_id):
+                run.ended[row] = True
+                self.forward.free(run.seqs[row])
+                left.append(run.seqs[row])
+        run.steps += 1
+        return left
+
+    def _request_ended(self, run: _Running) -> bool:
+        request = run.request
+        if all(run.ended) or run.steps >= request.max_new_tokens:
+            return True
+        if (request.cancel is not None and request.cancel.is_set()) or (
+                request.deadline is not None and time.monotonic() >= request.deadline):
+            run.first_step = -run.first_step  # marks the request as cut short (read in _finish)
+            return True
+        return False
+
+    def _finish(self, run: _Running, done: dict[int, Batch], on_done) -> list[int]:
+        """Hand the request over; returns the sequence ids its running rows held, free again."""
+        stopped = run.first_step < 0
+        first = abs(run.first_step)
+        held = [seq for row, seq in enumerate(run.seqs) if not run.ended[row]]
+        for seq in held:
+            self.forward.free(seq)
+        candidates = [self._candidate(run.tokens[row], run.logprobs[row], run.request.temperatures[row])
+                      for row in range(run.request.rows)]
+        batch = Batch(candidates, run.prefill_s, time.monotonic() - first, stopped, step="llama_cpp")
+        done[run.index] = batch
+        if on_done is not None:
+            on_done(run.index, batch)
+        return held
+
+    # -- scoring given answers ------------------------------------------------------------------------
+    def score(self, prompt_ids: Sequence[int], text: str) -> Candidate:
+        """Untempered log-probs of a given answer after the prompt."""
+        answer = self.lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+        logprobs = self._answer_logprobs(list(prompt_ids), answer)
+        return Candidate(text=text, temperature=1.0, token_ids=answer, token_logprobs=logprobs, finished=True)
+
+    def score_options(self, prompt_ids: Sequence[int], neutral_ids: Sequence[int],
+                      options: Sequence[str]) -> list[OptionScore]:
+        """Every option's log-likelihood (summed over its spellings) after both prompts."""
+        tok = self.lm.tokenizer
+        out = []
+        for option in options:
+            spelled = [tok(s, add_special_tokens=False)["input_ids"] or [0] for s in spellings(option)]
+            sums = [[sum(self._answer_logprobs(list(prefix), ids)) for ids in spelled]
+                    for prefix in (prompt_ids, neutral_ids)]
+            asked, neutral = (float(torch.logsumexp(torch.tensor(s), 0)) for s in sums)
+            out.append(OptionScore(asked, len(spelled[0]), neutral, len(spelled[0])))
+        return out
+
+    def _answer_logprobs(self, prefix: list[int], answer: list[int]) -> list[float]:
+        seq = MAX_SEQUENCES - 1
+        with self.forward.busy:
+            return self._logprobs_in(seq, prefix, answer)
+
+    def _logprobs_in(self, seq: int, prefix: list[int], answer: list[int]) -> list[float]:
+        try:
+            logits = torch.from_numpy(self.forward.prefill(seq, prefix + answer, all_logits=True)).float()
+        finally:
+            self.forward.free(seq)
+        at = logits[len(prefix) - 1:len(prefix) + len(answer) - 1]
+        return torch.log_softmax(at, dim=-1).gather(1, torch.tensor(answer)[:, None]).squeeze(1).tolist()

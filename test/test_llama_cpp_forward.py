@@ -1,0 +1,147 @@
+# Copyright 2026 The sage_irp_ros Authors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""llama.cpp's forward (model.forward: llama_cpp) over the embedded GGUF: the package's own sampling on
+its logits, rows that join and leave between steps, scoring, cancels, and when auto chooses it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import pytest
+import torch
+
+from sage_irp_ros.config.settings import SageConfig
+from sage_irp_ros.decoding.generator import GenerationRequest
+from sage_irp_ros.decoding.llama_cpp_forward import MAX_SEQUENCES, PREFIX_SEQUENCE, unavailable
+from sage_irp_ros.irp.engine import local_generator
+from sage_irp_ros.irp.prompts import seed_prompt
+from sage_irp_ros.weights.llama_cpp_model import resolve_forward
+from sage_irp_ros.weights.loader import load_model
+
+WHY_NOT = unavailable()
+pytestmark = [pytest.mark.model, pytest.mark.slow,
+              pytest.mark.skipif(bool(WHY_NOT), reason=f"{WHY_NOT} (scripts/setup.sh installs it from the "
+                                                       "llama-cpp-python wheel in ../shared/wheels)")]
+
+
+@pytest.fixture(scope="module")
+def lm():
+    loaded = load_model(SageConfig.from_mapping({"model": {"forward": "llama_cpp"}}).model)
+    assert loaded.forward == "llama_cpp" and loaded.weight_quantization == "gguf"
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def generator(lm):
+    return local_generator(lm, SageConfig().llm_irp)
+
+
+def _ids(lm, question: str) -> list[int]:
+    return lm.tokenizer(seed_prompt(question))["input_ids"]
+
+
+def test_the_greedy_row_follows_llama_cpps_own_logits(lm, generator):
+    """Each token of the greedy row is the argmax of the logits llama.cpp's own Llama object computes for
+    the same prefix (up to near-ties: the two contexts lay out their KV cache differently, so logits
+    differ in the second decimal)."""
+    import numpy as np
+    from llama_cpp import Llama
+
+    from sage_irp_ros.weights.embedded_model import embedded_gguf
+
+    ids = _ids(lm, "What is the capital of France?")
+    ours = generator.generate(GenerationRequest(ids, [0.0], max_new_tokens=16)).candidates[0]
+    llm = Llama(model_path=str(embedded_gguf()), n_ctx=512, n_threads=1, verbose=False, logits_all=True)
+    llm.eval(ids + ours.token_ids)
+    scores = np.asarray(llm.scores[len(ids) - 1:len(ids) - 1 + ours.n_tokens])
+    chosen = scores[np.arange(ours.n_tokens), ours.token_ids]
+    assert ours.n_tokens >= 5 and bool(np.all(chosen >= scores.max(axis=1) - 0.5))
+    assert int((chosen == scores.max(axis=1)).sum()) >= ours.n_tokens - 2
+
+
+def test_log_probs_are_untempered_and_scoring_agrees_with_decoding(lm, generator):
+    ids = _ids(lm, "Name a colour.")
+    row = generator.generate(GenerationRequest(ids, [0.0], max_new_tokens=8)).candidates[0]
+    scored = generator.score(ids, row.text)
+    assert scored.token_ids == row.token_ids[:len(scored.token_ids)]
+    assert torch.allclose(torch.tensor(scored.token_logprobs), torch.tensor(row.token_logprobs[:len(scored.token_ids)]),
+                          atol=1e-3)
+    assert all(lp <= 0.0 for lp in row.token_logprobs)
+
+
+def test_a_request_that_waits_for_free_rows_joins_between_steps_and_decodes_as_alone(lm, generator):
+    """More rows than sequence ids: the last request starts when the first rows leave, its greedy row
+    gets the tokens it gets alone, and each request is handed over once, as it ends."""
+    short = GenerationRequest(_ids(lm, "Say hi."), [0.0] + [0.7] * (MAX_SEQUENCES - 1), max_new_tokens=3)
+    late = GenerationRequest(_ids(lm, "What is 2+2?"), [0.0, 0.9], max_new_tokens=10)
+    alone = generator.generate(GenerationRequest(late.prompt_ids, [0.0], max_new_tokens=10)).candidates[0]
+    order = []
+    batches = generator.generate_many([short, late], on_done=lambda i, b: order.append(i))
+    assert order == [0, 1] and len(batches[0].candidates) == MAX_SEQUENCES
+    assert batches[1].candidates[0].token_ids == alone.token_ids
+
+
+def test_a_prompt_sharing_a_prefix_with_the_last_one_decodes_as_from_scratch(lm, generator):
+    """The cells of the last prompt's common prefix are reused (the system prompt): same tokens as a
+    prefill from nothing, and the reused part is not decoded again."""
+    first, second = _ids(lm, "What is 2+2?"), _ids(lm, "What is the capital of Spain?")
+    generator.generate(GenerationRequest(first, [0.0], max_new_tokens=2))
+    assert generator.forward.prefix_ids == first
+    reused = generator.generate(GenerationRequest(second, [0.0], max_new_tokens=12, min_new_tokens=12)).candidates[0]
+    generator.forward.free(PREFIX_SEQUENCE)
+    generator.forward.prefix_ids = []
+    fresh = generator.generate(GenerationRequest(second, [0.0], max_new_tokens=12, min_new_tokens=12)).candidates[0]
+    assert reused.token_ids == fresh.token_ids and reused.n_tokens >= 3
+
+
+def test_a_cancel_stops_a_request_at_its_next_token(lm, generator):
+    cancel = threading.Event()
+    cancel.set()
+    batch = generator.generate(GenerationRequest(_ids(lm, "Tell a story."), [0.0, 0.7], max_new_tokens=50,
+                                                 cancel=cancel))
+    assert batch.stopped_early and all(c.n_tokens <= 1 for c in batch.candidates)  # EOS is not kept
+
+
+def test_min_new_tokens_bans_the_end_of_sequence(lm, generator):
+    batch = generator.generate(GenerationRequest(_ids(lm, "Say yes."), [0.0], max_new_tokens=20, min_new_tokens=20))
+    assert batch.candidates[0].n_tokens == 20 and not batch.candidates[0].finished
+
+
+def test_choices_are_scored_on_llama_cpp(lm, generator):
+    ids, neutral = _ids(lm, "Is fire hot? Answer yes or no."), _ids(lm, "Answer yes or no.")
+    yes, no = generator.score_options(ids, neutral, ["yes", "no"])
+    assert yes.n_tokens >= 1 and yes.ll_sum < 0 and no.ll_sum < 0 and yes.ll_sum != no.ll_sum
+
+
+@pytest.mark.parametrize("updates,device", [
+    ({"model.forward": "torch"}, "cpu"),
+    ({"model.weight_quantization": "int4"}, "cpu"),
+    ({}, "cuda"),
+])
+def test_auto_chooses_llama_cpp_only_for_a_gguf_on_cpu_with_the_default_weights(updates, device, tmp_path):
+    from sage_irp_ros.weights.embedded_model import embedded_gguf
+
+    gguf = embedded_gguf()
+    assert resolve_forward(SageConfig().model, torch.device("cpu"), gguf, None) == "llama_cpp"
+    assert resolve_forward(SageConfig().with_updates(updates).model, torch.device(device), gguf, None) == "torch"
+    assert resolve_forward(SageConfig().model, torch.device("cpu"), gguf, tmp_path) == "torch"  # an adapter
+
+
+def test_asking_for_llama_cpp_where_it_cannot_run_falls_back_to_torch_with_one_line(tiny_model_dir, caplog):
+    cfg = SageConfig.from_mapping({"model": {"path": str(tiny_model_dir), "forward": "llama_cpp"}}).model
+    with caplog.at_level(logging.WARNING, logger="sage_irp_ros"):
+        assert resolve_forward(cfg, torch.device("cpu"), None, None) == "torch"
+    assert "model.forward llama_cpp: using torch instead: the model is not a GGUF" in caplog.text
