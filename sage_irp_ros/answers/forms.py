@@ -151,7 +151,7 @@ class ToolCall:
         names = tool_calls.options_of(tools, q.tool_choice)
         if len(names) == 1:  # the name is given: no votes needed
             self.needs_text = False
-            return text, options.replace(iterations=0, greedy=True, max_tokens=1)
+            return text, options.replace(candidates=0, greedy=True, max_tokens=1)
         return text, options.replace(max_tokens=min(options.max_tokens, choices.MAX_TOKENS),
                                      constraint=_grammar(engine, {"enum": names}).constraint)
 
@@ -188,7 +188,7 @@ class ToolCall:
         listed = not (chat and tool_calls.template_renders_tools(engine.lm.tokenizer))
         ids = tool_calls.prompt_ids(engine.lm.tokenizer, tool_calls.arguments_prompt(q.text, tool, listed), [tool],
                                     q.context, used, chat)
-        temperatures = [0.0, *temperature_schedule(engine.cfg, min(options.iterations, tool_calls.ARGUMENT_SAMPLES))]
+        temperatures = [0.0, *temperature_schedule(engine.cfg, min(options.candidates, tool_calls.ARGUMENT_SAMPLES))]
         grammar = _grammar(engine, tool.parameters)
         batch = engine.generator.generate(GenerationRequest(
             ids, temperatures, options.max_tokens, deadline=options.deadline, cancel=options.cancel,
