@@ -27,12 +27,15 @@ import math
 import re
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sage_irp_ros.errors import INVALID_INPUT, TOO_LONG, SageError
 
+if TYPE_CHECKING:
+    from sage_irp_ros.answers.tool_calls import Tool
+
 FIELDS = ("id", "question", "text", "conversation", "context", "candidates", "max_iterations", "deadline_s", "reset",
-          "choices", "min_confidence", "json_schema")
+          "choices", "min_confidence", "json_schema", "tools", "tool_choice")
 MIN_CHOICES, MAX_CHOICES, MAX_CHOICE_CHARS = 2, 20, 200
 MAX_ID_CHARS = 128
 MAX_CANDIDATES = 64
@@ -62,6 +65,8 @@ class Question:
     choices: list[str] | None = None  # the answer must be exactly one of these
     json_schema: dict | None = None  # the answer must be JSON valid under this schema
     min_confidence: float | None = None  # llm_irp.min_confidence for this question
+    tools: list[Tool] | None = None  # the answer must be one call of these (answers/tool_calls.py)
+    tool_choice: str | dict | None = None  # with tools: "required" (default), "auto" or {"name": tool}
     warnings: list[str] = field(default_factory=list)
 
 
@@ -162,6 +167,10 @@ def _from_json(text: str, max_chars: int) -> Question:
         from sage_irp_ros.answers.json_answers import check_schema
 
         question.json_schema = check_schema(data["json_schema"])
+    if data.get("tools") is not None:
+        _tools(question, data)
+    elif data.get("tool_choice") is not None:
+        raise SageError(INVALID_INPUT, "field 'tool_choice' needs 'tools'")
     if "min_confidence" in data:
         value = _typed(data["min_confidence"], float, "min_confidence")
         if not (math.isfinite(value) and 0.0 <= value <= 1.0):
@@ -171,6 +180,17 @@ def _from_json(text: str, max_chars: int) -> Question:
     if unknown:
         question.warnings.append(f"ignored unknown fields: {', '.join(unknown)}")
     return question
+
+
+def _tools(question: Question, data: dict) -> None:
+    """``tools`` and ``tool_choice`` (answers/tool_calls.py checks them); not with choices or json_schema."""
+    from sage_irp_ros.answers.tool_calls import REQUIRED, check_tool_choice, check_tools
+
+    if question.choices is not None or question.json_schema is not None:
+        raise SageError(INVALID_INPUT, "'tools' cannot be combined with 'choices' or 'json_schema': send one of them")
+    question.tools = check_tools(data["tools"])
+    choice = data.get("tool_choice")
+    question.tool_choice = REQUIRED if choice is None else check_tool_choice(choice, question.tools)
 
 
 def _choices(value: Any) -> list[str]:

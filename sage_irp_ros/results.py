@@ -45,6 +45,14 @@ def _optional(value: Any, kind: type) -> Any:
     return None if value is None else kind(value)
 
 
+def _call(value: Any) -> dict[str, Any] | None:
+    """A tool call as the result carries it (a copy, name first), or None for anything else."""
+    if not isinstance(value, Mapping) or not isinstance(value.get("name"), str):
+        return None
+    arguments = value.get("arguments")
+    return {"name": value["name"], "arguments": dict(arguments) if isinstance(arguments, Mapping) else {}}
+
+
 class _Record:
     """``to_dict``/``from_dict`` of a flat dataclass part of the result (unknown keys ignored)."""
 
@@ -129,6 +137,9 @@ class Result:
     choice: str | None = None
     probabilities: dict[str, float] | None = None
     json: Any = None  # a json_schema question: the answer parsed (it validates against the schema)
+    # a tools question: the call, {"name": ..., "arguments": {...}} (arguments valid under the tool's
+    # parameters schema); None with tool_choice auto when the model answered in text
+    tool_call: dict[str, Any] | None = None
     # every ok result: the calibrated probability that the answer is right; ``confident`` is
     # confidence >= min_confidence (true when min_confidence is 0); None on an error result
     confidence: float | None = None
@@ -164,7 +175,8 @@ class Result:
         return {"id": self.id, "conversation": self.conversation, "question": self.question, "ok": self.ok,
                 "answer": self.answer, "choice": self.choice,
                 "probabilities": dict(self.probabilities) if self.probabilities is not None else None,
-                "json": self.json, "confidence": self.confidence, "confident": self.confident,
+                "json": self.json, "tool_call": _call(self.tool_call), "confidence": self.confidence,
+                "confident": self.confident,
                 "error": self.error.to_dict() if self.error is not None else None,
                 "snarc": self.snarc.as_dict() if self.snarc is not None else None,
                 "irp": self.irp.to_dict() if self.irp is not None else None,
@@ -188,7 +200,8 @@ class Result:
                    choice=_optional(data.get("choice"), str),
                    probabilities=({str(k): float(v) for k, v in data["probabilities"].items()}
                                   if isinstance(data.get("probabilities"), Mapping) else None),
-                   json=data.get("json"), confidence=_optional(data.get("confidence"), float),
+                   json=data.get("json"), tool_call=_call(data.get("tool_call")),
+                   confidence=_optional(data.get("confidence"), float),
                    confident=_optional(data.get("confident"), bool),
                    error=ResultError.from_dict(error) if error else None,
                    snarc=_known(SnarcScores, snarc) if snarc else None,

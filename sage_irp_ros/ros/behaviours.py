@@ -98,6 +98,11 @@ class AskSage(_SageBehaviour):
     chosen option to ``choice_key``. Every ok result writes its calibrated confidence to
     ``confidence_key``. With ``min_confidence`` (sent with the question) a result under it gives FAILURE
     after writing every key, so a Selector can take a safe branch; without it, confidence never fails.
+
+    With ``tools`` (OpenAI function format) and ``tool_choice`` the answer is one call of a tool: an ok
+    result writes it to ``tool_call_key`` as ``{"name": ..., "arguments": {...}}`` (None when, with
+    ``tool_choice="auto"``, the model answered in text), for the tree to dispatch
+    (:mod:`sage_irp_ros.ros.examples.dispatch_tree`).
     """
 
     def __init__(self, name: str = "AskSage", client: ClientSource = None, *,
@@ -106,8 +111,11 @@ class AskSage(_SageBehaviour):
                  result_key: str = "sage/result", timeout_s: float = 30.0, namespace: str = "sage",
                  conversation: Optional[str] = None, choices: Optional[Sequence[str]] = None,
                  min_confidence: Optional[float] = None, choice_key: str = "sage/choice",
-                 confidence_key: str = "sage/confidence", **fields: Any):
+                 confidence_key: str = "sage/confidence", tools: Optional[Sequence[dict]] = None,
+                 tool_choice: Union[str, dict, None] = None, tool_call_key: str = "sage/tool_call", **fields: Any):
         super().__init__(name, client, namespace)
+        self.tools = list(tools) if tools is not None else None
+        self.tool_choice, self.tool_call_key = tool_choice, tool_call_key
         self.choices = list(choices) if choices is not None else None
         self.min_confidence = min_confidence
         self.choice_key, self.confidence_key = choice_key, confidence_key
@@ -125,7 +133,7 @@ class AskSage(_SageBehaviour):
         self._text: Optional[str] = None
         self._deadline = 0.0
         self.blackboard = self.attach_blackboard_client(name=name)
-        for key in (answer_key, salience_key, result_key, choice_key, confidence_key):
+        for key in (answer_key, salience_key, result_key, choice_key, confidence_key, tool_call_key):
             self.blackboard.register_key(key, access=Access.WRITE)
         if question_key is not None:
             self.blackboard.register_key(question_key, access=Access.READ)
@@ -162,7 +170,8 @@ class AskSage(_SageBehaviour):
             self.question_id = uuid.uuid4().hex[:12]  # fresh per round: a retry never matches an old result
             self._future = self.client.ask_async(self._text, id=self.question_id,
                                                  conversation=self.conversation, choices=self.choices,
-                                                 min_confidence=self.min_confidence, **self.fields)
+                                                 min_confidence=self.min_confidence, tools=self.tools,
+                                                 tool_choice=self.tool_choice, **self.fields)
         if not self._future.done():
             if time.monotonic() >= self._deadline:
                 self._forget()
@@ -181,6 +190,7 @@ class AskSage(_SageBehaviour):
         self.blackboard.set(self.salience_key, result.salience)
         self.blackboard.set(self.choice_key, result.choice)
         self.blackboard.set(self.confidence_key, result.confidence)
+        self.blackboard.set(self.tool_call_key, result.tool_call)
         if result.confident is False:
             self.feedback_message = (f"answered {result.answer!r} with confidence {result.confidence} "
                                      f"under min_confidence {self.min_confidence}")

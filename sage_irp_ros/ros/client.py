@@ -64,13 +64,16 @@ class SageClient:
     # -- asking -----------------------------------------------------------------------------------
     def ask_async(self, question: str, *, id: str | None = None, conversation: str | None = None,
                   choices: Sequence[str] | None = None, json_schema: Mapping[str, Any] | None = None,
-                  min_confidence: float | None = None, **fields: Any) -> Future:
+                  min_confidence: float | None = None, tools: Sequence[Mapping[str, Any]] | None = None,
+                  tool_choice: str | Mapping[str, Any] | None = None, **fields: Any) -> Future:
         """Publish a question; the returned future completes with a :class:`Result`.
 
         Without ``conversation`` the question stands alone: no history, and it leaves none. Questions
         with the same ``conversation`` id share that conversation's recent exchanges as context.
         ``choices``: the answer is one of these options (``Result.choice``, ``Result.probabilities``);
-        ``json_schema``: the answer is JSON valid under this schema (``Result.json``); ``min_confidence``:
+        ``json_schema``: the answer is JSON valid under this schema (``Result.json``); ``tools`` (OpenAI
+        function format) and ``tool_choice`` (``"required"``, ``"auto"``, ``{"name": ...}``): the answer is
+        one call of a tool (``Result.tool_call``, ``Result.probabilities`` over the names); ``min_confidence``:
         below it the result says ``confident`` false. ``fields`` are the question JSON's other optional
         fields (``context``, ``deadline_s``, ...).
         """
@@ -79,7 +82,8 @@ class SageClient:
         with self._lock:
             self._pending[qid] = future
         optional = {"conversation": conversation, "choices": list(choices) if choices is not None else None,
-                    "json_schema": json_schema, "min_confidence": min_confidence, **fields}
+                    "json_schema": json_schema, "tools": list(tools) if tools is not None else None,
+                    "tool_choice": tool_choice, "min_confidence": min_confidence, **fields}
         payload = {"id": qid, "question": question, **{k: v for k, v in optional.items() if v is not None}}
         self._pub.publish(String(data=json.dumps(payload)))
         return future
@@ -87,8 +91,8 @@ class SageClient:
     def ask(self, question: str, timeout: float = 120.0, wait_ready: bool = False, *,
             conversation: str | None = None, **fields: Any) -> Result:
         """Blocking form: wait for the node (and, with ``wait_ready``, for it to be active), ask, and
-        wait for the result. ``conversation``, ``choices``, ``json_schema``, ``min_confidence`` and ``fields``
-        as for :meth:`ask_async` (passed in ``fields``). Raises TimeoutError."""
+        wait for the result. ``conversation``, ``choices``, ``json_schema``, ``tools``, ``tool_choice``,
+        ``min_confidence`` and ``fields`` as for :meth:`ask_async` (passed in ``fields``). Raises TimeoutError."""
         deadline = time.monotonic() + timeout
         if not self.wait_for_node(timeout):
             raise TimeoutError(f"no IRP node answered on {self._pub.topic_name} within {timeout:g} s")

@@ -87,6 +87,10 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--choice", action="append", dest="choices", metavar="OPTION",
                      help="an option the answer must be (repeat: --choice yes --choice no)")
     ask.add_argument("--schema", metavar="FILE.json", help="a JSON Schema file: the answer is JSON valid under it")
+    ask.add_argument("--tools", metavar="FILE.json", help="the robot's skills in the OpenAI function format (a "
+                                                          "list of tools): the answer is one call of one of them")
+    ask.add_argument("--tool-choice", metavar="NAME", help="with --tools: required (default), auto (the model "
+                                                           "may answer in text) or a tool's name (call that one)")
     ask.add_argument("--min-confidence", type=float, metavar="X",
                      help="below this confidence (0..1) the result says confident: false")
     ask.add_argument("--timeout", type=float, default=120.0)
@@ -180,6 +184,8 @@ def _demo(client, stop: threading.Event | None) -> None:
 
 
 def _format(result: Result) -> str:
+    import json
+
     if not result.ok or result.snarc is None or result.irp is None:
         return f"ERROR {result.error_code}: {result.error_message}"
     snarc, timing, irp = result.snarc, result.timing, result.irp
@@ -188,9 +194,10 @@ def _format(result: Result) -> str:
     if result.probabilities is not None:
         lines += "   options: " + ", ".join(f"{o} {p:.2f}" for o, p in result.probabilities.items()) + "\n"
     if result.json is not None:
-        import json
-
         lines += f"   json: {json.dumps(result.json, ensure_ascii=False)}\n"
+    if result.tool_call is not None:
+        call = result.tool_call
+        lines += f"   call: {call['name']} {json.dumps(call['arguments'], ensure_ascii=False)}\n"
     if result.confidence is not None:
         lines += (f"   confidence {result.confidence:.2f}"
                   f"{'' if result.confident in (True, None) else ' (NOT confident: under min_confidence)'}\n")
@@ -207,16 +214,17 @@ def _ask(args: argparse.Namespace, ros_args: list[str]) -> int:
 
     from sage_irp_ros.ros.client import SageClient, spinning
 
-    schema = None
-    if args.schema:
-        import json
-        from pathlib import Path
-
-        try:
-            schema = json.loads(Path(args.schema).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            print(f"sage_irp ask: cannot read the schema {args.schema}: {exc}", file=sys.stderr)
-            return 2
+    try:
+        schema = _read_json(args.schema, "the schema")
+        tools = _read_json(args.tools, "the tools")
+    except ValueError as exc:
+        print(f"sage_irp ask: {exc}", file=sys.stderr)
+        return 2
+    if isinstance(tools, dict) and "tools" in tools:  # {"tools": [...]}, as in a chat completions request
+        tools = tools["tools"]
+    tool_choice = args.tool_choice
+    if tool_choice is not None and tool_choice not in ("required", "auto"):
+        tool_choice = {"name": tool_choice}
     rclpy.init(args=["sage_irp", *ros_args])
     node = rclpy.create_node("sage_irp_ask")
     try:
@@ -224,7 +232,7 @@ def _ask(args: argparse.Namespace, ros_args: list[str]) -> int:
             client = SageClient(node, namespace=args.namespace)
             result = client.ask(args.question, timeout=args.timeout, wait_ready=True, id=args.id,
                                 conversation=args.conversation, choices=args.choices, json_schema=schema,
-                                min_confidence=args.min_confidence)
+                                tools=tools, tool_choice=tool_choice, min_confidence=args.min_confidence)
     except TimeoutError as exc:
         print(f"sage_irp ask: {exc}", file=sys.stderr)
         return 3
@@ -233,6 +241,19 @@ def _ask(args: argparse.Namespace, ros_args: list[str]) -> int:
         rclpy.try_shutdown()
     print(result.to_json(indent=2) if args.json else _format(result))
     return 0 if result.ok else 1
+
+
+def _read_json(path: str | None, what: str):
+    """The JSON in the file ``path`` (None without one); ValueError saying which file could not be read."""
+    if not path:
+        return None
+    import json
+    from pathlib import Path
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read {what} {path}: {exc}") from None
 
 
 def _export(args: argparse.Namespace, ros_args: list[str]) -> int:
