@@ -119,6 +119,8 @@ class IRPSummary(_Record):
     history_used: int = 0
     batch: int = 1  # questions decoded together with this one, itself included (node.batch_size)
     step: str = "eager"  # "compiled": every decoding step of its candidates ran through the compiled step
+    stopping: str = "off"  # the schedule that stopped rows early: parallel, sequential or off
+    dropped: dict[str, int] = field(default_factory=dict)  # rows a stopping rule dropped, by rule
     prefill_s: float = 0.0
     decode_s: float = 0.0
     scoring_s: float = 0.0

@@ -28,8 +28,8 @@ from sage_irp_ros.irp.options import AnswerOptions
 from sage_irp_ros.questions import Question
 from sage_irp_ros.results import Result, ResultError
 
-RESULT_KEYS = {"id", "conversation", "question", "ok", "answer", "choice", "probabilities", "json", "confidence",
-               "confident", "error", "snarc", "irp", "timing", "model", "backend",
+RESULT_KEYS = {"id", "conversation", "question", "ok", "answer", "choice", "probabilities", "json", "tool_call",
+               "confidence", "confident", "error", "snarc", "irp", "timing", "model", "backend",
                "warnings", "stamp"}
 
 

@@ -47,6 +47,7 @@ MEMORY_LIMIT_ACTIONS = ("warn", "error")
 WEIGHT_QUANTIZATIONS = ("auto", "none", "int8", "int4")
 FORWARDS = ("auto", "torch", "llama_cpp")
 COMPILE_MODES = ("auto", "on", "off")
+STOPPING_MODES = ("auto", "parallel", "sequential", "off")
 FALLBACKS = ("local", "none")
 LIVE, CONFIGURE, READ_ONLY = "live", "configure", "read-only"
 _BETWEEN_ROUNDS = ("; checked between rounds, so it acts only when candidates_per_round is below candidates "
@@ -143,6 +144,26 @@ class IRPConfig:
         "Phrasings of the prompt the sampled candidates use, in turn: comma-separated indices into the prompt "
         "bank (0 = the plain prompt; 1-3 = system prompts, docs/performance.md 'Prompt-diverse candidates'); "
         "the greedy row always uses the plain prompt; chosen on the tuning half", off="0 = the plain prompt only"))
+    stopping: str = field(default="auto", metadata=_key(
+        "How a question's candidates stop early (docs/performance.md 'Adaptive IRP'): parallel = every row at "
+        "once, rows dropped and the question ended between decode steps by the rules below; sequential = the "
+        "greedy row alone first, the sampled rows only when it is not confident; auto = sequential where an "
+        "extra row costs most of a row (measured at load: a CPU with llama.cpp's forward), else parallel",
+        choices=STOPPING_MODES, off="off = every row to its end"))
+    stop_greedy_nll: float = field(default=0.8, metadata=_key(
+        "A finished greedy row with mean negative log-likelihood at or under this ends its question",
+        lo=0.0, hi=10.0, off="0 = off"))
+    stop_greedy_confidence: float = field(default=0.3, metadata=_key(
+        "A finished greedy row whose calibrated confidence alone is at or over this ends its question",
+        lo=0.0, hi=1.0, off="0 = off"))
+    stop_agree_rows: int = field(default=2, metadata=_key(
+        "The question ends when this many finished rows agree (word F1 >= stop_agree_f1)", lo=0, hi=64,
+        off="0 = off"))
+    stop_agree_f1: float = field(default=0.5, metadata=_key(
+        "Word overlap (F1) that counts as agreeing, for stop_agree_rows", lo=0.0, hi=1.0))
+    stop_prune_margin: float = field(default=2.0, metadata=_key(
+        "A sampled row whose last 8 tokens' mean NLL exceeds the most confident row's by more than this many "
+        "nats is dropped", lo=0.0, hi=20.0, off="0 = off"))
     energy_convergence_threshold: float = field(default=0.1, metadata=_key(
         "Halt when the best energy falls below this (also sets the result's irp.converged)" + _BETWEEN_ROUNDS,
         lo=0.0, hi=1.0))

@@ -45,7 +45,7 @@ import torch
 
 from sage_irp_ros.compat import hf_compat
 from sage_irp_ros.decoding.decode import Decoded, constrained, sample
-from sage_irp_ros.decoding.generator import GenerationRequest, TokenConstraint
+from sage_irp_ros.decoding.generator import GenerationRequest, RowView, TokenConstraint
 from sage_irp_ros.decoding.slots import SlotCache, StepFn, step_masked
 
 
@@ -170,6 +170,14 @@ class DecodeEngine:
                 job.stopped = True
                 for row in live:
                     self._leave(row)
+        for job in touched.values():  # the question's stopping rules (irp/stopping.py), where it has them
+            watch = job.request.watch
+            if watch is not None and not all(r.ended for r in job.rows):
+                views = [RowView(r.tokens, r.logprobs, r.ended, bool(r.tokens) and r.tokens[-1] in self.eos_set)
+                         for r in job.rows]
+                for i in watch.rows_to_leave(job.request, views):
+                    if not job.rows[i].ended:
+                        self._leave(job.rows[i])
         if self.stop_rule is not None:
             still = [r for r in rows if not r.ended]
             for row in (self.stop_rule(still) if still else ()):

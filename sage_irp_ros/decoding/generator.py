@@ -71,6 +71,26 @@ class TokenConstraint(Protocol):
     def mask(self, generated: Sequence[int], logits: Any) -> Any: ...
 
 
+@dataclass
+class RowView:
+    """One row of a request between two decode steps, as a decode loop shows it to a :class:`RowWatch`."""
+
+    tokens: Sequence[int]  # decoded so far (an end-of-sequence token included)
+    logprobs: Sequence[float]  # untempered, one per token
+    ended: bool  # the row has left: end-of-sequence, a constraint's dead end, its limits, or a watch
+    finished: bool  # it ended with end-of-sequence: a complete answer
+
+
+class RowWatch(Protocol):
+    """Watches a question's rows between decode steps (the IRP stopping rules, irp/stopping.py).
+
+    A decode loop calls ``rows_to_leave`` after each step with every row of the request; the rows whose
+    indices it returns leave at once (their slots serve other rows); their candidates are still returned.
+    """
+
+    def rows_to_leave(self, request: "GenerationRequest", rows: Sequence[RowView]) -> Sequence[int]: ...
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """One prompt, one row per temperature, and the limits every row shares: a row group.
@@ -90,6 +110,7 @@ class GenerationRequest:
     constraints: Sequence[TokenConstraint | None] | None = None  # one per row (None: unconstrained)
     messages: Sequence[dict[str, str]] | None = None  # the chat messages (None: a plain-text prompt)
     prompt_text: str | None = None  # the rendered prompt (chat template applied, or the seed prompt)
+    watch: RowWatch | None = field(default=None, compare=False)  # the question's stopping rules (None: none)
 
     def __post_init__(self) -> None:
         if not self.temperatures:

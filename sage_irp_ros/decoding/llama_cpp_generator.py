@@ -38,7 +38,7 @@ import torch
 
 from sage_irp_ros.answers.choices import OptionScore, spellings
 from sage_irp_ros.decoding.decode import constrained, sample
-from sage_irp_ros.decoding.generator import Batch, Candidate, GenerationRequest
+from sage_irp_ros.decoding.generator import Batch, Candidate, GenerationRequest, RowView
 from sage_irp_ros.decoding.llama_cpp_forward import MAX_SEQUENCES, PREFIX_SEQUENCE, LlamaCppForward
 from sage_irp_ros.decoding.torch_generator import TorchGenerator
 from sage_irp_ros.weights.loader import LoadedModel
@@ -97,6 +97,7 @@ class LlamaCppGenerator(TorchGenerator):
             entries = []
             for run in list(running):
                 free.extend(self._sample(run))
+                free.extend(self._watch(run))
                 if self._request_ended(run):
                     running.remove(run)
                     free.extend(self._finish(run, done, on_done))
@@ -176,6 +177,22 @@ class LlamaCppGenerator(TorchGenerator):
                 self.forward.free(run.seqs[row])
                 left.append(run.seqs[row])
         run.steps += 1
+        return left
+
+    def _watch(self, run: _Running) -> list[int]:
+        """The rows the question's stopping rules send away now (their ids, free again)."""
+        watch = run.request.watch
+        if watch is None or all(run.ended):
+            return []
+        eos = set(self.eos_ids)
+        views = [RowView(run.tokens[r], run.logprobs[r], run.ended[r], bool(run.tokens[r]) and run.tokens[r][-1] in eos)
+                 for r in range(run.request.rows)]
+        left = []
+        for row in watch.rows_to_leave(run.request, views):
+            if not run.ended[row]:
+                run.ended[row] = True
+                self.forward.free(run.seqs[row])
+                left.append(run.seqs[row])
         return left
 
     def _request_ended(self, run: _Running) -> bool:

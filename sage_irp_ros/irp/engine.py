@@ -26,10 +26,8 @@ and its 3-candidate budget ends the loop instead (halt reason ``max_iterations``
 
 from __future__ import annotations
 
-import threading
 import time
-from dataclasses import dataclass, field
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -37,13 +35,15 @@ from sage_irp_ros.decoding import compiled_step
 from sage_irp_ros.config.settings import IRPConfig
 from sage_irp_ros.irp.energy import EnergyFn
 from sage_irp_ros.errors import TOO_LONG, SageError
-from sage_irp_ros.decoding.generator import (Batch, Candidate, GenerationRequest, Generator, TokenConstraint,
-                                             generate_all)
+from sage_irp_ros.decoding.generator import Batch, Candidate, GenerationRequest, Generator, generate_all
 from sage_irp_ros.decoding.torch_generator import TorchGenerator
 from sage_irp_ros.weights.loader import LoadedModel
 from sage_irp_ros.irp.options import AnswerOptions
-from sage_irp_ros.irp.prompts import PROMPT_BANK, Prompt, clean_answer, render_prompt
+from sage_irp_ros.irp.prompts import PROMPT_BANK, clean_answer, render_prompt
 from sage_irp_ros.results import IRPSummary
+from sage_irp_ros.irp.state import IRPState, RefineJob, Refinement
+from sage_irp_ros.irp.adaptive import choose_schedule, greedy_is_confident, kept, measure_row_cost, rules_from
+from sage_irp_ros.irp.stopping import CONFIDENT_GREEDY, QuestionWatch
 from sage_irp_ros.irp.selection import PerCandidate, SelectionRule, best_index, selection_rule
 
 CONVERGED, TEMPERATURE_FLOOR, PLATEAU = "converged", "temperature_floor", "plateau"
@@ -73,67 +73,6 @@ def temperature_schedule(cfg: IRPConfig, candidates: int) -> list[float]:
     return temps
 
 
-@dataclass
-class IRPState:
-    """Everything one question's refinement knows; the protocol's verbs read and update it."""
-
-    question: str
-    context: str
-    prompt_ids: list[int]
-    schedule: list[float]
-    max_tokens: int
-    round_size: int
-    deadline: float | None = None
-    cancel: threading.Event | None = None
-    min_new_tokens: int = 0
-    iteration: int = 0
-    temperature: float = 0.0
-    best_response: str = ""
-    best_energy: float = float("inf")
-    best_finished: bool = False
-    greedy_pending: bool = False  # the greedy (T = 0) row is still to be added to the next round
-    throttled: bool = False
-    constraint: Callable[[], TokenConstraint] | None = None  # a fresh constraint per row (None: none)
-    candidates: list[Candidate] = field(default_factory=list)
-    responses: list[str] = field(default_factory=list)
-    energies: list[float] = field(default_factory=list)
-    temperatures: list[float] = field(default_factory=list)
-    tokens: int = 0
-    rounds: int = 0
-    halt_reason: str | None = None
-    history_used: int = 0
-    batch: int = 1  # questions refined together with this one (refine_many), itself included
-    messages: list[dict[str, str]] | None = None  # what prompt_ids were rendered from (a remote backend's prompt)
-    prompt_text: str = ""
-    variants: dict[int, Prompt] = field(default_factory=dict)  # the bank's other phrasings the sampled rows use
-    sampled_prompts: tuple[int, ...] = (0,)  # the phrasing of sampled row i is sampled_prompts[i % len]
-    steps: list[str] = field(default_factory=list)  # which step decoded each batch ("compiled" / "eager")
-    timings: dict[str, float] = field(default_factory=lambda: {
-        "prefill_s": 0.0, "decode_s": 0.0, "scoring_s": 0.0})
-
-
-class RefineJob(NamedTuple):
-    """One question for :meth:`IRPEngine.refine_many`: the text, context, history and its options."""
-
-    question: str
-    context: str = ""
-    history: Sequence[tuple[str, str]] = ()
-    options: AnswerOptions | None = None
-
-
-@dataclass(frozen=True)
-class Refinement:
-    """What one question's refinement gives: the chosen answer, the result's ``irp`` summary, the
-    tokens generated over all candidates and the temperature the schedule ended at."""
-
-    answer: str
-    irp: IRPSummary
-    tokens: int
-    final_temperature: float
-    candidates: tuple[Candidate, ...] = ()  # every candidate, in the order of ``irp.energies``
-    best: int = 0  # index of the chosen candidate
-
-
 class IRPEngine:
     """Iterative refinement over one resident model."""
 
@@ -151,6 +90,7 @@ class IRPEngine:
         else:
             self.rule = energy if hasattr(energy, "energies") else PerCandidate(energy)
         self.use_chat_template = use_chat_template
+        self.rules = rules_from(cfg)
 
     # -- protocol ---------------------------------------------------------------------------------
     def init_state(self, question: str, context: str = "", history: Sequence[tuple[str, str]] = (),
@@ -181,13 +121,16 @@ class IRPEngine:
             if self.lm is None or len(variant.ids) + max_tokens <= self.lm.context_window:
                 variants[index] = variant
         sampled = [i if i == 0 or i in variants else 0 for i in sampled]  # a phrasing too long: the plain one
+        stopping = choose_schedule(options.stopping, getattr(self.lm, "row_cost", None),
+                                   isinstance(self.generator, TorchGenerator))
         return IRPState(question=question, context=context, prompt_ids=prompt.ids, schedule=schedule,
                         max_tokens=max_tokens, round_size=options.candidates_per_round or len(schedule),
                         deadline=options.deadline, cancel=options.cancel, min_new_tokens=options.min_new_tokens,
                         temperature=self.cfg.initial_temperature, history_used=len(history),
                         greedy_pending=options.greedy, throttled=options.throttled,
                         constraint=options.constraint, messages=prompt.messages, prompt_text=prompt.text,
-                        variants=variants, sampled_prompts=tuple(sampled))
+                        variants=variants, sampled_prompts=tuple(sampled), stopping=stopping,
+                        greedy_first=stopping == "sequential" and options.greedy and bool(schedule))
 
     def step(self, state: IRPState) -> list[Candidate]:
         """Sample one round of candidates at the next temperatures, score them all, keep the best.
@@ -202,7 +145,7 @@ class IRPEngine:
     def round_requests(self, state: IRPState) -> list[GenerationRequest]:
         """The next round's row groups: one request per prompt the round's rows use (the greedy row and
         the plain prompt's sampled rows share one; each prompt variant gets its own). Empty when none."""
-        temps = state.schedule[state.iteration:state.iteration + state.round_size]
+        temps = [] if state.greedy_first else state.schedule[state.iteration:state.iteration + state.round_size]
         prompts = {0: (state.prompt_ids, state.messages, state.prompt_text)}
         prompts.update({i: (v.ids, v.messages, v.text) for i, v in state.variants.items()})
         turn = state.sampled_prompts
@@ -211,19 +154,23 @@ class IRPEngine:
             rows.setdefault(turn[(state.iteration + offset) % len(turn)], []).append(temperature)
         if state.greedy_pending:
             rows.setdefault(0, []).append(0.0)
-        return [GenerationRequest(
+        watched = state.stopping != "off" and sum(len(t) for t in rows.values()) > 1
+        state.watch = QuestionWatch(self.rules, self._detokenize) if watched else None
+        state.round = [GenerationRequest(
             prompts[p][0], t, state.max_tokens, min_new_tokens=state.min_new_tokens, deadline=state.deadline,
             cancel=state.cancel, messages=prompts[p][1], prompt_text=prompts[p][2],
-            constraints=[state.constraint() for _ in t] if state.constraint is not None else None)
-            for p, t in sorted(rows.items())]
+            constraints=[state.constraint() for _ in t] if state.constraint is not None else None,
+            watch=state.watch) for p, t in sorted(rows.items())]
+        return state.round
 
     def absorb(self, state: IRPState, batches: Sequence[Batch]) -> list[Candidate]:
         """Take the round's batches (one per request of :meth:`round_requests`), score every candidate so
         far and keep the best."""
-        temps = state.schedule[state.iteration:state.iteration + state.round_size]
+        temps = [] if state.greedy_first else state.schedule[state.iteration:state.iteration + state.round_size]
         state.greedy_pending = False
-        # in row order whatever the grouping by prompt: the schedule's temperatures (falling), the greedy row last
-        candidates = sorted((c for batch in batches for c in batch.candidates), key=lambda c: -c.temperature)
+        # in row order whatever the grouping by prompt: the schedule's temperatures (falling), the greedy row last;
+        # rows a stopping rule dropped are no candidates
+        candidates = sorted(kept(state.round, batches, state.watch), key=lambda c: -c.temperature)
         for batch in batches:
             state.timings["prefill_s"] += batch.prefill_s
             state.steps.append(getattr(batch, "step", "eager"))
@@ -244,9 +191,21 @@ class IRPEngine:
         state.rounds += 1
         if temps:
             state.temperature = round(max(self.cfg.min_temperature, temps[-1] - self.cfg.temp_reduction), 9)
+        if state.watch is not None:
+            for name, count in state.watch.counts.items():
+                state.dropped[name] = state.dropped.get(name, 0) + count
+            state.halt_reason = state.watch.ended or state.halt_reason
+        if state.greedy_first:  # sequential: the sampled rows run only when the greedy row is not confident
+            state.greedy_first = False
+            greedy = next((c for c in candidates if c.temperature == 0.0), None)
+            if greedy is not None and greedy_is_confident(self.rules, greedy):
+                state.halt_reason = CONFIDENT_GREEDY
         if any(batch.stopped_early for batch in batches):
             state.halt_reason = CANCELLED if state.cancel is not None and state.cancel.is_set() else DEADLINE
         return candidates
+
+    def _detokenize(self, ids: list[int]) -> str:
+        return clean_answer(self.lm.tokenizer.decode(ids, skip_special_tokens=True)) if self.lm is not None else ""
 
     def energy(self, state: IRPState, response: str) -> float:
         """Energy of an arbitrary response to this state's prompt (scores it with one forward pass)."""
@@ -271,6 +230,7 @@ class IRPEngine:
             converged=bool(state.energies) and state.best_energy < self.cfg.energy_convergence_threshold,
             finished=state.best_finished, throttled=state.throttled, history_used=state.history_used,
             batch=state.batch, step=state.steps[0] if state.steps and len(set(state.steps)) == 1 else "eager",
+            stopping=state.stopping, dropped=dict(state.dropped),
             **{k: round(v, 6) for k, v in state.timings.items()})
         return Refinement(answer=state.best_response, irp=summary, tokens=state.tokens,
                           final_temperature=state.temperature, candidates=tuple(state.candidates),
@@ -348,10 +308,13 @@ class IRPEngine:
         return [outcomes[index] for index in range(len(states))]
 
     def warm_up(self) -> float:
-        """One short generation with the real batch shape, so the first question is not slower."""
+        """One short generation with the real batch shape, so the first question is not slower; on board,
+        the first time for a model, what an extra row costs (``LoadedModel.row_cost``, ``stopping: auto``)."""
         start = time.monotonic()
         state = self.init_state("Hello.", options=AnswerOptions.resolve(self.cfg).replace(max_tokens=8))
         self.step(state)
+        if self.lm is not None and self.lm.row_cost is None and isinstance(self.generator, TorchGenerator):
+            self.lm.row_cost = round(measure_row_cost(self.generator, state.prompt_ids), 3)
         return time.monotonic() - start
 
     @staticmethod

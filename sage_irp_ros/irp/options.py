@@ -55,6 +55,7 @@ class AnswerOptions:
     cancel: threading.Event | None = None
     throttled: bool = False
     min_confidence: float = 0.0
+    stopping: str = "off"  # llm_irp.stopping: auto | parallel | sequential | off (throttled: off)
     constraint: Callable[[], Any] | None = None  # a fresh TokenConstraint per row (a JSON schema's grammar)
     sampled_prompts: tuple[int, ...] = (0,)  # phrasings the sampled rows use in turn (prompts.PROMPT_BANK)
 
@@ -79,7 +80,8 @@ class AnswerOptions:
                        throttled=True, **common)
         candidates = (question.candidates if question is not None else None) or cfg.candidates
         return cls(candidates=candidates, max_tokens=cfg.max_tokens, candidates_per_round=cfg.candidates_per_round,
-                   greedy=cfg.greedy_candidate, sampled_prompts=bank_indices(cfg.sampled_prompts), **common)
+                   greedy=cfg.greedy_candidate, sampled_prompts=bank_indices(cfg.sampled_prompts),
+                   stopping=cfg.stopping, **common)
 
     @property
     def rows(self) -> int:

@@ -296,3 +296,67 @@ class Sequential:
     def sampled_rows_needed(self, greedy: RowState) -> bool:
         """After the greedy row finished: whether the sampled rows must run."""
         return not self.gate.confident(greedy)
+
+
+class QuestionWatch:
+    """One question's rules, fed by the decode loops between steps (a :class:`~sage_irp_ros.decoding.
+    generator.RowWatch`): every request (row group) of the question shares it, so the rules see the
+    greedy row and the sampled rows of every prompt together.
+
+    ``ended`` is the rule that ended the question (None while none has); :meth:`dropped` says which rows a
+    rule dropped (they are no candidates); :attr:`counts` how many rows each rule dropped.
+    """
+
+    def __init__(self, rules: StoppingRules, detokenize: Callable[[list[int]], str]):
+        self.rules, self.detokenize = rules, detokenize
+        self.state = QuestionState(rows=[])
+        self.ended: str | None = None
+        self._first: dict[int, int] = {}  # id(request) -> index of its first row in state.rows
+
+    def rows_to_leave(self, request, rows) -> list[int]:
+        """Update the question from ``request``'s rows (``RowView``s), check the rules; the indices of the
+        request's running rows that leave now (dropped, or the question ended)."""
+        first = self._first.get(id(request))
+        if first is None:
+            first = self._first[id(request)] = len(self.state.rows)
+            self.state.rows += [RowState(float(t)) for t in request.temperatures]
+        for k, view in enumerate(rows):
+            self._update(self.state.rows[first + k], view)
+        self.state.step = max((r.steps for r in self.state.rows), default=0)
+        if self.ended is None:
+            self.ended = self.rules.check(self.state).ends
+        return [k for k, view in enumerate(rows) if not view.ended
+                and (self.ended is not None or self.state.rows[first + k].dropped is not None)]
+
+    def _update(self, row: RowState, view) -> None:
+        last = len(view.tokens) - 1
+        for i in range(row.steps, len(view.tokens)):
+            end_of_sequence = view.finished and i == last
+            row.push(float(view.logprobs[i]), None if end_of_sequence else int(view.tokens[i]))
+        if view.ended and not (row.finished or row.cut):
+            if view.finished:
+                row.finished, row.text = True, self.detokenize(row.token_ids)
+            else:
+                row.cut = True
+
+    def dropped(self, request, index: int) -> str | None:
+        """The rule that dropped row ``index`` of ``request`` (None: it is a candidate)."""
+        first = self._first.get(id(request))
+        return None if first is None else self.state.rows[first + index].dropped
+
+    @property
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for row in self.state.rows:
+            if row.dropped is not None:
+                out[row.dropped] = out.get(row.dropped, 0) + 1
+        return out
+
+
+def greedy_row(candidate: Candidate) -> RowState:
+    """A decoded greedy candidate as a finished (or cut) row, for the sequential schedule's gate."""
+    row = RowState(0.0)
+    for i, logprob in enumerate(candidate.token_logprobs):
+        row.push(float(logprob), candidate.token_ids[i] if i < len(candidate.token_ids) else None)
+    row.finished, row.cut, row.text = candidate.finished, not candidate.finished, candidate.text
+    return row

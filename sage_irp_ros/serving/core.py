@@ -230,6 +230,7 @@ class SageCore:
         result = self._result(q, answer=answered.answer, snarc=scores, irp=refined.irp, received=p.received,
                               start=p.started, inference_s=inference_s, tokens=refined.tokens,
                               choice=answered.choice, probabilities=answered.probabilities, json=answered.json,
+                              tool_call=answered.tool_call,
                               confidence=answered.confidence,
                               confident=is_confident(answered.confidence, options.min_confidence),
                               backend=backend_of(refined.candidates))

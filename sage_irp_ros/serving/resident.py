@@ -106,11 +106,11 @@ class Resident:
     def engine_for(self, q: Question) -> IRPEngine:
         """The engine for ``q``: choices and json_schema questions need the resident model's logits."""
         engine = self.engine_or_load()
-        if self.backend is None or not (q.choices or q.json_schema is not None):
+        if self.backend is None or not (q.choices or q.json_schema is not None or q.tools):
             return engine
         if self._local_engine is None:
             raise SageError(errors.BACKEND_UNSUPPORTED, (
-                "choices and json_schema questions need the on-board model: this node generates on "
+                "choices, json_schema and tools questions need the on-board model: this node generates on "
                 f"{self.backend.remote.url} with remote.fallback: none"))
         return self._local_engine
 
