@@ -336,7 +336,8 @@ def test_a_cancelled_question_fails_with_the_cancel_reason(core):
 
 def test_status_has_what_the_status_json_needs(core):
     status = core.status().to_dict()
-    assert {"model", "device", "precision", "packed_layers", "weights", "forward", "quantized_layers", "model_mb",
+    assert {"model", "device", "precision", "packed_layers", "weights", "forward", "stopping", "row_cost",
+            "quantized_layers", "model_mb",
             "gpu_mem_mb", "max_memory_mb", "served", "errors", "refused", "consecutive_errors", "last", "latency",
             "memory_store", "generation"} == set(status)
     assert status["model"] and status["device"] == "cpu" and status["model_mb"] > 0

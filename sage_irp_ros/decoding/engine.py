@@ -172,7 +172,7 @@ class DecodeEngine:
                     self._leave(row)
         for job in touched.values():  # the question's stopping rules (irp/stopping.py), where it has them
             watch = job.request.watch
-            if watch is not None and not all(r.ended for r in job.rows):
+            if watch is not None:  # also when this step ended its last rows: the rules read finished rows
                 views = [RowView(r.tokens, r.logprobs, r.ended, bool(r.tokens) and r.tokens[-1] in self.eos_set)
                          for r in job.rows]
                 for i in watch.rows_to_leave(job.request, views):

@@ -182,7 +182,7 @@ class LlamaCppGenerator(TorchGenerator):
     def _watch(self, run: _Running) -> list[int]:
         """The rows the question's stopping rules send away now (their ids, free again)."""
         watch = run.request.watch
-        if watch is None or all(run.ended):
+        if watch is None:  # called also when this step ended its last rows: the rules read finished rows
             return []
         eos = set(self.eos_ids)
         views = [RowView(run.tokens[r], run.logprobs[r], run.ended[r], bool(run.tokens[r]) and run.tokens[r][-1] in eos)

@@ -35,6 +35,7 @@ from sage_irp_ros.answers.forms import AnswerForm, form_of
 from sage_irp_ros.config.settings import SageConfig
 from sage_irp_ros.decoding.generator import Generator
 from sage_irp_ros.errors import SageError
+from sage_irp_ros.irp.adaptive import choose_schedule
 from sage_irp_ros.irp.confidence import is_confident
 from sage_irp_ros.irp.engine import CANCELLED as HALT_CANCELLED
 from sage_irp_ros.irp.engine import DEADLINE as HALT_DEADLINE
@@ -302,6 +303,8 @@ class SageCore:
             packed_layers=lm.packed_layers if lm else None,
             weights=lm.weight_quantization if lm else cfg.model.weight_quantization,
             forward=lm.forward if lm else cfg.model.forward,
+            stopping=choose_schedule(cfg.llm_irp.stopping, lm.row_cost if lm else None, backend is None),
+            row_cost=lm.row_cost if lm else None,
             quantized_layers=lm.quantized_layers if lm else None,
             model_mb=round(lm.footprint_mb, 1) if lm else None, gpu_mem_mb=gpu_mb,
             max_memory_mb=cfg.model.max_memory_mb, serving=self.stats.snapshot(),

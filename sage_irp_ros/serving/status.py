@@ -53,6 +53,8 @@ class CoreStatus:
     packed_layers: int | None
     weights: str
     forward: str  # what computes the logits: torch or llama_cpp (model.forward)
+    stopping: str  # the early-stopping schedule questions run under now (llm_irp.stopping resolved)
+    row_cost: float | None  # a 4-row decoding step's time over a 1-row step's, measured at warm-up
     quantized_layers: int | None
     model_mb: float | None
     gpu_mem_mb: float | None
