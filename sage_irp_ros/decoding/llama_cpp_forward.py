@@ -24,7 +24,8 @@ Layout: one llama.cpp context with a unified KV cache (``kv_unified``): every ro
 prompt is prefilled once into one sequence and shared with its other rows by ``llama_memory_seq_cp``
 (the cells are shared, not copied); a finished row's cells are freed with ``llama_memory_seq_rm``, so its
 id serves the next row at once. :meth:`LlamaCppForward.step` decodes one token for every given sequence
-in one ``llama_decode`` call.
+in one ``llama_decode`` call. Prompts are not reused across calls: a prefix decoded in another batch gives
+slightly different floats, and a greedy answer must not depend on the question asked before it.
 
 Only llama-cpp-python's public C bindings (``llama_cpp.llama_*``) are used; it is an optional package
 (``scripts/setup.sh`` installs it from a prebuilt wheel when one is at hand): :func:`unavailable` says why
@@ -46,7 +47,6 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 MAX_SEQUENCES = 64  # rows decoded at once at most (questions x candidates); more wait for a free id
-PREFIX_SEQUENCE = MAX_SEQUENCES  # holds the last prompt's cells, so the next prompt reuses its common prefix
 BATCH_TOKENS = 512  # prompt tokens per llama_decode call while prefilling
 
 _init_lock = threading.Lock()
@@ -91,7 +91,7 @@ class LlamaCppForward:
         cparams = L.llama_context_default_params()
         cparams.n_ctx = n_ctx
         cparams.n_batch = cparams.n_ubatch = BATCH_TOKENS
-        cparams.n_seq_max = MAX_SEQUENCES + 1
+        cparams.n_seq_max = MAX_SEQUENCES
         cparams.kv_unified = True
         cparams.n_threads = cparams.n_threads_batch = max(1, threads)
         cparams.no_perf = True
@@ -110,7 +110,6 @@ class LlamaCppForward:
         self._lock = threading.Lock()
         # Held by a generator for a whole call: sequence ids are the context's, not the caller's.
         self.busy = threading.RLock()
-        self.prefix_ids: list[int] = []  # the prompt whose cells PREFIX_SEQUENCE holds
         # Freed with the last reference (the resident cache may hand one model to several engines).
         self._free = weakref.finalize(self, _free_handles, L, self._batch, self._ctx, self._model)
 

@@ -39,7 +39,7 @@ import torch
 from sage_irp_ros.answers.choices import OptionScore, spellings
 from sage_irp_ros.decoding.decode import constrained, sample
 from sage_irp_ros.decoding.generator import Batch, Candidate, GenerationRequest, RowView
-from sage_irp_ros.decoding.llama_cpp_forward import MAX_SEQUENCES, PREFIX_SEQUENCE, LlamaCppForward
+from sage_irp_ros.decoding.llama_cpp_forward import MAX_SEQUENCES, LlamaCppForward
 from sage_irp_ros.decoding.torch_generator import TorchGenerator
 from sage_irp_ros.weights.loader import LoadedModel
 
@@ -122,7 +122,7 @@ class LlamaCppGenerator(TorchGenerator):
 
     def _admit(self, index: int, request: GenerationRequest, seqs: list[int]) -> _Running:
         start = time.monotonic()
-        last = self._prefill(seqs[0], list(request.prompt_ids))
+        last = self.forward.prefill(seqs[0], list(request.prompt_ids))
         for seq in seqs[1:]:
             self.forward.share(seqs[0], seq)
         rows = request.rows
@@ -130,25 +130,6 @@ class LlamaCppGenerator(TorchGenerator):
         now = time.monotonic()
         return _Running(index, request, seqs, logits, prefill_s=now - start, first_step=now,
                         tokens=[[] for _ in range(rows)], logprobs=[[] for _ in range(rows)], ended=[False] * rows)
-
-    def _prefill(self, seq: int, ids: list[int]) -> torch.Tensor:
-        """The prompt into ``seq``, reusing the cells of the longest prefix it shares with the last prompt
-        (the system prompt and chat template at least; all of it when a question is asked again); the
-        last token is always decoded again, for its logits."""
-        forward = self.forward
-        shared = 0
-        for a, b in zip(ids[:-1], forward.prefix_ids):
-            if a != b:
-                break
-            shared += 1
-        if shared:
-            forward.share(PREFIX_SEQUENCE, seq)
-            forward.free(seq, keep=shared)
-        last = forward.prefill(seq, ids[shared:], at=shared)
-        forward.free(PREFIX_SEQUENCE)
-        forward.share(seq, PREFIX_SEQUENCE)
-        forward.prefix_ids = ids
-        return last
 
     def _sample(self, run: _Running) -> list[int]:
         """The next token of every running row from its logits (the request's own rules); returns the
