@@ -37,7 +37,8 @@ def _core(model_dir, tmp_path, faults: FaultyGenerator | None = None, **irp):
     """A loaded core over ``model_dir``; with ``faults``, its generation goes through that generator."""
     cfg = SageConfig.from_mapping({
         "model": {"path": str(model_dir), "precision": "fp32", "weight_quantization": "none"},
-        "llm_irp": {"max_tokens": 8, "candidates": 3, "min_available_memory_mb": 0, "seed": 7, **irp},
+        "llm_irp": {"max_tokens": 8, "candidates": 3, "min_available_memory_mb": 0, "seed": 7, "stopping": "off",
+                    **irp},
         "snarc": {"salience_threshold": 0.0},
         "memory": {"db_path": str(tmp_path / "memory.db")}})
     core = SageCore(cfg, wrap_generator=faults.wrap if faults is not None else None)

@@ -96,7 +96,7 @@ class _PastDeadline:
 
 def test_a_choices_question_after_the_deadline_still_gets_an_option(tiny_model_dir):
     cfg = SageConfig.from_mapping({"model": {"path": str(tiny_model_dir)}, "memory": {"db_path": "none"},
-                                   "llm_irp": {"max_tokens": 8, "min_available_memory_mb": 0}})
+                                   "llm_irp": {"max_tokens": 8, "min_available_memory_mb": 0, "stopping": "off"}})
     core = SageCore(cfg, wrap_generator=_PastDeadline)
     core.load()
     try:

@@ -198,7 +198,7 @@ def test_engine_queues_its_usual_shape_and_keeps_one_step_per_model(tiny, monkey
     backend = _Counting()
     monkeypatch.setattr(compiled_step, "DEFAULT_BACKEND", backend)
     # the default question: two prompts (the plain one: greedy + sampled rows; a variant: sampled rows)
-    cfg = IRPConfig(candidates=3, max_tokens=20, compile="on", sampled_prompts="2")
+    cfg = IRPConfig(candidates=3, max_tokens=20, compile="on", sampled_prompts="2", stopping="off")
     engine = IRPEngine(tiny, cfg)
     step = engine.generator.step_fn
     assert isinstance(step, CompiledStep) and IRPEngine(tiny, cfg).generator.step_fn is step

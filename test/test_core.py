@@ -40,7 +40,7 @@ def _core(model_dir, tmp_path, faults: FaultyGenerator | None = None):
     """A loaded core over ``model_dir``; with ``faults``, its generation goes through that generator."""
     cfg = SageConfig.from_mapping({
         "model": {"path": str(model_dir)},
-        "llm_irp": {"max_tokens": 8, "irp_iterations": 3, "min_available_memory_mb": 0},
+        "llm_irp": {"max_tokens": 8, "irp_iterations": 3, "min_available_memory_mb": 0, "stopping": "off"},
         "snarc": {"salience_threshold": 0.0},  # everything is salient: every answer is stored
         "memory": {"db_path": str(tmp_path / "memory.db"), "consolidation_interval": 2}})
     core = SageCore(cfg, wrap_generator=faults.wrap if faults is not None else None)

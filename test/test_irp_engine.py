@@ -37,7 +37,7 @@ def _engine(model_dir, energy=None, **irp):
     irp = {"greedy_candidate": False, **irp}
     cfg = SageConfig.from_mapping({"model": {"path": str(model_dir), "device": "cpu", "precision": "fp32",
                                              "weight_quantization": "none"},
-                                   "llm_irp": {"max_tokens": 6, **irp}})
+                                   "llm_irp": {"max_tokens": 6, "stopping": "off", **irp}})
     return IRPEngine(load_model(cfg.model), cfg.llm_irp, energy=energy)
 
 
@@ -60,7 +60,7 @@ def _spread_energy():
     ({"candidates": 4, "temp_reduction": 0.0}, [0.7, 0.7, 0.7, 0.7]),
 ])
 def test_temperature_schedule(irp, expected):
-    cfg = SageConfig.from_mapping({"llm_irp": irp}).llm_irp
+    cfg = SageConfig.from_mapping({"llm_irp": {"stopping": "off", **irp}}).llm_irp
     assert temperature_schedule(cfg, cfg.candidates) == pytest.approx(expected)
 
 

@@ -74,7 +74,7 @@ def make_core(url: str, tmp_path, fallback: str = "none", local=None, **remote) 
                    "timeout_s": 60.0, **remote},
         "model": {"path": str(local) if local else "", "device": "cpu", "warmup": False},
         "memory": {"db_path": str(tmp_path / "memory.db")},
-        "llm_irp": {"max_tokens": MAX_TOKENS, "candidates": 2, "min_available_memory_mb": 0}})
+        "llm_irp": {"max_tokens": MAX_TOKENS, "candidates": 2, "min_available_memory_mb": 0, "stopping": "off"}})
     core = SageCore(cfg)
     core.load()
     return core

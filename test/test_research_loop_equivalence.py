@@ -63,9 +63,9 @@ def lm(tiny_plain_model_dir):
 
 
 def _irp_cfg(schedule, **extra):
-    # the research loop had no greedy row and one prompt: both are off wherever it is reproduced
+    # the research loop had no greedy row, one prompt and no early stopping: all off wherever it is reproduced
     return SageConfig.from_mapping({"llm_irp": {**schedule, "energy": "seed", "device": "cpu",
-                                                "greedy_candidate": False, "sampled_prompts": "0",
+                                                "greedy_candidate": False, "sampled_prompts": "0", "stopping": "off",
                                                 "max_tokens": 6, **extra}}).llm_irp
 
 

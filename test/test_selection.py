@@ -141,7 +141,7 @@ def test_zero_temperature_row_is_greedy_decoding(lm):
 
 
 def test_engine_adds_one_greedy_row_to_the_first_round(lm):
-    cfg = SageConfig.from_mapping({"llm_irp": {"candidates": 3, "max_tokens": 6,
+    cfg = SageConfig.from_mapping({"llm_irp": {"candidates": 3, "max_tokens": 6, "stopping": "off",
                                                "candidates_per_round": 1, "energy_plateau_delta": 0.0,
                                                "energy_convergence_threshold": 0.0}}).llm_irp
     assert cfg.greedy_candidate  # on by default

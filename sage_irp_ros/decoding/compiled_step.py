@@ -351,6 +351,8 @@ def for_model(lm: Any, mode: str, *, expect_rows: int = 0, expect_tokens: int = 
     """
     if os.environ.get(ENV_OFF, "").strip().lower() == "off":
         mode = "off"
+    if getattr(lm, "forward", "torch") != "torch":
+        return None  # llama.cpp's forward: its own kernels, nothing of torch's to compile
     reason = why_not(mode, lm.device)
     if reason:
         if mode != "off" and reason != AUTO_ON_CPU:  # the chosen default says nothing
@@ -373,6 +375,9 @@ def warm(lm: Any, shapes: Iterable[tuple[int, int]]) -> CompiledStep:
     filling the on-disk cache (``sage_irp cache warm``); the step is then the model's, ready."""
     step = for_model(lm, "on")
     if step is None:
+        if getattr(lm, "forward", "torch") != "torch":
+            raise RuntimeError("model.forward is llama_cpp: llama.cpp runs its own kernels, nothing to compile "
+                               "(model.forward: torch compiles the torch step)")
         raise RuntimeError(why_not("on", lm.device) or "this model's forward takes no KV cache")
     step.background = False
     step.request([step.shapes(rows, tokens + PROMPT_GUESS) for rows, tokens in shapes])
