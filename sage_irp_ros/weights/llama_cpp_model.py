@@ -41,7 +41,7 @@ from sage_irp_ros.weights.cache import content_key
 
 log = logging.getLogger(__name__)
 
-N_CTX = 8192  # KV cells shared by every decoding row (about 23 KB each for SmolLM2-135M, used as filled)
+N_CTX = 4096  # KV cells shared by every decoding row: about 22 KB each for SmolLM2-135M, resident from the start
 _MARKER = "tokenizer_config.json"
 
 
