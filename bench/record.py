@@ -138,3 +138,18 @@ def update_docs(section: str, text: str, docs: Path = DOCS) -> bool:
     _, tail = rest.split(end, 1)
     docs.write_text(f"{head}{begin}\n{text.rstrip()}\n{end}{tail}")
     return True
+
+
+def main_by_half(name: str, doc: str, run, argv: list[str] | None = None) -> None:
+    """The command line of a question-set benchmark run on one half: ``--half``, ``--out``, ``--threads``;
+    ``run(half, threads)`` gives the result (its ``rows`` are stored, not printed)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--half", choices=("tune", "heldout", "both"), default="tune")
+    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    result = run(args.half, args.threads)
+    print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1))
+    write_result(f"{name}_{args.half}", {"run": run_info(argv, f"bench.quality.{name}"), **result}, args.out)

@@ -93,3 +93,12 @@ class FaultyGenerator:
         self.calls.append(Call(method, tuple(requests), failed))
         if failed:
             raise self.error
+
+
+def faulty_core_of(make_core, model_dir, tmp_path, error: BaseException):
+    """A fixture's body: a core (``make_core(model_dir, tmp_path, faults)``) whose first generation call
+    raises ``error`` while later calls reach the model; yields ``(core, faults)``, released after."""
+    faults = FaultyGenerator(error, fail_calls={1})
+    core = make_core(model_dir, tmp_path, faults)
+    yield core, faults
+    core.release()

@@ -22,7 +22,7 @@ import threading
 import pytest
 import torch
 
-from faulty_generator import FaultyGenerator
+from faulty_generator import FaultyGenerator, faulty_core_of
 from sage_irp_ros import errors
 from sage_irp_ros.config.settings import SageConfig
 from sage_irp_ros.serving.core import Ask, SageCore
@@ -118,10 +118,7 @@ def test_a_bad_question_fails_alone(core):
 @pytest.fixture
 def faulty_core(tiny_plain_model_dir, tmp_path, request):
     """A core whose first generation call raises ``request.param`` (later calls reach the model)."""
-    faults = FaultyGenerator(request.param, fail_calls={1})
-    core = _core(tiny_plain_model_dir, tmp_path, faults)
-    yield core, faults
-    core.release()
+    yield from faulty_core_of(_core, tiny_plain_model_dir, tmp_path, request.param)
 
 
 @pytest.mark.parametrize("faulty_core", [RuntimeError("batched kernel exploded")], indirect=True)

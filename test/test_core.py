@@ -20,7 +20,7 @@ import threading
 import pytest
 import torch
 
-from faulty_generator import FaultyGenerator
+from faulty_generator import FaultyGenerator, faulty_core_of
 from sage_irp_ros import errors
 from sage_irp_ros.config.settings import SageConfig
 from sage_irp_ros.serving.core import SageCore
@@ -201,10 +201,7 @@ def test_memory_floor_refuses_with_out_of_memory(core):
 @pytest.fixture
 def faulty_core(tiny_model_dir, tmp_path, request):
     """A core whose first generation call raises ``request.param`` (later calls reach the model)."""
-    faults = FaultyGenerator(request.param, fail_calls={1})
-    core = _core(tiny_model_dir, tmp_path, faults)
-    yield core, faults
-    core.release()
+    yield from faulty_core_of(_core, tiny_model_dir, tmp_path, request.param)
 
 
 @pytest.mark.parametrize("faulty_core", [ValueError("kernel exploded")], indirect=True)

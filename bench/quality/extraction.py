@@ -33,7 +33,6 @@ and the grammar masks' time as a share of decoding (``JsonConstraint.mask`` time
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import time
@@ -41,7 +40,7 @@ from pathlib import Path
 
 from bench.quality.metrics import bootstrap_ci, confidence_report
 from bench.quality.question_set import half_of
-from bench.record import RESULTS, run_info, write_result
+from bench.record import main_by_half
 
 NAME = "extraction"
 TASKS = Path(__file__).resolve().parent / "extraction.json"
@@ -147,14 +146,7 @@ def run(half: str, threads: int = 1, log=print) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--half", choices=("tune", "heldout", "both"), default="tune")
-    parser.add_argument("--out", default=str(RESULTS))
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
-    result = run(args.half, args.threads)
-    print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1))
-    write_result(f"{NAME}_{args.half}", {"run": run_info(argv, f"bench.quality.{NAME}"), **result}, args.out)
+    main_by_half(NAME, __doc__, run, argv)
 
 
 if __name__ == "__main__":

@@ -37,14 +37,14 @@ the most confident half against all (``confidence_right_tool``, with AUROC).
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from pathlib import Path
 
 from bench.quality.metrics import bootstrap_ci, confidence_report
 from bench.quality.question_set import half_of
-from bench.record import RESULTS, run_info, write_result
+from bench.quality.extraction import first_object
+from bench.record import main_by_half
 
 NAME = "tool_calls"
 TASKS = Path(__file__).resolve().parent / "tool_calls.json"
@@ -100,16 +100,6 @@ def baseline_prompt(question: str, tools: list[dict], auto: bool) -> str:
     none = ' If no tool fits, answer {"name": "none"}.' if auto else ""
     return ("Tools:\n" + "\n".join(lines) + f"\nRequest: {question}\nChoose the tool to call. Answer with JSON only: "
             '{"name": <tool name>, "arguments": {...}}.' + none)
-
-
-def first_object(text: str):
-    start, end = text.find("{"), text.rfind("}")
-    if start < 0 or end < start:
-        return None
-    try:
-        return json.loads(text[start:end + 1])
-    except ValueError:
-        return None
 
 
 def _package_call(result):
@@ -179,14 +169,7 @@ def run(half: str, threads: int = 1, log=print) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--half", choices=("tune", "heldout", "both"), default="tune")
-    parser.add_argument("--out", default=str(RESULTS))
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
-    result = run(args.half, args.threads)
-    print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1))
-    write_result(f"{NAME}_{args.half}", {"run": run_info(argv, f"bench.quality.{NAME}"), **result}, args.out)
+    main_by_half(NAME, __doc__, run, argv)
 
 
 if __name__ == "__main__":

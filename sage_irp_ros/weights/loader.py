@@ -137,12 +137,10 @@ def load_model(model_cfg: ModelConfig, progress: Callable[[str], None] | None = 
     key = (_identity(folder), _identity(gguf), _identity(adapter), model_cfg.merge_adapter,
            str(device), str(dtype), pack, quant, dense)
     with _cache_lock:
-        cached = _cache.get(key)
+        cached = _resident(key, say, str(device))
         if cached is not None:
-            say(f"model {cached.model_id} already resident on {device}: not reloading")
             return cached
-        start = time.monotonic()
-        cache_dir = Path(model_cfg.cache_dir).expanduser() if model_cfg.cache_dir else default_cache_dir()
+        start, cache_dir = time.monotonic(), _cache_dir(model_cfg)
         blocks = quant == "int4" and gguf is not None and adapter is None  # the GGUF's own 4-bit blocks
         if blocks:
             folder = converted_int4(gguf, cache_dir, say)
@@ -194,12 +192,10 @@ def _load_llama_cpp(model_cfg: ModelConfig, gguf: Path, device: torch.device,
     threads = torch.get_num_threads()
     key = (_identity(gguf), "llama_cpp", threads)
     with _cache_lock:
-        cached = _cache.get(key)
+        cached = _resident(key, say, "llama.cpp")
         if cached is not None:
-            say(f"model {cached.model_id} already resident on llama.cpp: not reloading")
             return cached
-        start = time.monotonic()
-        cache_dir = Path(model_cfg.cache_dir).expanduser() if model_cfg.cache_dir else default_cache_dir()
+        start, cache_dir = time.monotonic(), _cache_dir(model_cfg)
         say(f"loading {gguf.name} on llama.cpp's forward ({threads} thread(s))")
         forward, tokenizer = open_gguf(gguf, cache_dir, threads, say)
         loaded = LoadedModel(
@@ -211,6 +207,18 @@ def _load_llama_cpp(model_cfg: ModelConfig, gguf: Path, device: torch.device,
         _cache[key] = loaded
         say(f"model {loaded.model_id} ready on llama.cpp: {loaded.footprint_mb:.0f} MB in {loaded.load_s:.1f} s")
         return loaded
+
+
+def _resident(key: tuple, say: Callable[[str], None], where: str) -> LoadedModel | None:
+    """The model already loaded under ``key`` (under ``_cache_lock``), said so; None when there is none."""
+    cached = _cache.get(key)
+    if cached is not None:
+        say(f"model {cached.model_id} already resident on {where}: not reloading")
+    return cached
+
+
+def _cache_dir(model_cfg: ModelConfig) -> Path:
+    return Path(model_cfg.cache_dir).expanduser() if model_cfg.cache_dir else default_cache_dir()
 
 
 def release(loaded: LoadedModel) -> None:

@@ -90,20 +90,27 @@ class LogAnswer(py_trees.behaviour.Behaviour):
 class ChoiceIs(py_trees.behaviour.Behaviour):
     """SUCCESS when the blackboard's choice is ``option`` with a confidence of at least ``min_confidence``."""
 
+    what = "choice"
+
     def __init__(self, option: str, min_confidence: float = 0.0, choice_key: str = "sage/choice",
                  confidence_key: str = "sage/confidence"):
-        super().__init__(f"ChoiceIs({option})")
+        super().__init__(f"{type(self).__name__}({option})")
         self.option, self.min_confidence = option, float(min_confidence)
         self.choice_key, self.confidence_key = choice_key, confidence_key
         self.blackboard = self.attach_blackboard_client(name=self.name)
         self.blackboard.register_key(choice_key, access=Access.READ)
         self.blackboard.register_key(confidence_key, access=Access.READ)
 
+    def value(self, written):
+        """What the blackboard's entry says to compare with ``option`` (the choice itself)."""
+        return written
+
     def update(self) -> Status:
-        choice = self.blackboard.get(self.choice_key) if self.blackboard.exists(self.choice_key) else None
+        written = self.blackboard.get(self.choice_key) if self.blackboard.exists(self.choice_key) else None
         confidence = self.blackboard.get(self.confidence_key) if self.blackboard.exists(self.confidence_key) else None
-        ok = choice == self.option and confidence is not None and confidence >= self.min_confidence
-        self.feedback_message = f"choice {choice!r}, confidence {confidence}"
+        value = self.value(written)
+        ok = value == self.option and confidence is not None and confidence >= self.min_confidence
+        self.feedback_message = f"{self.what} {value!r}, confidence {confidence}"
         return Status.SUCCESS if ok else Status.FAILURE
 
 
@@ -180,10 +187,6 @@ def tick_until(tree: py_trees.trees.BehaviourTree, timeout_s: float, hz: float =
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    import rclpy
-
-    from sage_irp_ros.ros.client import spinning
-
     parser = argparse.ArgumentParser(prog="sage_irp_bt_example", description=__doc__.split("\n\n")[0])
     parser.add_argument("--question", default="What is 2+2?")
     parser.add_argument("--conversation", help="conversation id (default: none, no history)")
@@ -193,26 +196,37 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--namespace", default="sage")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds until giving up")
     args, ros_args = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    rclpy.init(args=["sage_irp_bt_example", *ros_args])
-    node = rclpy.create_node("sage_irp_bt_example")
+    if args.choices:
+        def make(say):
+            return create_choice_tree(args.question, args.choices, min_confidence=args.min_confidence,
+                                      namespace=args.namespace, timeout_s=args.timeout, say=say,
+                                      conversation=args.conversation)
+    else:
+        def make(say):
+            return create_tree(args.question, args.namespace, args.timeout, say, conversation=args.conversation)
+    return run_tree("sage_irp_bt_example", make, args.timeout, ros_args,
+                    lambda: py_trees.blackboard.Blackboard.storage.get("/sage/answer"), "no answer")
+
+
+def run_tree(name: str, make_root: Callable[[Callable[[str], None]], py_trees.behaviour.Behaviour], timeout: float,
+             ros_args: list[str], success: Callable[[], object], nothing: str) -> int:
+    """Run an example tree on its own node until it succeeds or ``timeout`` passes: print ``success()``
+    and return 0, else say what it waited for and return 1 (130 on Ctrl-C)."""
+    import rclpy
+
+    from sage_irp_ros.ros.client import spinning
+
+    rclpy.init(args=[name, *ros_args])
+    node = rclpy.create_node(name)
     try:
         with spinning(node):
-            say = node.get_logger().info
-            if args.choices:
-                root = create_choice_tree(args.question, args.choices, min_confidence=args.min_confidence,
-                                          namespace=args.namespace, timeout_s=args.timeout, say=say,
-                                          conversation=args.conversation)
-            else:
-                root = create_tree(args.question, args.namespace, args.timeout, say, conversation=args.conversation)
-            tree = py_trees.trees.BehaviourTree(root)
+            tree = py_trees.trees.BehaviourTree(make_root(node.get_logger().info))
             tree.setup(node=node)  # non-blocking; the conditions wait for the node at tick time
-            status = tick_until(tree, args.timeout)
-            answer = py_trees.blackboard.Blackboard.storage.get("/sage/answer")
-            if status == Status.SUCCESS:
-                print(answer)
+            if tick_until(tree, timeout) == Status.SUCCESS:
+                print(success())
                 return 0
             tip = tree.tip()
-            print(f"no answer within {args.timeout:g} s: {tip.name if tip else '-'}: "
+            print(f"{nothing} within {timeout:g} s: {tip.name if tip else '-'}: "
                   f"{tip.feedback_message if tip else ''}", file=sys.stderr)
             return 1
     except KeyboardInterrupt:

@@ -48,7 +48,7 @@ import py_trees
 from py_trees.common import Access, Status
 
 from sage_irp_ros.ros.behaviours import AskSage, NotThrottled, SageReady
-from sage_irp_ros.ros.examples.ask_tree import FallbackLog, LogAnswer, tick_until
+from sage_irp_ros.ros.examples.ask_tree import ChoiceIs, FallbackLog, LogAnswer, run_tree
 
 Handler = Callable[..., Any]
 
@@ -70,25 +70,18 @@ SKILLS = [
 ]
 
 
-class CallIs(py_trees.behaviour.Behaviour):
+class CallIs(ChoiceIs):
     """SUCCESS when the blackboard's tool call names ``tool`` with a confidence of at least ``min_confidence``."""
+
+    what = "call"
 
     def __init__(self, tool: str, min_confidence: float = 0.0, tool_call_key: str = "sage/tool_call",
                  confidence_key: str = "sage/confidence"):
-        super().__init__(f"CallIs({tool})")
-        self.tool, self.min_confidence = tool, float(min_confidence)
-        self.tool_call_key, self.confidence_key = tool_call_key, confidence_key
-        self.blackboard = self.attach_blackboard_client(name=self.name)
-        self.blackboard.register_key(tool_call_key, access=Access.READ)
-        self.blackboard.register_key(confidence_key, access=Access.READ)
+        super().__init__(tool, min_confidence, choice_key=tool_call_key, confidence_key=confidence_key)
+        self.tool, self.tool_call_key = tool, tool_call_key
 
-    def update(self) -> Status:
-        call = self.blackboard.get(self.tool_call_key) if self.blackboard.exists(self.tool_call_key) else None
-        confidence = self.blackboard.get(self.confidence_key) if self.blackboard.exists(self.confidence_key) else None
-        name = call.get("name") if isinstance(call, dict) else None
-        ok = name == self.tool and confidence is not None and confidence >= self.min_confidence
-        self.feedback_message = f"call {name!r}, confidence {confidence}"
-        return Status.SUCCESS if ok else Status.FAILURE
+    def value(self, written):
+        return written.get("name") if isinstance(written, dict) else None
 
 
 class RunSkill(py_trees.behaviour.Behaviour):
@@ -152,10 +145,6 @@ def create_dispatch_tree(question: str, tools: Sequence[dict] = SKILLS,
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    import rclpy
-
-    from sage_irp_ros.ros.client import spinning
-
     parser = argparse.ArgumentParser(prog="dispatch_tree", description=__doc__.split("\n\n")[0])
     parser.add_argument("--question", default="Bring me the red cup from the kitchen.")
     parser.add_argument("--tool-choice", default=None, help="required (default), auto or a skill's name")
@@ -166,28 +155,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     choice = args.tool_choice
     if choice is not None and choice not in ("required", "auto"):
         choice = {"name": choice}
-    rclpy.init(args=["dispatch_tree", *ros_args])
-    node = rclpy.create_node("sage_irp_dispatch_example")
-    try:
-        with spinning(node):
-            say = node.get_logger().info
-            tree = py_trees.trees.BehaviourTree(create_dispatch_tree(
-                args.question, tool_choice=choice, min_confidence=args.min_confidence, namespace=args.namespace,
-                timeout_s=args.timeout, say=say))
-            tree.setup(node=node)  # non-blocking; the conditions wait for the node at tick time
-            status = tick_until(tree, args.timeout)
-            if status == Status.SUCCESS:
-                print(json.dumps(py_trees.blackboard.Blackboard.storage.get("/sage/tool_call")))
-                return 0
-            tip = tree.tip()
-            print(f"no skill ran within {args.timeout:g} s: {tip.name if tip else '-'}: "
-                  f"{tip.feedback_message if tip else ''}", file=sys.stderr)
-            return 1
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    return run_tree("sage_irp_dispatch_example", lambda say: create_dispatch_tree(
+        args.question, tool_choice=choice, min_confidence=args.min_confidence, namespace=args.namespace,
+        timeout_s=args.timeout, say=say), args.timeout, ros_args,
+        lambda: json.dumps(py_trees.blackboard.Blackboard.storage.get("/sage/tool_call")), "no skill ran")
 
 
 if __name__ == "__main__":
