@@ -149,6 +149,23 @@ def prefill_kwargs(model: Any, keep: int | torch.Tensor = 1) -> dict[str, Any]:
     return {}
 
 
+def allocated_static_cache(model: Any, rows: int, length: int, heads: list[int], head_dims: list[int],
+                           dtype: torch.dtype, device: Any):
+    """A StaticCache of ``rows`` x ``length`` positions with every layer allocated now (not at its first
+    update): 5.x takes each layer's key/value heads and head size, 4.x one of each for all layers."""
+    from transformers import StaticCache
+
+    cache = StaticCache(config=model.config, max_cache_len=length)
+    if TRANSFORMERS_VERSION.major >= 5:
+        cache.early_initialization(rows, heads, head_dims, dtype, device)
+    else:
+        if len(set(heads)) > 1 or len(set(head_dims)) > 1:
+            raise ValueError("transformers 4.x allocates every layer of a static cache alike; this model's "
+                             f"layers differ (heads {sorted(set(heads))}, head sizes {sorted(set(head_dims))})")
+        cache.early_initialization(rows, heads[0], head_dims[0], dtype, device)
+    return cache
+
+
 def cache_position_kwargs(model: Any, start: int, length: int, device: Any) -> dict[str, Any]:
     """``cache_position`` (the cache slots the new tokens are written to) where ``forward`` takes it (4.x).
 

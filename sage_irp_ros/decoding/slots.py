@@ -140,10 +140,7 @@ class SlotCache:
         """The slot cache, shaped after the prompt cache's heads and dtype (once)."""
         if self.cache is not None:
             return
-        from transformers import StaticCache
-
-        self.cache = StaticCache(config=self.model.config, max_cache_len=self.length)
         layers = prompt_cache.layers
-        self.cache.early_initialization(self.capacity, [int(layer.keys.shape[1]) for layer in layers],
-                                        [int(layer.keys.shape[3]) for layer in layers], layers[0].keys.dtype,
-                                        self.device)
+        self.cache = hf_compat.allocated_static_cache(
+            self.model, self.capacity, self.length, [int(layer.keys.shape[1]) for layer in layers],
+            [int(layer.keys.shape[3]) for layer in layers], layers[0].keys.dtype, self.device)
