@@ -235,7 +235,7 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
             raise ConfigError(f"must be true or false, got {value!r}")
         return value
     if kind == "str":
-        if isinstance(value, bool) and {"on", "off"} <= set(meta.get("choices") or ()):
+        if isinstance(value, bool) and {"on", "off"} & set(meta.get("choices") or ()):
             value = "on" if value else "off"  # YAML 1.1 reads a bare on/off as a boolean
         if not isinstance(value, str):
             raise ConfigError(f"must be a string, got {value!r}")

@@ -24,10 +24,10 @@ default of the new name (an override of the new name still wins), the deprecatio
 the node's logger, and the old name is undeclared again. ``ros2 param get`` of the new name shows the
 effective value and ``ros2 param list`` lists only the new names.
 
-Keys whose values include ``on`` and ``off`` (``llm_irp.compile``: auto, on, off) are declared with dynamic
-typing: ``-p llm_irp.compile:=on`` and ``ros2 param set ... llm_irp.compile on`` read the word as YAML, which
-makes it a boolean; it is turned back into ``"on"`` / ``"off"`` (at start-up and on every set), as the
-config layer does for a params file. Any other type is refused with the allowed values.
+Keys whose values include ``on`` or ``off`` (``llm_irp.compile``: auto, on, off; ``llm_irp.stopping``) are
+declared with dynamic typing: ``-p llm_irp.compile:=on`` and ``ros2 param set ... llm_irp.compile on`` read
+the word as YAML, which makes it a boolean; it is turned back into ``"on"`` / ``"off"`` (at start-up and on
+every set), as the config layer does for a params file. Any other type is refused with the allowed values.
 
 When a key takes effect (:func:`when_applied`, the "applies" column of docs/interface.md, the ``applies``
 metadata of :mod:`sage_irp_ros.config.schema`):
@@ -55,8 +55,8 @@ from sage_irp_ros.config.schema import CONFIGURE, LIVE, READ_ONLY
 _FIELDS = dict(describe_keys())
 # The IRP node's keys: every section but the diagnostics node's own.
 IRP_NODE_KEYS = tuple(name for name in _FIELDS if not name.startswith("diagnostics."))
-# String keys with on/off among their values: a bare on/off typed on the command line arrives as a boolean.
-ON_OFF_KEYS = frozenset(name for name, f in _FIELDS.items() if {"on", "off"} <= set(f.metadata.get("choices") or ()))
+# String keys with on or off among their values: a bare on/off typed on the command line arrives as a boolean.
+ON_OFF_KEYS = frozenset(name for name, f in _FIELDS.items() if {"on", "off"} & set(f.metadata.get("choices") or ()))
 # The diagnostics node's keys: its section and the model's memory budget (it warns above it).
 DIAGNOSTICS_NODE_KEYS = tuple(name for name in _FIELDS if name.startswith("diagnostics.")) + (
     "model.max_memory_mb",)
