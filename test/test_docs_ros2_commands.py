@@ -38,7 +38,7 @@ NOT_RUN = {  # command: why this test does not run it
     f"{LAUNCH} model_path:=/models/Qwen2.5-0.5B-Instruct params_file:=/path/my.yaml":
         "example paths; test_launch_edge.py passes model_path and params_file",
     "ros2 run diagnostic_aggregator aggregator_node --ros-args --params-file "
-    "$(ros2 pkg prefix sage_irp_ros)/share/sage_irp_ros/config/settings/diagnostics_aggregator.yaml":
+    "$(ros2 pkg prefix sage_irp_ros)/share/sage_irp_ros/config/diagnostics_aggregator.yaml":
         "diagnostic_aggregator has no wheel here (the test checks the params file path it uses)",
     "ros2 topic echo /diagnostics_agg --field status": "needs diagnostic_aggregator",
     "ros2 run rqt_robot_monitor rqt_robot_monitor": "GUI",
@@ -180,7 +180,7 @@ def test_documented_ros2_commands_against_ros2_launch(tmp_path):
     from ros_harness import START_TIMEOUT, RosTester
 
     # The params file path inside the aggregator command resolves (the command itself needs the package).
-    aggregator_yaml = _run("echo $(ros2 pkg prefix sage_irp_ros)/share/sage_irp_ros/config/settings/"
+    aggregator_yaml = _run("echo $(ros2 pkg prefix sage_irp_ros)/share/sage_irp_ros/config/"
                            "diagnostics_aggregator.yaml", env).strip()
     assert Path(aggregator_yaml).is_file(), aggregator_yaml
 

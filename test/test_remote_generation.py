@@ -104,7 +104,7 @@ def test_remote_answer_has_the_on_board_shape(server, tiny_model_dir, tmp_path):
         assert got.irp.temperatures == want.irp.temperatures == [0.7, 0.647, 0.0]
         assert len(got.irp.energies) == 3 and got.snarc is not None and got.model == "smollm2"
         assert 0 < got.timing.tokens <= 3 * MAX_TOKENS
-        status = remote.status()
+        status = remote.status().to_dict()
         generation = status["generation"]
         assert generation["backend"] == "remote" and generation["reachable"] is True
         assert generation["breaker"]["state"] == "closed" and generation["fallback"] == "none"
@@ -357,7 +357,7 @@ def test_a_bad_request_does_not_open_the_breaker_but_408_and_429_do(proxy, tmp_p
             proxy.answer = _refused(status)
             result = _ask(core)
             assert result.error_code == errors.BACKEND_UNAVAILABLE and f"HTTP {status}" in result.error_message
-        breaker = core.status()["generation"]["breaker"]
+        breaker = core.status().generation["breaker"]
         assert breaker["state"] == "closed" and breaker["consecutive_failures"] == 0 and breaker["opened"] == 0
         for status in (408, 429):  # "busy, try later": two in a row open it
             proxy.answer = _refused(status)
@@ -379,7 +379,7 @@ def test_retry_after_keeps_the_breaker_open_at_least_that_long(proxy, tmp_path):
     try:
         proxy.answer = _refused(429, {"Retry-After": "120"})
         assert "HTTP 429" in _ask(core).error_message
-        breaker = core.status()["generation"]["breaker"]
+        breaker = core.status().generation["breaker"]
         assert breaker["state"] == "open" and breaker["retry_in_s"] == 120.0  # one such answer opens it
         proxy.answer = None
         clock.now += 119.0  # long past the backoff, not past Retry-After
@@ -389,7 +389,7 @@ def test_retry_after_keeps_the_breaker_open_at_least_that_long(proxy, tmp_path):
         assert _ask(core).backend == "remote" and core.backend.breaker.state == "closed"
         proxy.answer = _refused(503, {"Retry-After": email.utils.formatdate(time.time() + 600, usegmt=True)})
         assert "HTTP 503" in _ask(core).error_message
-        assert core.status()["generation"]["breaker"]["retry_in_s"] > 500  # an HTTP date, 600 s from now
+        assert core.status().generation["breaker"]["retry_in_s"] > 500  # an HTTP date, 600 s from now
     finally:
         core.release()
 
@@ -400,7 +400,7 @@ def test_a_prompt_over_the_servers_context_is_too_long_not_a_server_failure(serv
         assert core.backend.remote.context_window is None
         result = _ask(core, "7" * 3000)  # a token per digit: over the server's 2048
         assert result.error_code == errors.TOO_LONG and "context" in result.error_message, result.error
-        assert core.status()["generation"]["breaker"]["consecutive_failures"] == 0
+        assert core.status().generation["breaker"]["consecutive_failures"] == 0
         assert _ask(core).ok
     finally:
         core.release()
