@@ -58,6 +58,7 @@ class _Running:
     logprobs: list[list[float]] = field(default_factory=list)
     ended: list[bool] = field(default_factory=list)
     steps: int = 0
+    stopped: bool = False  # the deadline or cancel cut it short
 
     @property
     def cells(self) -> int:
@@ -182,20 +183,18 @@ class LlamaCppGenerator(TorchGenerator):
             return True
         if (request.cancel is not None and request.cancel.is_set()) or (
                 request.deadline is not None and time.monotonic() >= request.deadline):
-            run.first_step = -run.first_step  # marks the request as cut short (read in _finish)
+            run.stopped = True
             return True
         return False
 
     def _finish(self, run: _Running, done: dict[int, Batch], on_done) -> list[int]:
         """Hand the request over; returns the sequence ids its running rows held, free again."""
-        stopped = run.first_step < 0
-        first = abs(run.first_step)
         held = [seq for row, seq in enumerate(run.seqs) if not run.ended[row]]
         for seq in held:
             self.forward.free(seq)
         candidates = [self._candidate(run.tokens[row], run.logprobs[row], run.request.temperatures[row])
                       for row in range(run.request.rows)]
-        batch = Batch(candidates, run.prefill_s, time.monotonic() - first, stopped, step="llama_cpp")
+        batch = Batch(candidates, run.prefill_s, time.monotonic() - run.first_step, run.stopped, step="llama_cpp")
         done[run.index] = batch
         if on_done is not None:
             on_done(run.index, batch)
