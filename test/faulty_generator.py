@@ -23,7 +23,7 @@ rows into requests (``llm_irp.sampled_prompts``) and without patching a module's
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Collection, Sequence
+from typing import Any, Collection, Sequence
 
 from sage_irp_ros.decoding.generator import Batch, GenerationRequest, Generator, generate_all
 
@@ -60,6 +60,7 @@ class FaultyGenerator:
     """
 
     inner: Generator | None = None
+    session = None  # no step session: every decode step of the scheduler is one recorded call
 
     def __init__(self, error: BaseException, fail_calls: Collection[int] | None = None):
         """``fail_calls``: 1-based numbers of the calls that raise; None: every call raises."""
@@ -76,10 +77,9 @@ class FaultyGenerator:
         self._enter("generate", [request])
         return self.inner.generate(request)
 
-    def generate_many(self, requests: Sequence[GenerationRequest],
-                      on_done: Callable[[int, Batch], None] | None = None) -> list[Batch]:
+    def generate_many(self, requests: Sequence[GenerationRequest]) -> list[Batch]:
         self._enter("generate_many", requests)
-        return generate_all(self.inner, requests, on_done=on_done)
+        return generate_all(self.inner, requests)
 
     def __getattr__(self, name: str) -> Any:
         if self.inner is None:

@@ -84,11 +84,13 @@ class _PastDeadline:
     def __init__(self, inner):
         self.inner = inner
 
-    def generate_many(self, requests, on_done=None):
+    session = None  # every decode step is one call, which waits for the deadline
+
+    def generate_many(self, requests):
         deadline = max(r.deadline for r in requests)
         while time.monotonic() < deadline:
             time.sleep(deadline - time.monotonic())
-        return generate_all(self.inner, requests, on_done=on_done)
+        return generate_all(self.inner, requests)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)

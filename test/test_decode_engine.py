@@ -117,8 +117,15 @@ def test_generator_decodes_many_requests_into_one_batch_each(tiny, max_slots):
     """With 2 slots the requests take turns: each waits for the slots the one before leaves."""
     generator = TorchGenerator(tiny, max_slots=max_slots)
     requests = [GenerationRequest(_ids(tiny, q), [0.0, 0.0], 8 + 2 * i) for i, q in enumerate(QUESTIONS[:3])]
-    order = []
-    batches = generator.generate_many(requests, on_done=lambda index, batch: order.append(index))
+    session, order = generator.session(max_slots), []
+    for index, request in enumerate(requests):
+        session.submit(request, index)
+    done = {}
+    while session.busy:
+        for index, batch in session.step():
+            order.append(index)
+            done[index] = batch
+    batches = [done[i] for i in range(3)]
     assert [len(b.candidates) for b in batches] == [2, 2, 2] and sorted(order) == [0, 1, 2]
     for request, batch in zip(requests, batches):
         assert [c.token_ids for c in batch.candidates] == [c.token_ids for c in generator.generate(request).candidates]

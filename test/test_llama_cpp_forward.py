@@ -88,8 +88,14 @@ def test_a_request_that_waits_for_free_rows_joins_between_steps_and_decodes_as_a
     short = GenerationRequest(_ids(lm, "Say hi."), [0.0] + [0.7] * (MAX_SEQUENCES - 1), max_new_tokens=3)
     late = GenerationRequest(_ids(lm, "What is 2+2?"), [0.0, 0.9], max_new_tokens=10)
     alone = generator.generate(GenerationRequest(late.prompt_ids, [0.0], max_new_tokens=10)).candidates[0]
-    order = []
-    batches = generator.generate_many([short, late], on_done=lambda i, b: order.append(i))
+    session, order, done = generator.session(MAX_SEQUENCES), [], {}
+    session.submit(short, 0)
+    session.submit(late, 1)
+    while session.busy:
+        for index, batch in session.step():
+            order.append(index)
+            done[index] = batch
+    batches = [done[0], done[1]]
     assert order == [0, 1] and len(batches[0].candidates) == MAX_SEQUENCES
     assert batches[1].candidates[0].token_ids == alone.token_ids
 

@@ -23,10 +23,10 @@ so selection, energies, the benchmarks' analysis and a remote client use these t
 
 from __future__ import annotations
 
-import inspect
 import threading
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Hashable, Protocol, Sequence
 
 
 @dataclass
@@ -133,8 +133,7 @@ class Generator(Protocol):
     def generate_many(self, requests: Sequence[GenerationRequest]) -> list[Batch]:
         """Every request's rows in one call where the backend can (several prompts in one batch); one
         :class:`Batch` per request, in order. A request that ends (finished, deadline, cancel) leaves the
-        others running; a backend may take ``on_done(index, batch)`` too, called as each request ends.
-        Optional: :func:`generate_all` falls back to one :meth:`generate` per request."""
+        others running. Optional: :func:`generate_all` falls back to one :meth:`generate` per request."""
         ...
 
     def score(self, prompt_ids: Sequence[int], text: str) -> Candidate:
@@ -148,17 +147,70 @@ class Generator(Protocol):
         ...
 
 
-def generate_all(generator: Generator, requests: Sequence[GenerationRequest],
-                 on_done: Callable[[int, Batch], None] | None = None) -> list[Batch]:
-    """``generator.generate_many(requests)`` where the generator has it, else one ``generate`` each;
-    ``on_done(index, batch)`` once per request, as soon as the generator hands it over."""
+def generate_all(generator: Generator, requests: Sequence[GenerationRequest]) -> list[Batch]:
+    """``generator.generate_many(requests)`` where the generator has it, else one ``generate`` each."""
     many = getattr(generator, "generate_many", None)
-    if many is not None and on_done is not None and "on_done" in inspect.signature(many).parameters:
-        return list(many(requests, on_done=on_done))
-    batches = list(many(requests)) if many is not None else []
+    if many is not None:
+        return list(many(requests))
+    return [generator.generate(request) for request in requests]
+
+
+class DecodeSession(Protocol):
+    """Requests decoded step by step: the scheduler's view of a generator.
+
+    ``submit`` queues a request between two steps; ``step`` decodes one step of every running row (admitting
+    waiting requests first, as rows fit) and returns ``(key, batch)`` for each request that finished during
+    it; ``busy`` says whether anything waits or decodes. A session is driven by one thread; ``score`` and
+    ``score_options`` of its generator may be called between two steps.
+    """
+
+    def submit(self, request: GenerationRequest, key: Hashable) -> None: ...
+
+    def step(self) -> list[tuple[Hashable, Batch]]: ...
+
+    @property
+    def busy(self) -> bool: ...
+
+
+def open_session(generator: Generator, max_rows: int) -> DecodeSession:
+    """A session over ``generator`` with at most ``max_rows`` rows decoding at once (a request with more
+    rows runs alone): the generator's own (``generator.session(max_rows)``, where requests join and leave
+    between decode steps), else a :class:`CallSession` (each step is one :meth:`Generator.generate_many`
+    call of what waits)."""
+    session = getattr(generator, "session", None)
+    return session(max_rows) if session is not None else CallSession(generator, max_rows)
+
+
+class CallSession:
+    """A session over a generator without steps (a serving engine, a decorator): each :meth:`step` decodes
+    the waiting requests, up to ``max_rows`` rows, in one :func:`generate_all` call."""
+
+    def __init__(self, generator: Generator, max_rows: int):
+        self.generator, self.max_rows = generator, max(1, max_rows)
+        self.waiting: deque[tuple[Hashable, GenerationRequest]] = deque()
+
+    def submit(self, request: GenerationRequest, key: Hashable) -> None:
+        self.waiting.append((key, request))
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.waiting)
+
+    def step(self) -> list[tuple[Hashable, Batch]]:
+        taken = [self.waiting.popleft()] if self.waiting else []
+        while self.waiting and sum(r.rows for _, r in taken) + self.waiting[0][1].rows <= self.max_rows:
+            taken.append(self.waiting.popleft())
+        if not taken:
+            return []
+        batches = generate_all(self.generator, [request for _, request in taken])
+        return [(key, batch) for (key, _), batch in zip(taken, batches)]
+
+
+def decode_all(session: DecodeSession, requests: Sequence[GenerationRequest]) -> list[Batch]:
+    """Every request through ``session`` to its end; one batch per request, in order."""
     for index, request in enumerate(requests):
-        if many is None:
-            batches.append(generator.generate(request))
-        if on_done is not None:
-            on_done(index, batches[index])
-    return batches
+        session.submit(request, index)
+    done: dict[Hashable, Batch] = {}
+    while session.busy:
+        done.update(session.step())
+    return [done[index] for index in range(len(requests))]

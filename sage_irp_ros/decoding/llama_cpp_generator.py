@@ -20,11 +20,11 @@ computes logits; everything a candidate is made of stays the package's: sampling
 temperature (the greedy row by argmax), the constraints of JSON answers, ``min_new_tokens``, the
 untempered log-probs the energies read, deadlines and cancels.
 
-One loop serves every call: waiting requests are admitted between two steps while sequence ids and KV
-cells are free (the prompt is decoded once and shared by the request's rows); each step decodes one token
-for every running row in one ``llama_decode``; a row that ends (end-of-sequence, a constraint's dead end)
-leaves at once and its id serves the next request; a request ends when its rows have, at its
-``max_new_tokens``, deadline or cancel, and is handed to ``on_done`` then.
+One session (:class:`LlamaCppSession`) serves every call: waiting requests are admitted between two steps
+while sequence ids and KV cells are free (the prompt is decoded once and shared by the request's rows);
+each step decodes one token for every running row in one ``llama_decode``; a row that ends
+(end-of-sequence, a constraint's dead end) leaves at once and its id serves the next request; a request
+ends when its rows have, at its ``max_new_tokens``, deadline or cancel, and the step returns it then.
 """
 
 from __future__ import annotations
@@ -32,14 +32,14 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Hashable, Sequence
 
 import torch
 
 from sage_irp_ros.answers.choices import OptionScore, spellings
 from sage_irp_ros.decoding.decode import constrained, sample
-from sage_irp_ros.decoding.generator import Batch, Candidate, GenerationRequest, RowView
-from sage_irp_ros.decoding.llama_cpp_forward import MAX_SEQUENCES, LlamaCppForward
+from sage_irp_ros.decoding.generator import Batch, Candidate, GenerationRequest, RowView, decode_all
+from sage_irp_ros.decoding.llama_cpp_forward import MAX_SEQUENCES, SCORING_SEQUENCE, LlamaCppForward
 from sage_irp_ros.decoding.torch_generator import TorchGenerator
 from sage_irp_ros.weights.loader import LoadedModel
 
@@ -48,7 +48,7 @@ from sage_irp_ros.weights.loader import LoadedModel
 class _Running:
     """One request while it decodes: its rows' sequence ids, tokens and log-probs so far."""
 
-    index: int
+    index: Hashable  # the session key
     request: GenerationRequest
     seqs: list[int]
     logits: torch.Tensor  # (rows, vocab): the next token's logits of every row
@@ -76,52 +76,15 @@ class LlamaCppGenerator(TorchGenerator):
     def generate(self, request: GenerationRequest) -> Batch:
         return self.generate_many([request])[0]
 
-    def generate_many(self, requests: Sequence[GenerationRequest],
-                      on_done: Callable[[int, Batch], None] | None = None) -> list[Batch]:
-        with self.forward.busy:
-            return self._generate_many(requests, on_done)
+    def generate_many(self, requests: Sequence[GenerationRequest]) -> list[Batch]:
+        return decode_all(self.session(MAX_SEQUENCES), requests)
 
-    def _generate_many(self, requests: Sequence[GenerationRequest],
-                       on_done: Callable[[int, Batch], None] | None) -> list[Batch]:
-        forward = self.forward
-        waiting = deque(enumerate(requests))
-        free = list(range(MAX_SEQUENCES))
-        running: list[_Running] = []
-        done: dict[int, Batch] = {}
-        while waiting or running:
-            while waiting and self._fits(waiting[0][1], running, free):
-                index, request = waiting.popleft()
-                running.append(self._admit(index, request, [free.pop(0) for _ in range(request.rows)]))
-            if not running:  # the first waiting request alone exceeds the cache: let llama.cpp say so
-                index, request = waiting.popleft()
-                running.append(self._admit(index, request, [free.pop(0) for _ in range(request.rows)]))
-            entries = []
-            for run in list(running):
-                free.extend(self._sample(run))
-                free.extend(self._watch(run))
-                if self._request_ended(run):
-                    running.remove(run)
-                    free.extend(self._finish(run, done, on_done))
-                    continue
-                for row, seq in enumerate(run.seqs):
-                    if run.ended[row]:
-                        continue
-                    entries.append((run, row, run.tokens[row][-1], len(run.request.prompt_ids) + run.steps - 1, seq))
-            if not entries:
-                continue
-            logits = torch.from_numpy(forward.step([e[2] for e in entries], [e[3] for e in entries],
-                                                   [e[4] for e in entries]))
-            for k, (run, row, *_) in enumerate(entries):
-                run.logits[row] = logits[k]
-        return [done[i] for i in range(len(requests))]
+    def session(self, max_rows: int) -> "LlamaCppSession":
+        """A :class:`LlamaCppSession`: at most ``max_rows`` rows decoding at once (a larger request alone)."""
+        return LlamaCppSession(self, max_rows)
 
     # -- one request's life ---------------------------------------------------------------------------
-    def _fits(self, request: GenerationRequest, running: list[_Running], free: list[int]) -> bool:
-        used = sum(r.cells for r in running)
-        need = len(request.prompt_ids) + request.rows * request.max_new_tokens
-        return request.rows <= len(free) and used + need <= self.forward.n_ctx
-
-    def _admit(self, index: int, request: GenerationRequest, seqs: list[int]) -> _Running:
+    def _admit(self, index: Hashable, request: GenerationRequest, seqs: list[int]) -> _Running:
         start = time.monotonic()
         last = self.forward.prefill(seqs[0], list(request.prompt_ids))
         for seq in seqs[1:]:
@@ -187,18 +150,14 @@ class LlamaCppGenerator(TorchGenerator):
             return True
         return False
 
-    def _finish(self, run: _Running, done: dict[int, Batch], on_done) -> list[int]:
-        """Hand the request over; returns the sequence ids its running rows held, free again."""
+    def _finish(self, run: _Running) -> tuple[Batch, list[int]]:
+        """The request's batch, and the sequence ids its running rows held, free again."""
         held = [seq for row, seq in enumerate(run.seqs) if not run.ended[row]]
         for seq in held:
             self.forward.free(seq)
         candidates = [self._candidate(run.tokens[row], run.logprobs[row], run.request.temperatures[row])
                       for row in range(run.request.rows)]
-        batch = Batch(candidates, run.prefill_s, time.monotonic() - run.first_step, run.stopped, step="llama_cpp")
-        done[run.index] = batch
-        if on_done is not None:
-            on_done(run.index, batch)
-        return held
+        return Batch(candidates, run.prefill_s, time.monotonic() - run.first_step, run.stopped, step="llama_cpp"), held
 
     # -- scoring given answers ------------------------------------------------------------------------
     def score(self, prompt_ids: Sequence[int], text: str) -> Candidate:
@@ -221,7 +180,7 @@ class LlamaCppGenerator(TorchGenerator):
         return out
 
     def _answer_logprobs(self, prefix: list[int], answer: list[int]) -> list[float]:
-        seq = MAX_SEQUENCES - 1
+        seq = SCORING_SEQUENCE
         with self.forward.busy:
             return self._logprobs_in(seq, prefix, answer)
 
@@ -232,3 +191,62 @@ class LlamaCppGenerator(TorchGenerator):
             self.forward.free(seq)
         at = logits[len(prefix) - 1:len(prefix) + len(answer) - 1]
         return torch.log_softmax(at, dim=-1).gather(1, torch.tensor(answer)[:, None]).squeeze(1).tolist()
+
+
+class LlamaCppSession:
+    """Requests decoded step by step in llama.cpp's one KV cache (the module docstring).
+
+    A waiting request is admitted when its rows get sequence ids, its cells fit (its prompt once and every
+    row's new tokens, besides what the running requests may take and a reserve for scoring given answers
+    between steps) and the running rows plus its own stay within ``max_rows``; the first request is always
+    admitted (a request the cache cannot hold fails in llama.cpp with its own error).
+    """
+
+    SCORING_CELLS = 512  # kept free while requests run: choices and scoring between two steps
+
+    def __init__(self, generator: LlamaCppGenerator, max_rows: int):
+        self.generator, self.max_rows = generator, max(1, min(max_rows, MAX_SEQUENCES))
+        self.waiting: deque[tuple[Hashable, GenerationRequest]] = deque()
+        self.free = list(range(MAX_SEQUENCES))  # SCORING_SEQUENCE scores given answers
+        self.running: list[_Running] = []
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.waiting) or bool(self.running)
+
+    def submit(self, request: GenerationRequest, key: Hashable) -> None:
+        self.waiting.append((key, request))
+
+    def step(self) -> list[tuple[Hashable, Batch]]:
+        gen = self.generator
+        with gen.forward.busy:
+            while self.waiting and (not self.running or self._fits(self.waiting[0][1])):
+                key, request = self.waiting.popleft()
+                self.running.append(gen._admit(key, request, [self.free.pop(0) for _ in range(request.rows)]))
+            done, entries = [], []
+            for run in list(self.running):
+                self.free.extend(gen._sample(run))
+                self.free.extend(gen._watch(run))
+                if gen._request_ended(run):
+                    self.running.remove(run)
+                    batch, held = gen._finish(run)
+                    self.free.extend(held)
+                    done.append((run.index, batch))
+                    continue
+                position = len(run.request.prompt_ids) + run.steps - 1
+                for row, seq in enumerate(run.seqs):
+                    if not run.ended[row]:
+                        entries.append((run, row, run.tokens[row][-1], position, seq))
+            if entries:
+                logits = torch.from_numpy(gen.forward.step([e[2] for e in entries], [e[3] for e in entries],
+                                                           [e[4] for e in entries]))
+                for k, (run, row, *_) in enumerate(entries):
+                    run.logits[row] = logits[k]
+        return done
+
+    def _fits(self, request: GenerationRequest) -> bool:
+        rows = sum(sum(not ended for ended in run.ended) for run in self.running)
+        cells = sum(run.cells for run in self.running) + self.SCORING_CELLS
+        need = len(request.prompt_ids) + request.rows * request.max_new_tokens
+        return (request.rows <= len(self.free) and rows + request.rows <= self.max_rows
+                and cells + need <= self.generator.forward.n_ctx)

@@ -14,10 +14,11 @@
 
 """The on-board generator: the generation seam implemented by the step-driven decode engine.
 
-``TorchGenerator.generate_many`` submits every request to one
-:class:`~sage_irp_ros.decoding.engine.DecodeEngine` and pulls each as it finishes (``generate`` is the
-same with one request): decoding is memory-bound, so rows of several requests cost little more than one,
-and a request waiting for free slots joins between two steps as soon as rows leave. The engine is kept
+``TorchGenerator.session`` opens an :class:`EngineSession`: requests submitted to one
+:class:`~sage_irp_ros.decoding.engine.DecodeEngine`, each pulled as it finishes, and requests submitted
+later join between two steps (``generate_many`` is a session run to its end). Decoding is memory-bound
+on an accelerator, so rows of several requests cost little more than one, and a request waiting for free
+slots joins as soon as rows leave. The engine is kept
 between calls (one per shape: its static cache keeps its addresses, which a compiled step's CUDA graph
 holds). It turns the rows' tokens into :class:`~sage_irp_ros.decoding.generator.Candidate` objects: text
 up to end-of-sequence, the untempered log-probs of the kept tokens (and of the end-of-sequence token,
@@ -27,7 +28,7 @@ which is part of the model's answer).
 from __future__ import annotations
 
 import threading
-from typing import Callable, Sequence
+from typing import Hashable, Sequence
 
 import torch
 
@@ -35,7 +36,7 @@ from sage_irp_ros.answers.choices import OptionScore, spellings
 from sage_irp_ros.compat import hf_compat
 from sage_irp_ros.decoding.decode import Decoded, decode_simple
 from sage_irp_ros.decoding.engine import CacheIgnored, DecodeEngine, StopRule
-from sage_irp_ros.decoding.generator import Batch, Candidate, GenerationRequest
+from sage_irp_ros.decoding.generator import Batch, Candidate, GenerationRequest, decode_all
 from sage_irp_ros.decoding.slots import StepFn
 from sage_irp_ros.weights.loader import LoadedModel
 
@@ -71,39 +72,19 @@ class TorchGenerator:
     def generate(self, request: GenerationRequest) -> Batch:
         return self.generate_many([request])[0]
 
-    def generate_many(self, requests: Sequence[GenerationRequest],
-                      on_done: Callable[[int, Batch], None] | None = None) -> list[Batch]:
-        """Every request's rows in one engine, one :class:`Batch` per request in order; ``on_done(index,
-        batch)`` as each request finishes (the engine hands it over between two steps)."""
-        done: dict[int, Batch] = {}
-        with self._lock:
-            if self.slot_engine:
-                try:
-                    engine = self._engine_for(requests)
-                    for index, request in enumerate(requests):
-                        engine.submit(request, key=index)
-                    for finished in engine.run():
-                        finished.decoded.step = finished.step
-                        done[finished.key] = self._batch(finished.request, finished.decoded)
-                        if on_done is not None:
-                            on_done(finished.key, done[finished.key])
-                    return [done[i] for i in range(len(requests))]
-                except CacheIgnored:
-                    self.static_cache, self._engine = False, None
-                    done.clear()
-            for index, request in enumerate(requests):
-                out = decode_simple(self.lm.model, request, eos_ids=self.eos_ids, pad_id=self.pad_id,
-                                    cache=self.static_cache is False)
-                done[index] = self._batch(request, out)
-                if on_done is not None:
-                    on_done(index, done[index])
-        return [done[i] for i in range(len(requests))]
+    def generate_many(self, requests: Sequence[GenerationRequest]) -> list[Batch]:
+        """Every request's rows in one engine, one :class:`Batch` per request in order."""
+        return decode_all(self.session(sum(r.rows for r in requests)), requests)
 
-    def _engine_for(self, requests: Sequence[GenerationRequest]) -> DecodeEngine:
+    def session(self, max_rows: int) -> "EngineSession":
+        """A :class:`EngineSession` over the resident model, for up to ``max_rows`` rows at once."""
+        return EngineSession(self, max_rows)
+
+    def _engine_for(self, requests: Sequence[GenerationRequest], spare_rows: int = 0) -> DecodeEngine:
         """The engine of the shape these requests need (the kept one where it has it): slots for every row
-        up to ``max_slots`` (never fewer than the largest request)."""
+        and ``spare_rows`` more, up to ``max_slots`` (never fewer than the largest request)."""
         most = max(r.rows for r in requests)
-        rows = max(most, min(sum(r.rows for r in requests), self.max_slots))
+        rows = max(most, min(sum(r.rows for r in requests) + spare_rows, self.max_slots))
         # room for any of them to join whatever the others' prompts: the longest prompt + the most new tokens
         length = max(len(r.prompt_ids) for r in requests) + max(r.max_new_tokens for r in requests)
         shapes = getattr(self.step_fn, "shapes", None)
@@ -170,3 +151,68 @@ class TorchGenerator:
         text = self.lm.tokenizer.decode(kept, skip_special_tokens=True)
         return Candidate(text=text, temperature=float(temperature), token_ids=kept,
                          token_logprobs=scored, finished=finished)
+
+
+class EngineSession:
+    """The decode session of a :class:`TorchGenerator`: requests join its :class:`DecodeEngine` between steps.
+
+    The engine is shaped when a step finds it idle with requests waiting: slots for the waiting rows (on
+    CUDA, where a free slot costs almost nothing, up to ``max_rows`` more, so later questions join at once;
+    on a CPU every slot costs compute, so it fits the rows that start it), positions for the longest prompt
+    and the most new tokens. A request that does not fit the running engine's shape waits for it to drain.
+    A model whose forward ignores the cache is decoded one request per step (``decode_simple``).
+    """
+
+    def __init__(self, generator: TorchGenerator, max_rows: int):
+        self.generator, self.max_rows = generator, max(1, max_rows)
+        self.engine: DecodeEngine | None = None
+        self.waiting: list[tuple[Hashable, GenerationRequest]] = []  # not yet given to the engine
+        self.inside: dict[Hashable, GenerationRequest] = {}  # given to the engine, not finished
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.waiting) or bool(self.inside)
+
+    def submit(self, request: GenerationRequest, key: Hashable) -> None:
+        self.waiting.append((key, request))
+
+    def step(self) -> list[tuple[Hashable, Batch]]:
+        gen = self.generator
+        with gen._lock:
+            if not gen.slot_engine:
+                return self._step_simple()
+            if self.engine is None or not self.engine.busy:
+                if self.waiting:
+                    spare = self.max_rows - sum(r.rows for _, r in self.waiting) if gen.lm.device.type == "cuda" else 0
+                    self.engine = gen._engine_for([r for _, r in self.waiting], max(0, spare))
+            engine = self.engine
+            if engine is None:
+                return []
+            for key, request in list(self.waiting):
+                need = len(request.prompt_ids) + request.max_new_tokens
+                if request.rows <= engine.capacity and need <= engine.length:
+                    engine.submit(request, key)
+                    self.inside[key] = request
+                    self.waiting.remove((key, request))
+            try:
+                finished = engine.step()
+            except CacheIgnored:
+                gen.static_cache, gen._engine, self.engine = False, None, None
+                self.waiting[:0] = list(self.inside.items())  # decoded again, one at a time
+                self.inside.clear()
+                return []
+            out = []
+            for done in finished:
+                done.decoded.step = done.step
+                del self.inside[done.key]
+                out.append((done.key, gen._batch(done.request, done.decoded)))
+            return out
+
+    def _step_simple(self) -> list[tuple[Hashable, Batch]]:
+        if not self.waiting:
+            return []
+        gen = self.generator
+        key, request = self.waiting.pop(0)
+        out = decode_simple(gen.lm.model, request, eos_ids=gen.eos_ids, pad_id=gen.pad_id,
+                            cache=gen.static_cache is False)
+        return [(key, gen._batch(request, out))]

@@ -42,6 +42,7 @@ from sage_irp_ros.irp.options import AnswerOptions
 from sage_irp_ros.irp.prompts import PROMPT_BANK, clean_answer, render_prompt
 from sage_irp_ros.results import IRPSummary
 from sage_irp_ros.irp.state import IRPState, RefineJob, Refinement
+from sage_irp_ros.irp.refiner import Refiner
 from sage_irp_ros.irp.adaptive import choose_schedule, greedy_is_confident, kept, measure_row_cost, rules_from
 from sage_irp_ros.irp.stopping import CONFIDENT_GREEDY, QuestionWatch
 from sage_irp_ros.irp.selection import PerCandidate, SelectionRule, best_index, selection_rule
@@ -248,64 +249,32 @@ class IRPEngine:
     def refine_many(self, jobs: Sequence["RefineJob"],
                     on_done: Callable[[int, "Refinement | SageError"], None] | None = None,
                     ) -> list[Refinement | SageError]:
-        """Several questions refined together: each round, the row groups of every question still
-        refining are decoded in ONE generation call (:meth:`Generator.generate_many`); each question
-        halts on its own and is handed to ``on_done(index, refinement)`` as soon as it has (while the
-        others may still decode). A question whose prompt cannot be built gets its :class:`SageError`
-        in its place; an exception of the generation call itself propagates (the caller retries alone)."""
-        states: list[IRPState | SageError] = []
-        for job in jobs:
-            try:
-                states.append(self.init_state(job.question, job.context, job.history, job.options))
-            except SageError as exc:
-                states.append(exc)
-        built = [state for state in states if isinstance(state, IRPState)]
-        for state in built:
-            state.batch = len(built)
-        outcomes: dict[int, Refinement | SageError] = {}
-
-        def report(index: int) -> None:
-            if index not in outcomes:
-                state = states[index]
-                outcomes[index] = state if isinstance(state, SageError) else self.get_result(state)
-                if on_done is not None:
-                    on_done(index, outcomes[index])
-
-        for index, state in enumerate(states):
-            if isinstance(state, SageError):
-                report(index)
+        """Several questions refined together over one decode session (:class:`~sage_irp_ros.irp.refiner.
+        Refiner`): each question goes round by round on its own, its rows decoded in the same steps as the
+        others'; it is handed to ``on_done(index, refinement)`` as soon as it halts (while the others may
+        still decode). A question whose prompt cannot be built gets its :class:`SageError` in its place; an
+        exception of the session itself propagates (the caller retries alone)."""
         if self.cfg.seed >= 0:
             torch.manual_seed(self.cfg.seed)
-        while True:
-            rounds = []
-            for index, state in enumerate(states):
-                if isinstance(state, IRPState) and not self.halt(state):
-                    requests = self.round_requests(state)
-                    if requests:
-                        rounds.append((index, requests))
-                    else:  # nothing left to sample: the schedule is spent
-                        state.halt_reason = MAX_ITERATIONS
-            if not rounds:
-                break
-            owner, starts = [], {}
-            for index, requests in rounds:  # a flat position per request; each question's first position
-                starts[index] = len(owner)
-                owner += [(index, len(requests))] * len(requests)
-            got: dict[int, Batch] = {}
+        refiner = Refiner(self, max_rows=sum(self.rows_of(job.options) for job in jobs))
+        outcomes: dict[int, Refinement | SageError] = {}
 
-            def arrived(position: int, batch: Batch) -> None:
-                got[position] = batch
-                index, count = owner[position]
-                first = starts[index]
-                if all(p in got for p in range(first, first + count)):
-                    self.absorb(states[index], [got[p] for p in range(first, first + count)])
-                    if self.halt(states[index]):
-                        report(index)
+        def report(done) -> None:
+            for index, outcome in done:
+                outcomes[index] = outcome
+                if on_done is not None:
+                    on_done(index, outcome)
 
-            generate_all(self.generator, [r for _, requests in rounds for r in requests], on_done=arrived)
-        for index in range(len(states)):
-            report(index)
-        return [outcomes[index] for index in range(len(states))]
+        for index, job in enumerate(jobs):
+            report(refiner.add(index, job))
+        while refiner.busy:
+            report(refiner.step())
+        return [outcomes[index] for index in range(len(jobs))]
+
+    def spent(self, state: IRPState) -> None:
+        """A question with nothing left to sample: its halt reason, when no rule gave one."""
+        if state.halt_reason is None:
+            state.halt_reason = MAX_ITERATIONS
 
     def warm_up(self) -> float:
         """One short generation with the real batch shape, so the first question is not slower; on board,
@@ -316,6 +285,14 @@ class IRPEngine:
         if self.lm is not None and self.lm.row_cost is None and isinstance(self.generator, TorchGenerator):
             self.lm.row_cost = round(measure_row_cost(self.generator, state.prompt_ids), 3)
         return time.monotonic() - start
+
+    def default_options(self) -> AnswerOptions:
+        """The options of a question that sets none: the engine's config, no deadline, not throttled."""
+        return AnswerOptions.resolve(self.cfg)
+
+    def rows_of(self, options: AnswerOptions | None) -> int:
+        """The most rows a question with these options decodes at once (the default options: the usual)."""
+        return options.rows if options is not None else self.usual_rows(self.cfg)
 
     @staticmethod
     def usual_rows(cfg: IRPConfig) -> int:

@@ -291,18 +291,12 @@ class IrpNode(Node, LifecycleNodeMixin):
 
     # -- the worker's side ------------------------------------------------------------------------
     def _answer(self, item: Pending, cancel: Cancel) -> None:
-        """Run one queued question on the worker thread: its result, or a refusal if no longer active."""
-        error = self._not_serving(DEACTIVATED)
-        if error is not None:
-            self._refuse(item.question, error, item.received)
-            return
-        self.publish_status()  # busy
-        self._publish_result(self.core.answer(item.question, received=item.received,
-                                              throttled=self.throttle_state().throttled, cancel=cancel))
+        """Run one queued question on the worker thread (others may join it while it decodes)."""
+        self._answer_many([item], cancel)
 
     def _answer_many(self, items: list[Pending], cancel: Cancel) -> None:
-        """Run a batch of queued questions together (node.batch_size): one result each, published as soon
-        as it is ready."""
+        """Run queued questions together (node.batch_size): one result each, published as soon as it is
+        ready; questions that arrive meanwhile join between two decode steps, up to the batch size."""
         error = self._not_serving(DEACTIVATED)
         if error is not None:
             for item in items:
@@ -310,8 +304,19 @@ class IrpNode(Node, LifecycleNodeMixin):
             return
         self.publish_status()  # busy, with the batch
         throttled = self.throttle_state().throttled
+
+        def more(refining: int, conversations: set) -> list[Ask]:
+            if self._not_serving(DEACTIVATED) is not None:
+                return []
+            joining = self._worker.take_more(self._batch_limit() - refining, conversations)
+            return [Ask(item.question, item.received, self.throttle_state().throttled, cancel) for item in joining]
+
+        def published(index: int, result: Result) -> None:
+            self._publish_result(result)
+            self._worker.item_done()
+
         self.core.answer_many([Ask(item.question, item.received, throttled, cancel) for item in items],
-                              on_result=lambda index, result: self._publish_result(result))
+                              on_result=published, more=more)
 
     def _batch_limit(self) -> int:
         """Questions the worker may take at once: node.batch_size, one while the platform is throttled."""

@@ -25,6 +25,7 @@ import dataclasses
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, NamedTuple, Sequence
 
 import psutil
@@ -39,7 +40,7 @@ from sage_irp_ros.irp.adaptive import choose_schedule
 from sage_irp_ros.irp.confidence import is_confident
 from sage_irp_ros.irp.engine import CANCELLED as HALT_CANCELLED
 from sage_irp_ros.irp.engine import DEADLINE as HALT_DEADLINE
-from sage_irp_ros.irp.engine import IRPEngine, RefineJob, Refinement
+from sage_irp_ros.irp.engine import IRPEngine, RefineJob, Refinement  # noqa: F401 - RefineJob re-exported
 from sage_irp_ros.irp.options import AnswerOptions
 from sage_irp_ros.questions import Question
 from sage_irp_ros.remote.backend import RemoteBackend, backend_of, local_status
@@ -47,7 +48,7 @@ from sage_irp_ros.results import IRPSummary, Result, ResultError, Timing
 from sage_irp_ros.salience.memory_store import Exchange, MemoryStore
 from sage_irp_ros.salience.snarc import SURPRISE_WINDOW, SnarcScorer, SnarcScores
 from sage_irp_ros.serving.conversation import ConversationHistory
-from sage_irp_ros.serving.refining import refine_together
+from sage_irp_ros.serving.scheduler import Scheduler
 from sage_irp_ros.serving.resident import Resident
 from sage_irp_ros.serving.stats import ServingStats
 from sage_irp_ros.serving.status import CoreStatus, StoreStatus
@@ -68,6 +69,8 @@ class SageCore:
                                            heard_window=SURPRISE_WINDOW)
         self.snarc = SnarcScorer(cfg.snarc)
         self.stats = ServingStats()
+        # results are made and handed on here, in order, while the decode thread goes on
+        self._delivery = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sage_irp_results")
 
     # -- lifecycle: the resident model, engines and store -------------------------------------------
     @property
@@ -130,60 +133,43 @@ class SageCore:
         """
         return self.answer_many([Ask(question, received, throttled, cancel)])[0]
 
-    def answer_many(self, asks: Sequence["Ask"],
-                    on_result: Callable[[int, Result], None] | None = None) -> list[Result]:
+    def answer_many(self, asks: Sequence["Ask"], on_result: Callable[[int, Result], None] | None = None,
+                    more: Callable[[int, set], Sequence["Ask"]] | None = None) -> list[Result]:
         """Answer several questions together: exactly one :class:`Result` each, in order. Never raises.
 
-        Their candidates are decoded in shared batched calls (:meth:`IRPEngine.refine_many`); each
-        question keeps its own prompt, history, options, deadline and cancel. A question that fails
-        (a bad schema, a prompt too long, a deadline passed in the queue) fails alone; when the shared
-        call itself fails (out of memory, a constraint's error), every question not answered yet is
-        retried on its own. ``on_result(index, result)`` is called once per question as soon as its
-        result is ready, while the others may still decode (the node publishes there).
+        Their rows are decoded in the same steps (:class:`~sage_irp_ros.serving.scheduler.Scheduler`);
+        each question keeps its own prompt, history, options, deadline and cancel, and leaves as soon as it
+        halts. A question that fails (a bad schema, a prompt too long, a deadline passed in the queue) fails
+        alone; when a shared step fails, its questions are refined again (out of memory: fewer at once).
+
+        ``on_result(index, result)`` is called once per question as soon as its result is ready, on the
+        delivery thread (SNARC, the result and the memory store's write run there too), while the others
+        may still decode. ``more(refining, conversations)``, called between two decode steps with the number
+        of questions still refining and their conversations, returns questions that join the run now (the
+        node's worker hands over what arrived); they are numbered after ``asks``, and the returned list
+        holds their results too.
         """
         start = time.monotonic()
-        results: list[Result | None] = [None] * len(asks)
-
-        def deliver(i: int, result: Result) -> None:
-            if results[i] is None:
-                results[i] = result
-                if on_result is not None:
-                    try:
-                        on_result(i, result)
-                    except Exception:  # noqa: BLE001 - a front end's failure must not fail the others
-                        log.exception("delivering the result of question %s failed", result.id)
-
-        prepared: dict[int, tuple[IRPEngine, _Prepared]] = {}
+        rows = self.cfg.node.batch_size * IRPEngine.usual_rows(self.cfg.llm_irp)
+        run = Scheduler(self, self._delivery, on_result, max_rows=max(rows, len(asks) * IRPEngine.usual_rows(
+            self.cfg.llm_irp)))
         with self.resident.lock:
             try:
                 self.resident.engine_or_load()  # no engine at all: every question fails with the reason
-                for i, ask in enumerate(asks):
-                    try:
-                        engine = self.resident.engine_for(ask.question)
-                        prepared[i] = (engine, self._prepare(engine, ask, start))
-                    except Exception as exc:  # noqa: BLE001 - this question's result says why
-                        deliver(i, self._failed(ask, exc, start))
-                for engine in dict.fromkeys(e for e, _ in prepared.values()):  # on-board and remote refine apart
-                    mine = [i for i, (e, _) in prepared.items() if e is engine]
-
-                    def refined(k: int, outcome: Refinement | Exception, engine=engine, mine=mine) -> None:
-                        i = mine[k]
-                        try:
-                            if isinstance(outcome, Exception):
-                                raise outcome
-                            deliver(i, self._finish(engine, prepared[i][1], outcome))
-                        except Exception as exc:  # noqa: BLE001
-                            deliver(i, self._failed(asks[i], exc, start))
-
-                    refine_together(engine, [prepared[i][1].job for i in mine], refined,
-                                    pending=lambda k, mine=mine: results[mine[k]] is None)
+                run.add(asks, start)
+                while run.busy:
+                    run.step(start)
+                    if more is not None:
+                        refining = run.refining
+                        joining = more(len(refining), {ask.question.conversation for ask in refining})
+                        if joining:
+                            run.add(joining, time.monotonic())
             except Exception as exc:  # noqa: BLE001 - no engine: every question not yet answered fails
-                for i, ask in enumerate(asks):
-                    deliver(i, self._failed(ask, exc, start))
+                run.fail_all(exc, start)
             finally:
                 if not self.cfg.model.keep_alive:
                     self.release_model_only()
-        return results  # type: ignore[return-value]
+        return run.results()
 
     def _failed(self, ask: "Ask", exc: BaseException, start: float) -> Result:
         """The error result of one question (counted); an unexpected exception is logged as a bug."""
@@ -214,8 +200,9 @@ class SageCore:
         heard = history if q.conversation is not None else self.history.heard()
         return _Prepared(q, received, history, heard, options, form, RefineJob(text, q.context, history, options))
 
-    def _finish(self, engine: IRPEngine, p: "_Prepared", refined: Refinement) -> Result:
-        """The question's result from its refinement: the form's pick and confidence, SNARC, history, store."""
+    def _conclude(self, engine: IRPEngine, p: "_Prepared", refined: Refinement) -> "_Concluded":
+        """On the decode thread: the form's pick and confidence (it may score with the model) and the
+        history the conversation's next question reads."""
         q, options, halt = p.question, p.options, refined.irp.halt_reason
         if halt == HALT_CANCELLED and not refined.answer:
             raise _cancelled(options.cancel)
@@ -224,16 +211,20 @@ class SageCore:
                 raise SageError(errors.DEADLINE, f"deadline of {options.deadline_s:g} s passed before any answer")
             raise SageError(errors.INFERENCE_FAILED, "the model produced no answer text")
         answered = p.form.finish(engine, q, p.history, refined)
-        refined = answered.refinement
-        inference_s = time.monotonic() - p.started
-        scores = self.snarc.score(q.text, answered.answer, p.heard, final_energy=refined.irp.best_energy)
         self.history.add(q.conversation, q.text, answered.answer)
+        return _Concluded(p, answered, time.monotonic() - p.started)
+
+    def _deliver(self, c: "_Concluded") -> Result:
+        """On the delivery thread: SNARC, the result, the memory store's write and the counts."""
+        p, answered = c.prepared, c.answered
+        q, refined = p.question, answered.refinement
+        scores = self.snarc.score(q.text, answered.answer, p.heard, final_energy=refined.irp.best_energy)
         result = self._result(q, answer=answered.answer, snarc=scores, irp=refined.irp, received=p.received,
-                              start=p.started, inference_s=inference_s, tokens=refined.tokens,
+                              start=p.started, inference_s=c.inference_s, tokens=refined.tokens,
                               choice=answered.choice, probabilities=answered.probabilities, json=answered.json,
                               tool_call=answered.tool_call,
                               confidence=answered.confidence,
-                              confident=is_confident(answered.confidence, options.min_confidence),
+                              confident=is_confident(answered.confidence, p.options.min_confidence),
                               backend=backend_of(refined.candidates))
         self._store(result)
         self.stats.record(ok=True, total_s=result.timing.total_s, inference_s=result.timing.inference_s,
@@ -341,6 +332,15 @@ class _Prepared:
     form: AnswerForm
     job: RefineJob
     started: float = dataclasses.field(default_factory=time.monotonic)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Concluded:
+    """A question whose refinement is over: what the delivery thread turns into its result."""
+
+    prepared: _Prepared
+    answered: Any
+    inference_s: float
 
 
 def _cancelled(cancel: threading.Event | None) -> SageError:

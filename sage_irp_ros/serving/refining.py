@@ -12,19 +12,16 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Refining prepared questions together, and alone when the shared call fails or memory runs out.
+"""A question refined alone, and the retry with fewer candidates after running out of memory.
 
-Several questions' candidates are decoded in one batched call (:meth:`IRPEngine.refine_many`); each
-question is handed over as soon as it halts. When the shared call fails (out of memory, a constraint's
-error), the questions not handed over yet are refined one by one, so one question's fault stays its own.
-A question refined alone that runs out of memory is retried once with fewer candidates
-(:meth:`AnswerOptions.reduced`), then fails with ``out_of_memory``.
+The scheduler (:mod:`sage_irp_ros.serving.scheduler`) refines a question alone when a decode step shared
+with others failed, so one question's fault stays its own; a question alone that runs out of memory is
+retried once with fewer candidates (:meth:`AnswerOptions.reduced`), then fails with ``out_of_memory``.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Callable, Sequence
 
 import torch
 
@@ -35,32 +32,8 @@ from sage_irp_ros.irp.engine import IRPEngine, RefineJob, Refinement
 log = logging.getLogger(__name__)
 
 
-def refine_together(engine: IRPEngine, jobs: Sequence[RefineJob],
-                    refined: Callable[[int, Refinement | Exception], None], pending: Callable[[int], bool]) -> None:
-    """Refine ``jobs`` together, handing each to ``refined(k, outcome)`` as it halts. When the shared
-    call fails, the jobs still ``pending`` are refined alone (with the out-of-memory retry); one job is
-    refined alone from the start."""
-    if len(jobs) > 1:
-        try:
-            engine.refine_many(list(jobs), on_done=refined)
-            return
-        except Exception as exc:  # noqa: BLE001 - retried alone below, so one question's fault stays its own
-            if is_out_of_memory(exc):
-                free_memory()
-            log.warning("batched generation of %d questions failed (%s: %s); answering them one by one",
-                        len(jobs), type(exc).__name__, exc)
-    for k, job in enumerate(jobs):
-        if not pending(k):
-            continue
-        try:
-            outcome: Refinement | Exception = refine_alone(engine, job)
-        except Exception as exc:  # noqa: BLE001
-            outcome = exc
-        refined(k, outcome)
-
-
 def refine_alone(engine: IRPEngine, job: RefineJob) -> Refinement:
-    """One question; out of memory: once more with fewer candidates, then ``out_of_memory``."""
+    """One question; out of memory: once more with fewer candidates (:func:`retry_fewer`)."""
     try:
         return engine.refine(*job)
     except SageError:
@@ -69,17 +42,24 @@ def refine_alone(engine: IRPEngine, job: RefineJob) -> Refinement:
         if not is_out_of_memory(exc):
             raise
         free_memory()
-        fewer = job.options.reduced()
-        log.warning("out of memory during generation; retrying once with %d candidate(s), one per round",
-                    fewer.rows)
-        try:
-            return engine.refine(*job._replace(options=fewer))
-        except Exception as again:
-            if is_out_of_memory(again):
-                free_memory()
-                raise SageError(errors.OUT_OF_MEMORY, f"out of memory during generation, also with "
-                                                      f"{fewer.rows} candidate(s): {again}") from again
-            raise
+        return retry_fewer(engine, job, exc)
+
+
+def retry_fewer(engine: IRPEngine, job: RefineJob, exc: BaseException) -> Refinement:
+    """The question after it ran out of memory (``exc``) alone: once with fewer candidates, one per round;
+    out of memory again: ``out_of_memory``."""
+    options = job.options if job.options is not None else engine.default_options()
+    fewer = options.reduced()
+    log.warning("out of memory during generation (%s); retrying once with %d candidate(s), one per round",
+                exc, fewer.rows)
+    try:
+        return engine.refine(*job._replace(options=fewer))
+    except Exception as again:
+        if is_out_of_memory(again):
+            free_memory()
+            raise SageError(errors.OUT_OF_MEMORY, f"out of memory during generation, also with "
+                                                  f"{fewer.rows} candidate(s): {again}") from again
+        raise
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

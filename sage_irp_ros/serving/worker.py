@@ -60,8 +60,9 @@ class QuestionWorker(Generic[T]):
     queue order but never two with the same non-None ``batch_key`` (the later one waits for the next
     batch), and hands them to ``handle_many(items, cancel)``; a batch of one goes to ``handle``. Before
     starting a batch that is not full, it waits up to ``batch_wait()`` seconds for more items (questions
-    of a burst arrive a few milliseconds apart). An item arriving while a batch runs waits for the next
-    one. One :class:`Cancel` covers the whole batch.
+    of a burst arrive a few milliseconds apart). While a batch runs, its handler pulls items that arrived
+    since with :meth:`take_more` (between two decode steps: they join the running batch) and tells each
+    item's end with :meth:`item_done`. One :class:`Cancel` covers the whole batch, joined items included.
     """
 
     def __init__(self, handle: Callable[[T, Cancel], None], maxsize: int, *, name: str = "worker",
@@ -102,7 +103,7 @@ class QuestionWorker(Generic[T]):
 
     @property
     def running(self) -> int:
-        """How many items the running batch holds (0 while idle)."""
+        """How many items of the running batch have no result yet (0 while idle)."""
         return self._running
 
     @property
@@ -143,6 +144,30 @@ class QuestionWorker(Generic[T]):
             items = list(self._items)
             self._items.clear()
             return items
+
+    def take_more(self, limit: int, exclude: set[Hashable | None] = frozenset()) -> list[T]:
+        """From the running batch's handler: up to ``limit`` waiting items, in queue order, none whose
+        non-None ``batch_key`` is in ``exclude`` or repeats one taken (they join the running batch)."""
+        taken: list[T] = []
+        with self._cond:
+            if self._stopping or self._cancel is None or self._cancel.is_set():
+                return taken
+            keys, index = set(exclude) - {None}, 0
+            while len(taken) < limit and index < len(self._items):
+                key = self._batch_key(self._items[index])
+                if key is None or key not in keys:
+                    taken.append(self._items[index])
+                    del self._items[index]
+                    keys.add(key)
+                else:
+                    index += 1
+            self._running += len(taken)
+        return taken
+
+    def item_done(self) -> None:
+        """From the running batch's handler: one of its items has its result (:attr:`running` counts down)."""
+        with self._cond:
+            self._running = max(0, self._running - 1)
 
     # -- the running item ---------------------------------------------------------------------------
     def cancel(self, reason: Exception) -> bool:
