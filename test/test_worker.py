@@ -229,3 +229,31 @@ def test_waiting_items_are_taken_as_one_batch_without_two_of_one_key():
     assert batches == [["first"], ["a:1", "x", "b:1"], ["a:2", "y", "z"]]
     worker.stop()
     assert worker.join(TIMEOUT)
+
+
+def test_a_running_batch_takes_items_that_arrive_while_it_runs():
+    """take_more: the handler pulls what arrived, in order, skipping excluded and repeated keys; item_done
+    counts the batch down."""
+    arrived, pulled, finished = threading.Event(), [], threading.Event()
+    worker: QuestionWorker[str] = QuestionWorker(lambda item, cancel: None, 10, handle_many=None,
+                                                 batch_key=lambda item: item.split(":")[0] if ":" in item else None)
+
+    def handle(item: str, cancel: Cancel) -> None:
+        if item != "first":
+            return
+        assert arrived.wait(TIMEOUT)
+        pulled.append(worker.take_more(3, {"a"}))
+        assert worker.running == 4
+        worker.item_done()
+        assert worker.running == 3
+        finished.set()
+
+    worker._handle = handle
+    worker.submit("first")
+    for item in ("a:1", "b:1", "x", "b:2", "y"):
+        worker.submit(item)
+    arrived.set()
+    assert finished.wait(TIMEOUT)
+    assert pulled == [["b:1", "x", "y"]]
+    worker.stop()
+    assert worker.join(TIMEOUT)

@@ -23,6 +23,8 @@ process publishes questions on ``question`` and times each ``result`` from the m
 - ``lone``: questions one at a time, each after the previous result (a question alone);
 - ``burst``: 4 questions published together, after the previous burst's results, ``--repeats`` times:
   throughput with 4 waiting questions (answers over the bursts' summed spans);
+- ``joining``: "What is 2+2?" alone, then a long story question and, 1.5 s after it, "What is 2+2?" again:
+  how long the short question takes while the long one decodes, and which result is published first;
 - ``rate R``: questions arriving every 1/R s: answered, refused, cut by the deadline (halt reason
   ``deadline``), p50/p95 latency and answers per second.
 
@@ -51,6 +53,9 @@ from bench.record import REPO, add_update_docs_flag, run_info, update_docs, writ
 NAME = "arrivals"
 SECTION = "arrivals"
 RESULT_TIMEOUT_S = 300.0
+LONG = "Tell me a long story about a robot that learns to cook, with many details."
+SHORT = "What is 2+2?"
+JOIN_AFTER_S = 1.5
 
 
 def _questions() -> list[str]:
@@ -182,6 +187,8 @@ def measure(batch_size: int, rates: list[float], questions: int, lone: int, burs
         out["burst"] = {**_stats(driver, bursts), "repeats": repeats,
                         "answers_per_s": round(len(bursts) / sum(spans), 4)}
         print(f"batch_size {batch_size}: {repeats} bursts of {burst} {out['burst']}", flush=True)
+        out["joining"] = joining(driver)
+        print(f"batch_size {batch_size}: joining {out['joining']}", flush=True)
         out["rates"] = []
         for rate in rates:
             count = max(4, min(questions, round(questions * rate * 2)))  # 16 at 0.5/s: one every 2 s
@@ -207,6 +214,22 @@ def measure(batch_size: int, rates: list[float], questions: int, lone: int, burs
     return out
 
 
+def joining(driver: Driver) -> dict[str, Any]:
+    """A short question alone, then the same question arriving while a long one decodes."""
+    qid, sent = driver.ask(SHORT)
+    driver.wait([qid])
+    alone = driver.results[qid][0] - sent
+    long_id, long_sent = driver.ask(LONG)
+    time.sleep(JOIN_AFTER_S)  # the arrival schedule itself, not synchronisation
+    short_id, short_sent = driver.ask(SHORT)
+    driver.wait([long_id, short_id])
+    (long_at, long_result), (short_at, short_result) = driver.results[long_id], driver.results[short_id]
+    return {"short_alone_s": round(alone, 3), "long_s": round(long_at - long_sent, 3),
+            "short_while_long_s": round(short_at - short_sent, 3), "short_first": short_at < long_at,
+            "long_tokens": long_result["timing"]["tokens"], "short_tokens": short_result["timing"]["tokens"],
+            "short_batch": (short_result.get("irp") or {}).get("batch")}
+
+
 def table(result: dict[str, Any]) -> str:
     """Markdown: lone and burst per batch size, then the arrival rates side by side."""
     runs = result["runs"]
@@ -216,9 +239,17 @@ def table(result: dict[str, Any]) -> str:
         ratio = run["burst"]["answers_per_s"] / runs[0]["burst"]["answers_per_s"]
         lines.append(f"| {run['batch_size']} | {run['lone']['p50_s']:.2f} s | {run['burst']['answers_per_s']:.3f} | "
                      f"{ratio:.2f}x | {run['burst']['p50_s']:.2f} / {run['burst']['p95_s']:.2f} s |")
+    if all("joining" in run for run in runs):
+        lines += ["", f"| node.batch_size | '{SHORT}' alone | the same, {JOIN_AFTER_S:g} s after a long question | "
+                  "the long question | published first |", "|---|---|---|---|---|"]
+        for run in runs:
+            j = run["joining"]
+            lines.append(f"| {run['batch_size']} | {j['short_alone_s']:.2f} s | {j['short_while_long_s']:.2f} s | "
+                         f"{j['long_s']:.2f} s ({j['long_tokens']} tokens) | "
+                         f"{'the short one' if j['short_first'] else 'the long one'} |")
     if not runs[0]["rates"]:
         return "\n".join(lines)
-    heads = [f"batch {r['batch_size']}: answered, refused, cut, p50 / p95, answers/s" for r in runs]
+    heads = [f"batch {r['batch_size']}: answered, refused, cut, p50 / p95 (p95 / lone p50), answers/s" for r in runs]
     lines += ["", "| arrivals/s | " + " | ".join(heads) + " |", "|---|" + "---|" * len(runs)]
     for index, rate in enumerate(runs[0]["rates"]):
         cells = []
@@ -226,7 +257,8 @@ def table(result: dict[str, Any]) -> str:
             row = run["rates"][index]
             refused = sum(row["refused"].values())
             cells.append(f"{row['answered']}/{row['questions']}, {refused}, {row['deadline_cut']}, "
-                         f"{row['p50_s']:.1f} / {row['p95_s']:.1f} s, {row['answers_per_s']:.3f}")
+                         f"{row['p50_s']:.1f} / {row['p95_s']:.1f} s ({row['p95_s'] / run['lone']['p50_s']:.1f}x), "
+                         f"{row['answers_per_s']:.3f}")
         lines.append(f"| {rate['rate_per_s']:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -129,6 +129,21 @@ class DecodeEngine:
                              f"{self.capacity} slots x {self.length} positions")
         self.waiting.append(Job(request, key, submitted=time.monotonic()))
 
+    def grow(self, capacity: int, length: int) -> None:
+        """More slots and positions, between two steps, the rows decoding where they are (an eager step
+        only: a compiled step is built for one shape)."""
+        capacity, length = max(capacity, self.capacity), max(length, self.length)
+        if (capacity, length) == (self.capacity, self.length):
+            return
+        with torch.inference_mode():
+            self.slots = self.slots.grown(capacity, length)
+            if self.logits is not None:
+                logits = torch.zeros((capacity, self.logits.shape[1]), dtype=self.logits.dtype, device=self.device)
+                logits[:self.capacity] = self.logits
+                self.logits = logits
+        self.rows += [None] * (capacity - self.capacity)
+        self.capacity, self.length = capacity, length
+
     @property
     def busy(self) -> bool:
         """True while a request waits or decodes."""

@@ -136,6 +136,22 @@ class SlotCache:
         self.cursor += 1
         return logits
 
+    def grown(self, capacity: int, length: int) -> "SlotCache":
+        """A larger copy (more slots, more positions): every row keeps its columns, mask and position."""
+        bigger = SlotCache(self.model, capacity, length)
+        bigger.mask[:self.capacity, :self.length] = self.mask
+        bigger.positions[:self.capacity] = self.positions
+        bigger.cursor = self.cursor
+        if self.cache is not None:
+            layers = self.cache.layers
+            bigger.cache = hf_compat.allocated_static_cache(
+                self.model, capacity, length, [int(layer.keys.shape[1]) for layer in layers],
+                [int(layer.keys.shape[3]) for layer in layers], layers[0].keys.dtype, self.device)
+            for source, target in zip(layers, bigger.cache.layers):
+                target.keys[:self.capacity, :, :self.length] = source.keys
+                target.values[:self.capacity, :, :self.length] = source.values
+        return bigger
+
     def _allocate(self, prompt_cache: Any) -> None:
         """The slot cache, shaped after the prompt cache's heads and dtype (once)."""
         if self.cache is not None:

@@ -159,7 +159,9 @@ class EngineSession:
     The engine is shaped when a step finds it idle with requests waiting: slots for the waiting rows (on
     CUDA, where a free slot costs almost nothing, up to ``max_rows`` more, so later questions join at once;
     on a CPU every slot costs compute, so it fits the rows that start it), positions for the longest prompt
-    and the most new tokens. A request that does not fit the running engine's shape waits for it to drain.
+    and the most new tokens. With the eager step, requests that arrive while it decodes grow it (more slots
+    and positions, the running rows kept in place) and join at the next step; with a compiled step, built
+    for one shape, a request that does not fit the running engine waits for it to drain.
     A model whose forward ignores the cache is decoded one request per step (``decode_simple``).
     """
 
@@ -188,6 +190,9 @@ class EngineSession:
             engine = self.engine
             if engine is None:
                 return []
+            if gen.step_fn is None and self.waiting and engine.busy:  # eager: room for them at once
+                engine.grow(min(gen.max_slots, len(engine.occupied) + sum(r.rows for _, r in self.waiting)),
+                            max(len(r.prompt_ids) + r.max_new_tokens for _, r in self.waiting))
             for key, request in list(self.waiting):
                 need = len(request.prompt_ids) + request.max_new_tokens
                 if request.rows <= engine.capacity and need <= engine.length:
