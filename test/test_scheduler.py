@@ -100,21 +100,22 @@ def test_rows_of_a_joining_question_get_the_tokens_they_get_alone(core):
 
 
 def test_results_are_delivered_off_the_decode_thread(core):
-    """The first result's delivery blocks until the decode thread concludes the second question: it can
-    only because delivery (SNARC, the store's write, on_result) runs on a thread of its own."""
-    concluded, real = threading.Event(), core._conclude
+    """The second question's conclusion (on the decode thread) waits for the first one's delivery — its
+    SNARC, its write to the store and on_result — which can only happen on a thread of its own that no
+    lock of the running generation holds up."""
+    delivered, real = threading.Event(), core._conclude
     threads, waited = [], []
 
     def conclude(engine, prepared, refined):
-        out = real(engine, prepared, refined)
         if prepared.question.id == "b":
-            concluded.set()
-        return out
+            waited.append(delivered.wait(TIMEOUT))
+        return real(engine, prepared, refined)
 
     def on_result(index, result):
         threads.append(threading.current_thread().name)
         if result.id == "a":
-            waited.append(concluded.wait(TIMEOUT))
+            assert len(core.store.query()) == 1  # written before it was handed on
+            delivered.set()
 
     core._conclude = conclude
     _lengths(core, {"a": (2, 0), "b": (24, 24)})
@@ -123,4 +124,4 @@ def test_results_are_delivered_off_the_decode_thread(core):
     assert all(r.ok for r in results) and waited == [True]
     assert threads and all(name.startswith("sage_irp_results") for name in threads)
     assert threading.current_thread().name not in threads
-    assert len(core.store.query()) == 2  # both written (salience threshold 0)
+    assert len(core.store.query()) == 2  # both written (salience threshold 0) when answer_many returns

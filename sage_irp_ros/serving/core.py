@@ -169,7 +169,7 @@ class SageCore:
             finally:
                 if not self.cfg.model.keep_alive:
                     self.release_model_only()
-        return run.results()
+            return run.results()  # delivered (and written) before the model or the store can be released
 
     def _failed(self, ask: "Ask", exc: BaseException, start: float) -> Result:
         """The error result of one question (counted); an unexpected exception is logged as a bug."""

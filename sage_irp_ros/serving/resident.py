@@ -19,7 +19,8 @@ server generates with no fallback), wires the on-board engine and the remote bac
 and frees them only after the running generation. ``lock`` is held for a whole generation, so the
 model and the store are never freed under a running question; it is reentrant because with
 ``model.keep_alive: false`` a question loads the model under it. ``_state_lock`` guards the short swaps
-of model, engines, store and settings (load, release, reconfigure).
+of model, engines, store and settings (load, release, reconfigure); ``_store_lock`` the store's writes
+and its closing, so results are written from the delivery thread while a generation holds ``lock``.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class Resident:
         self.store: MemoryStore | None = None
         self.lock = threading.RLock()
         self._state_lock = threading.Lock()
+        self._store_lock = threading.Lock()
 
     def load(self) -> LoadedModel | None:
         """Load the model (or reuse the resident one), warm it up and open the memory store.
@@ -133,7 +135,8 @@ class Resident:
             if backend is not None:
                 backend.close()
             if store is not None:
-                store.close()
+                with self._store_lock:
+                    store.close()
         finally:
             self.lock.release()
         return True
@@ -167,7 +170,9 @@ class Resident:
                 self.install_engines(cfg)
 
     def record(self, exchange: Exchange) -> None:
-        """Keep a salient exchange; never into a store being closed (release holds ``lock`` meanwhile)."""
-        with self.lock:
-            if self.store is not None:
-                self.store.record(exchange)
+        """Keep a salient exchange; never into a store being closed (``_store_lock``). The serving run waits
+        for its results' writes before it lets go of ``lock``, so release never drops one."""
+        with self._store_lock:
+            store = self.store
+            if store is not None:
+                store.record(exchange)
