@@ -156,6 +156,8 @@ class SageCore:
         with self.resident.lock:
             try:
                 self.resident.engine_or_load()  # no engine at all: every question fails with the reason
+                if self.cfg.llm_irp.seed >= 0:  # a run's sampling is reproducible
+                    torch.manual_seed(self.cfg.llm_irp.seed)
                 run.add(asks, start)
                 while run.busy:
                     run.step(start)
