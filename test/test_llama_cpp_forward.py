@@ -25,7 +25,7 @@ import torch
 
 from sage_irp_ros.config.settings import SageConfig
 from sage_irp_ros.decoding.generator import GenerationRequest
-from sage_irp_ros.decoding.llama_cpp_forward import MAX_SEQUENCES, unavailable
+from sage_irp_ros.decoding.llama_cpp_forward import SCORING_SEQUENCE, unavailable
 from sage_irp_ros.irp.engine import local_generator
 from sage_irp_ros.irp.prompts import seed_prompt
 from sage_irp_ros.weights.llama_cpp_model import resolve_forward
@@ -85,10 +85,10 @@ def test_log_probs_are_untempered_and_scoring_agrees_with_decoding(lm, generator
 def test_a_request_that_waits_for_free_rows_joins_between_steps_and_decodes_as_alone(lm, generator):
     """More rows than sequence ids: the last request starts when the first rows leave, its greedy row
     gets the tokens it gets alone, and each request is handed over once, as it ends."""
-    short = GenerationRequest(_ids(lm, "Say hi."), [0.0] + [0.7] * (MAX_SEQUENCES - 1), max_new_tokens=3)
+    short = GenerationRequest(_ids(lm, "Say hi."), [0.0] + [0.7] * (SCORING_SEQUENCE - 1), max_new_tokens=3)
     late = GenerationRequest(_ids(lm, "What is 2+2?"), [0.0, 0.9], max_new_tokens=10)
     alone = generator.generate(GenerationRequest(late.prompt_ids, [0.0], max_new_tokens=10)).candidates[0]
-    session, order, done = generator.session(MAX_SEQUENCES), [], {}
+    session, order, done = generator.session(SCORING_SEQUENCE), [], {}
     session.submit(short, 0)
     session.submit(late, 1)
     while session.busy:
@@ -96,7 +96,7 @@ def test_a_request_that_waits_for_free_rows_joins_between_steps_and_decodes_as_a
             order.append(index)
             done[index] = batch
     batches = [done[0], done[1]]
-    assert order == [0, 1] and len(batches[0].candidates) == MAX_SEQUENCES
+    assert order == [0, 1] and len(batches[0].candidates) == SCORING_SEQUENCE
     assert batches[1].candidates[0].token_ids == alone.token_ids
 
 

@@ -263,8 +263,9 @@ class NodeConfig:
         "drives the lifecycle itself)", applies=READ_ONLY))
     queue_size: int = field(default=8, metadata=_key("Questions waiting for inference", lo=1, hi=10_000))
     batch_size: int = field(default=8, metadata=_key(
-        "Waiting questions answered together, their candidates decoded in one batch (two questions of one "
-        "conversation never share a batch; while throttled: one at a time)", lo=1, hi=64,
+        "Questions answered at once, their rows sharing each decoding step; a question arriving meanwhile "
+        "joins at the next step (two questions of one conversation never decode together; while "
+        "throttled: one at a time)", lo=1, hi=64,
         off="1 = one question at a time"))
     batch_wait_s: float = field(default=0.05, metadata=_key(
         "With batch_size above 1, how long the worker waits for more questions before starting a batch that "

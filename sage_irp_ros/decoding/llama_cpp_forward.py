@@ -47,7 +47,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 MAX_SEQUENCES = 64  # rows decoded at once at most (questions x candidates); more wait for a free id
-SCORING_SEQUENCE = MAX_SEQUENCES  # one more id: given answers scored between two decode steps
+SCORING_SEQUENCE = MAX_SEQUENCES - 1  # the last id scores given answers (between two decode steps); rows use the others
 BATCH_TOKENS = 512  # prompt tokens per llama_decode call while prefilling
 
 _init_lock = threading.Lock()
@@ -92,7 +92,7 @@ class LlamaCppForward:
         cparams = L.llama_context_default_params()
         cparams.n_ctx = n_ctx
         cparams.n_batch = cparams.n_ubatch = BATCH_TOKENS
-        cparams.n_seq_max = MAX_SEQUENCES + 1
+        cparams.n_seq_max = MAX_SEQUENCES
         cparams.kv_unified = True
         cparams.n_threads = cparams.n_threads_batch = max(1, threads)
         cparams.no_perf = True
@@ -107,7 +107,7 @@ class LlamaCppForward:
         self.context_window = int(L.llama_model_n_ctx_train(self._model))
         self.size_mb = float(L.llama_model_size(self._model)) / 2**20
         self.config = SimpleNamespace(vocab_size=self.vocab_size, max_position_embeddings=self.context_window)
-        self._batch = L.llama_batch_init(max(BATCH_TOKENS, MAX_SEQUENCES + 1), 0, 1)
+        self._batch = L.llama_batch_init(max(BATCH_TOKENS, MAX_SEQUENCES), 0, 1)
         self._lock = threading.Lock()
         # Held by a generator for a whole call: sequence ids are the context's, not the caller's.
         self.busy = threading.RLock()

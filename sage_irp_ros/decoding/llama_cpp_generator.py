@@ -39,7 +39,7 @@ import torch
 from sage_irp_ros.answers.choices import OptionScore, spellings
 from sage_irp_ros.decoding.decode import constrained, sample
 from sage_irp_ros.decoding.generator import Batch, Candidate, GenerationRequest, RowView, decode_all
-from sage_irp_ros.decoding.llama_cpp_forward import MAX_SEQUENCES, SCORING_SEQUENCE, LlamaCppForward
+from sage_irp_ros.decoding.llama_cpp_forward import SCORING_SEQUENCE, LlamaCppForward
 from sage_irp_ros.decoding.torch_generator import TorchGenerator
 from sage_irp_ros.weights.loader import LoadedModel
 
@@ -77,7 +77,7 @@ class LlamaCppGenerator(TorchGenerator):
         return self.generate_many([request])[0]
 
     def generate_many(self, requests: Sequence[GenerationRequest]) -> list[Batch]:
-        return decode_all(self.session(MAX_SEQUENCES), requests)
+        return decode_all(self.session(SCORING_SEQUENCE), requests)
 
     def session(self, max_rows: int) -> "LlamaCppSession":
         """A :class:`LlamaCppSession`: at most ``max_rows`` rows decoding at once (a larger request alone)."""
@@ -205,9 +205,9 @@ class LlamaCppSession:
     SCORING_CELLS = 512  # kept free while requests run: choices and scoring between two steps
 
     def __init__(self, generator: LlamaCppGenerator, max_rows: int):
-        self.generator, self.max_rows = generator, max(1, min(max_rows, MAX_SEQUENCES))
+        self.generator, self.max_rows = generator, max(1, min(max_rows, SCORING_SEQUENCE))
         self.waiting: deque[tuple[Hashable, GenerationRequest]] = deque()
-        self.free = list(range(MAX_SEQUENCES))  # SCORING_SEQUENCE scores given answers
+        self.free = list(range(SCORING_SEQUENCE))  # SCORING_SEQUENCE scores given answers
         self.running: list[_Running] = []
 
     @property
@@ -215,6 +215,9 @@ class LlamaCppSession:
         return bool(self.waiting) or bool(self.running)
 
     def submit(self, request: GenerationRequest, key: Hashable) -> None:
+        if request.rows > SCORING_SEQUENCE:
+            raise ValueError(f"a request of {request.rows} rows: llama.cpp's forward decodes at most "
+                             f"{SCORING_SEQUENCE} rows at once")
         self.waiting.append((key, request))
 
     def step(self) -> list[tuple[Hashable, Batch]]:

@@ -30,7 +30,7 @@ from sage_irp_ros.decoding.generator import Batch, DecodeSession, open_session
 from sage_irp_ros.errors import SageError
 from sage_irp_ros.irp.state import IRPState, RefineJob, Refinement  # noqa: F401 - in Outcome
 
-Outcome = tuple[Hashable, "Refinement | SageError"]
+Outcome = tuple[Hashable, "Refinement | Exception"]
 
 
 @dataclass
@@ -60,7 +60,8 @@ class Refiner:
 
     def add(self, key: Hashable, job: RefineJob) -> list[Outcome]:
         """Start refining ``job`` under ``key``: its first round joins the session. Returns ``[(key,
-        error)]`` when its prompt cannot be built, ``[(key, refinement)]`` when there is nothing to decode."""
+        error)]`` when its prompt cannot be built or the session refuses its rows, ``[(key, refinement)]``
+        when there is nothing to decode."""
         try:
             state = self.engine.init_state(job.question, job.context, job.history, job.options)
         except SageError as exc:
@@ -103,6 +104,10 @@ class Refiner:
             del self.questions[key]
             return [(key, engine.get_result(question.state))]
         question.round_size = len(requests)
-        for position, request in enumerate(requests):
-            self.session.submit(request, (key, position))
+        try:
+            for position, request in enumerate(requests):
+                self.session.submit(request, (key, position))
+        except Exception as exc:  # noqa: BLE001 - a request the session refuses fails its question alone
+            del self.questions[key]  # rows already submitted finish unread
+            return [(key, exc)]
         return []

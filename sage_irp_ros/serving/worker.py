@@ -152,15 +152,7 @@ class QuestionWorker(Generic[T]):
         with self._cond:
             if self._stopping or self._cancel is None or self._cancel.is_set():
                 return taken
-            keys, index = set(exclude) - {None}, 0
-            while len(taken) < limit and index < len(self._items):
-                key = self._batch_key(self._items[index])
-                if key is None or key not in keys:
-                    taken.append(self._items[index])
-                    del self._items[index]
-                    keys.add(key)
-                else:
-                    index += 1
+            taken = self._take(limit, set(exclude) - {None})
             self._running += len(taken)
         return taken
 
@@ -246,18 +238,22 @@ class QuestionWorker(Generic[T]):
     def _take_batch(self, limit: int) -> list[T]:
         """The next batch (caller holds the lock; the queue is not empty): the first item, then later
         items in order whose key no item of the batch has, up to ``limit``."""
-        batch, keys = [self._items.popleft()], set()
-        keys.add(self._batch_key(batch[0]))
-        index = 0
-        while len(batch) < limit and index < len(self._items):
+        first = self._items.popleft()
+        return [first] + self._take(limit - 1, {self._batch_key(first)})
+
+    def _take(self, limit: int, keys: set) -> list[T]:
+        """Up to ``limit`` waiting items in order, none whose non-None key is in ``keys`` or repeats one
+        taken (caller holds the lock)."""
+        taken, index = [], 0
+        while len(taken) < limit and index < len(self._items):
             key = self._batch_key(self._items[index])
             if key is None or key not in keys:
-                batch.append(self._items[index])
+                taken.append(self._items[index])
                 del self._items[index]
                 keys.add(key)
             else:
                 index += 1
-        return batch
+        return taken
 
     def _crashed(self, exc: Exception) -> None:
         if self._on_crash is not None:
