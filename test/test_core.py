@@ -342,3 +342,16 @@ def test_status_has_what_the_status_json_needs(core):
     assert core.status().serving["refused"] == 1
     core.release()
     assert core.status().model is None and core.status().memory_store.path is None
+
+
+def test_a_core_without_a_model_answers_every_question_with_the_reason(tmp_path):
+    """No model loaded (keep_alive true, never configured): one error result per question, never a raise."""
+    from sage_irp_ros.serving.core import Ask
+
+    core = SageCore(SageConfig.from_mapping({"memory": {"db_path": "none"}}))
+    assert core.answer(Question(text="Hi", id="a")).error.code == errors.MODEL_NOT_LOADED
+    delivered = []
+    results = core.answer_many([Ask(Question(text="one?", id="b")), Ask(Question(text="two?", id="c"))],
+                               on_result=lambda index, result: delivered.append(result.id))
+    assert [(r.id, r.error.code) for r in results] == [("b", errors.MODEL_NOT_LOADED), ("c", errors.MODEL_NOT_LOADED)]
+    assert sorted(delivered) == ["b", "c"]

@@ -148,3 +148,17 @@ def test_asking_for_llama_cpp_where_it_cannot_run_falls_back_to_torch_with_one_l
     with caplog.at_level(logging.WARNING, logger="sage_irp_ros"):
         assert resolve_forward(cfg, torch.device("cpu"), None, None) == "torch"
     assert "model.forward llama_cpp: using torch instead: the model is not a GGUF" in caplog.text
+
+
+def test_a_closed_session_gives_back_its_rows_cells(lm, generator):
+    """A session dropped mid-decode (a failed step; the scheduler decodes its questions again elsewhere)
+    frees its rows' cells: the next request decodes as it does alone."""
+    request = GenerationRequest(_ids(lm, "What is 2+2?"), [0.0], max_new_tokens=12, min_new_tokens=12)
+    alone = generator.generate(request).candidates[0]
+    session = generator.session(8)
+    session.submit(GenerationRequest(_ids(lm, "Tell me a story."), [0.0, 0.7], max_new_tokens=40), "dropped")
+    for _ in range(5):
+        assert session.step() == []
+    session.close()
+    assert not session.busy
+    assert generator.generate(request).candidates[0].token_ids == alone.token_ids

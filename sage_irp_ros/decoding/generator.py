@@ -171,6 +171,11 @@ class DecodeSession(Protocol):
     @property
     def busy(self) -> bool: ...
 
+    def close(self) -> None:
+        """Give back what the session holds (its rows' cache) and drop what it still decodes: after a
+        failed step, before the questions are decoded again in a new session."""
+        ...
+
 
 def open_session(generator: Generator, max_rows: int) -> DecodeSession:
     """A session over ``generator`` with at most ``max_rows`` rows decoding at once (a request with more
@@ -195,6 +200,9 @@ class CallSession:
     @property
     def busy(self) -> bool:
         return bool(self.waiting)
+
+    def close(self) -> None:
+        self.waiting.clear()
 
     def step(self) -> list[tuple[Hashable, Batch]]:
         taken = [self.waiting.popleft()] if self.waiting else []

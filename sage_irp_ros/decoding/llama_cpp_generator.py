@@ -220,6 +220,15 @@ class LlamaCppSession:
                              f"{SCORING_SEQUENCE} rows at once")
         self.waiting.append((key, request))
 
+    def close(self) -> None:
+        """Free the running rows' cells (their sequence ids serve the next session) and drop what waits."""
+        with self.generator.forward.busy:
+            for run in self.running:
+                for seq in run.seqs:
+                    self.generator.forward.free(seq)
+            self.running, self.waiting = [], deque()
+            self.free = list(range(SCORING_SEQUENCE))
+
     def step(self) -> list[tuple[Hashable, Batch]]:
         gen = self.generator
         with gen.forward.busy:

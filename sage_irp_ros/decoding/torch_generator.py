@@ -178,6 +178,14 @@ class EngineSession:
     def submit(self, request: GenerationRequest, key: Hashable) -> None:
         self.waiting.append((key, request))
 
+    def close(self) -> None:
+        """Drop what waits and decodes; an engine left with rows is not kept for the next session."""
+        gen = self.generator
+        with gen._lock:
+            if self.engine is not None and self.engine.busy and gen._engine is self.engine:
+                gen._engine = None
+            self.engine, self.waiting, self.inside = None, [], {}
+
     def step(self) -> list[tuple[Hashable, Batch]]:
         gen = self.generator
         with gen._lock:

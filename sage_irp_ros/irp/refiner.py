@@ -92,6 +92,7 @@ class Refiner:
         """Drop every question (the session failed): their keys and jobs, to refine again elsewhere."""
         jobs = [(key, question.job) for key, question in self.questions.items()]
         self.questions.clear()
+        self.session.close()
         self.session = open_session(self.engine.generator, self.max_rows)
         return jobs
 

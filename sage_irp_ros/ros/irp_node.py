@@ -305,11 +305,12 @@ class IrpNode(Node, LifecycleNodeMixin):
         self.publish_status()  # busy, with the batch
         throttled = self.throttle_state().throttled
 
-        def more(refining: int, conversations: set) -> list[Ask]:
-            if self._not_serving(DEACTIVATED) is not None:
+        def more(refining: int, conversations: set) -> list[Ask]:  # called between two decode steps
+            if not self._worker.depth() or self._not_serving(DEACTIVATED) is not None:
                 return []
             joining = self._worker.take_more(self._batch_limit() - refining, conversations)
-            return [Ask(item.question, item.received, self.throttle_state().throttled, cancel) for item in joining]
+            throttled = self.throttle_state().throttled
+            return [Ask(item.question, item.received, throttled, cancel) for item in joining]
 
         def published(index: int, result: Result) -> None:
             self._publish_result(result)

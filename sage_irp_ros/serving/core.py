@@ -40,7 +40,7 @@ from sage_irp_ros.irp.adaptive import choose_schedule
 from sage_irp_ros.irp.confidence import is_confident
 from sage_irp_ros.irp.engine import CANCELLED as HALT_CANCELLED
 from sage_irp_ros.irp.engine import DEADLINE as HALT_DEADLINE
-from sage_irp_ros.irp.engine import IRPEngine, RefineJob, Refinement  # noqa: F401 - RefineJob re-exported
+from sage_irp_ros.irp.engine import IRPEngine, RefineJob, Refinement
 from sage_irp_ros.irp.options import AnswerOptions
 from sage_irp_ros.questions import Question
 from sage_irp_ros.remote.backend import RemoteBackend, backend_of, local_status
@@ -149,25 +149,22 @@ class SageCore:
         node's worker hands over what arrived); they are numbered after ``asks``, and the returned list
         holds their results too.
         """
-        start = time.monotonic()
-        rows = self.cfg.node.batch_size * IRPEngine.usual_rows(self.cfg.llm_irp)
-        run = Scheduler(self, self._delivery, on_result, max_rows=max(rows, len(asks) * IRPEngine.usual_rows(
-            self.cfg.llm_irp)))
+        rows = IRPEngine.usual_rows(self.cfg.llm_irp) * max(self.cfg.node.batch_size, len(asks))
+        run = Scheduler(self, self._delivery, on_result, max_rows=rows)
         with self.resident.lock:
             try:
-                self.resident.engine_or_load()  # no engine at all: every question fails with the reason
                 if self.cfg.llm_irp.seed >= 0:  # a run's sampling is reproducible
                     torch.manual_seed(self.cfg.llm_irp.seed)
-                run.add(asks, start)
+                run.add(asks)
                 while run.busy:
-                    run.step(start)
+                    run.step()
                     if more is not None:
                         refining = run.refining
                         joining = more(len(refining), {ask.question.conversation for ask in refining})
                         if joining:
-                            run.add(joining, time.monotonic())
-            except Exception as exc:  # noqa: BLE001 - no engine: every question not yet answered fails
-                run.fail_all(exc, start)
+                            run.add(joining)
+            except Exception as exc:  # noqa: BLE001 - the run failed (a front end's `more`): each unanswered fails
+                run.fail_all(exc)
             finally:
                 if not self.cfg.model.keep_alive:
                     self.release_model_only()

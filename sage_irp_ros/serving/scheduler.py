@@ -30,6 +30,7 @@ shared by several questions, each on its own, so one question's fault stays its 
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import Executor, Future
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Sequence
 
@@ -55,6 +56,7 @@ class Scheduler:
         self.refiners: dict[IRPEngine, Refiner] = {}
         self.prepared: dict[int, Any] = {}  # index -> (engine, prepared), while it refines
         self.handed: dict[int, Future] = {}  # index -> its result, delivered or being delivered
+        self.started: dict[int, float] = {}  # index -> when it was added (its result's start of work)
 
     # -- the run --------------------------------------------------------------------------------------
     @property
@@ -67,22 +69,24 @@ class Scheduler:
         """The questions added and not concluded yet."""
         return [self.asks[i] for i in self.prepared]
 
-    def add(self, asks: Sequence["Ask"], start: float) -> None:
+    def add(self, asks: Sequence["Ask"]) -> None:
         """Prepare each question and put its first round into its engine's session (a question that cannot
         run gets its error result at once)."""
+        start = time.monotonic()
         for ask in asks:
             index = len(self.asks)
             self.asks.append(ask)
+            self.started[index] = start
             try:
                 engine = self.core.resident.engine_for(ask.question)
                 prepared = self.core._prepare(engine, ask, start)
             except Exception as exc:  # noqa: BLE001 - this question's result says why
-                self.fail(index, exc, start)
+                self.fail(index, exc)
                 continue
             self.prepared[index] = (engine, prepared)
-            self._concluded(self._refiner(engine).add(index, prepared.job), start)
+            self._concluded(self._refiner(engine).add(index, prepared.job))
 
-    def step(self, start: float) -> None:
+    def step(self) -> None:
         """One decode step of every engine with questions; conclude those that halted."""
         for engine, refiner in list(self.refiners.items()):
             if not refiner.busy:
@@ -91,18 +95,18 @@ class Scheduler:
                 done = refiner.step()
             except Exception as exc:  # noqa: BLE001 - its questions are refined again (module docstring)
                 done = self._recover(engine, refiner, exc)
-            self._concluded(done, start)
+            self._concluded(done)
 
-    def fail(self, index: int, exc: BaseException, start: float) -> None:
+    def fail(self, index: int, exc: BaseException) -> None:
         """Question ``index`` fails with ``exc`` (its error result is delivered)."""
         self.prepared.pop(index, None)
-        self._hand(index, lambda: self.core._failed(self.asks[index], exc, start))
+        self._hand(index, lambda: self.core._failed(self.asks[index], exc, self.started[index]))
 
-    def fail_all(self, exc: BaseException, start: float) -> None:
-        """Every question without a result fails with ``exc`` (no engine at all)."""
+    def fail_all(self, exc: BaseException) -> None:
+        """Every question without a result fails with ``exc`` (the run itself failed)."""
         for index in range(len(self.asks)):
             if index not in self.handed:
-                self.fail(index, exc, start)
+                self.fail(index, exc)
 
     def results(self) -> list[Result]:
         """Every question's result, in the order added (waits for their delivery)."""
@@ -114,7 +118,7 @@ class Scheduler:
             self.refiners[engine] = Refiner(engine, self.max_rows)
         return self.refiners[engine]
 
-    def _concluded(self, done: Sequence[tuple[Hashable, Refinement | Exception]], start: float) -> None:
+    def _concluded(self, done: Sequence[tuple[Hashable, Refinement | Exception]]) -> None:
         """Conclude each halted question on this thread; deliver it on the delivery thread."""
         for index, outcome in done:
             engine, prepared = self.prepared.pop(index)
@@ -123,7 +127,7 @@ class Scheduler:
                     raise outcome
                 concluded = self.core._conclude(engine, prepared, outcome)
             except Exception as exc:  # noqa: BLE001 - this question's result says why
-                self.fail(index, exc, start)
+                self.fail(index, exc)
                 continue
             self._hand(index, lambda c=concluded: self.core._deliver(c))
 
