@@ -282,6 +282,9 @@ def test_example_main_prints_the_answer(running):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip(), out.stderr
     assert "answer (salience" in out.stderr  # LogAnswer through the node's logger
+    # the example exits on its own copy of the result; this process's subscriber may take it a moment later
+    running.tester.wait_for(lambda: any(r.get("question") == "Where is the dock?" for r in running.tester.results),
+                            TIMEOUT, "the example's result on this subscriber")
     qids = [r["id"] for r in running.tester.results if r.get("question") == "Where is the dock?"]
     assert len(qids) == 1
 
