@@ -28,9 +28,13 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "asimd")  # the /proc/cpuinfo flags kernels select by
+ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+
 
 def machine() -> dict[str, Any]:
-    """CPU, cores, RAM, native bf16, Python / torch / transformers versions, torch threads, GPU, load."""
+    """CPU, its instruction-set flags, cores, RAM, native bf16, torch's kernels, Python / torch / transformers
+    versions, torch threads, GPU, load."""
     import torch
     import transformers
 
@@ -47,8 +51,14 @@ def machine() -> dict[str, Any]:
         flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0]
     except (OSError, IndexError):
         pass
+    words = flags.split()
     return {"cpu": model_name, "cores": os.cpu_count(), "ram_gb": _ram_gb(),
             "cpu_bf16": "avx512_bf16" in flags or "amx_bf16" in flags,
+            "cpu_flags": [flag for flag in ISA_FLAGS if flag in words],
+            # torch's kernels, and any limit set on them (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA): a run can
+            # use a smaller instruction set than the CPU has
+            "torch_kernels": torch.backends.cpu.get_cpu_capability(),
+            "isa_limits": {name: os.environ[name] for name in ISA_LIMITS if name in os.environ},
             "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

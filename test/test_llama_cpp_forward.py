@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 
+import numpy as np
 import pytest
 import torch
 
@@ -80,6 +81,24 @@ def test_log_probs_are_untempered_and_scoring_agrees_with_decoding(lm, generator
     assert torch.allclose(torch.tensor(scored.token_logprobs), torch.tensor(row.token_logprobs[:len(scored.token_ids)]),
                           atol=1e-3)
     assert all(lp <= 0.0 for lp in row.token_logprobs)
+
+
+def test_prefill_returns_the_logits_of_the_positions_asked_for_only(lm):
+    """Scoring an answer computes the output head for the answer's positions, not the whole prompt's."""
+    forward, ids = lm.model, _ids(lm, "Name a colour of the sky.")
+    try:
+        every = forward.prefill(SCORING_SEQUENCE, ids, logits_from=0)
+    finally:
+        forward.free(SCORING_SEQUENCE)
+    try:
+        tail = forward.prefill(SCORING_SEQUENCE, ids, logits_from=len(ids) - 3)
+    finally:
+        forward.free(SCORING_SEQUENCE)
+    last = forward.prefill(SCORING_SEQUENCE, ids)
+    forward.free(SCORING_SEQUENCE)
+    assert every.shape == (len(ids), forward.vocab_size) and tail.shape == (3, forward.vocab_size)
+    assert np.allclose(tail, every[-3:], atol=1e-3) and np.array_equal(tail.argmax(axis=1), every[-3:].argmax(axis=1))
+    assert np.allclose(last, every[-1], atol=1e-3)
 
 
 def test_a_request_that_waits_for_free_rows_joins_between_steps_and_decodes_as_alone(lm, generator):
@@ -156,7 +175,8 @@ def test_a_closed_session_gives_back_its_rows_cells(lm, generator):
     request = GenerationRequest(_ids(lm, "What is 2+2?"), [0.0], max_new_tokens=12, min_new_tokens=12)
     alone = generator.generate(request).candidates[0]
     session = generator.session(8)
-    session.submit(GenerationRequest(_ids(lm, "Tell me a story."), [0.0, 0.7], max_new_tokens=40), "dropped")
+    dropped = GenerationRequest(_ids(lm, "Tell me a story."), [0.0, 0.7], max_new_tokens=40, min_new_tokens=20)
+    session.submit(dropped, "dropped")  # no row can end before the close: end-of-sequence is banned
     for _ in range(5):
         assert session.step() == []
     session.close()

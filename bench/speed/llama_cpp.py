@@ -238,8 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     after = list(os.getloadavg())
     print(f"load average after {after}")
     print(markdown(result))
-    path = write_result(NAME, {"run": run, "variants": args.variant or ["defaults:"], "loadavg_before": before,
-                               "loadavg_after": after, **result}, args.out or None)
+    import llama_cpp
+
+    system = llama_cpp.llama_print_system_info().decode(errors="replace").strip()  # the kernels llama.cpp uses
+    path = write_result(NAME, {"run": run, "variants": args.variant or ["defaults:"], "llama_cpp_system": system,
+                               "loadavg_before": before, "loadavg_after": after, **result}, args.out or None)
     print(f"wrote {path}")
     return 0
 

@@ -115,20 +115,25 @@ class LlamaCppForward:
         self._free = weakref.finalize(self, _free_handles, L, self._batch, self._ctx, self._model)
 
     # -- sequences ------------------------------------------------------------------------------------
-    def prefill(self, seq: int, ids: Sequence[int], *, at: int = 0, all_logits: bool = False) -> np.ndarray:
+    def prefill(self, seq: int, ids: Sequence[int], *, at: int = 0, logits_from: int | None = None) -> np.ndarray:
         """Decode ``ids`` into sequence ``seq`` from position ``at``; the last position's logits ``(vocab,)``,
-        or with ``all_logits`` every position's ``(len(ids), vocab)``."""
+        or with ``logits_from`` those of ``ids[logits_from:]``, ``(len(ids) - logits_from, vocab)``.
+
+        Only the positions asked for go through the output head (49152 x 576 on SmolLM2), so scoring an
+        answer after a long prompt costs the answer's head rows, and llama.cpp's output buffer grows to the
+        answer's length, not the prompt's.
+        """
+        first = len(ids) - 1 if logits_from is None else logits_from
         out = []
         with self._lock:
             for start in range(0, len(ids), BATCH_TOKENS):
                 chunk = ids[start:start + BATCH_TOKENS]
-                last = start + len(chunk) == len(ids)
-                self._fill([(token, at + start + i, seq, all_logits or (last and i == len(chunk) - 1))
-                            for i, token in enumerate(chunk)])
+                self._fill([(token, at + start + i, seq, start + i >= first) for i, token in enumerate(chunk)])
                 self._decode()
-                if all_logits:
-                    out.append(self._logits(len(chunk)))
-            return np.concatenate(out) if all_logits else self._logits(1)[0]
+                outputs = sum(start + i >= first for i in range(len(chunk)))
+                if outputs:
+                    out.append(self._logits(outputs))
+            return out[-1][-1] if logits_from is None else np.concatenate(out)
 
     def share(self, source: int, target: int) -> None:
         """Let sequence ``target`` continue from ``source``'s cells (the prompt is stored once)."""

@@ -185,12 +185,11 @@ class LlamaCppGenerator(TorchGenerator):
             return self._logprobs_in(seq, prefix, answer)
 
     def _logprobs_in(self, seq: int, prefix: list[int], answer: list[int]) -> list[float]:
-        try:
-            logits = torch.from_numpy(self.forward.prefill(seq, prefix + answer, all_logits=True)).float()
+        try:  # the logits that predict the answer's tokens: from the prompt's last position on
+            at = torch.from_numpy(self.forward.prefill(seq, prefix + answer, logits_from=len(prefix) - 1)).float()
         finally:
             self.forward.free(seq)
-        at = logits[len(prefix) - 1:len(prefix) + len(answer) - 1]
-        return torch.log_softmax(at, dim=-1).gather(1, torch.tensor(answer)[:, None]).squeeze(1).tolist()
+        return torch.log_softmax(at[:len(answer)], dim=-1).gather(1, torch.tensor(answer)[:, None]).squeeze(1).tolist()
 
 
 class LlamaCppSession:
