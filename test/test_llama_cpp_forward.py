@@ -119,6 +119,28 @@ def test_a_request_that_waits_for_free_rows_joins_between_steps_and_decodes_as_a
     assert batches[1].candidates[0].token_ids == alone.token_ids
 
 
+def test_a_cache_too_small_for_two_questions_decodes_them_one_after_the_other(lm):
+    """model.kv_cache_cells: with 1024 cells (512 kept for scoring) two requests of 300 cells each cannot
+    decode together; the second waits for the first to leave and then decodes as it does alone."""
+    small = load_model(SageConfig.from_mapping({"model": {"forward": "llama_cpp", "kv_cache_cells": 1024}}).model)
+    assert small is not lm and small.model.n_ctx == 1024
+    generator = local_generator(small, SageConfig().llm_irp)
+    first = GenerationRequest(_ids(small, "Tell me a story."), [0.0, 0.7], max_new_tokens=140, min_new_tokens=140)
+    second = GenerationRequest(_ids(small, "What is 2+2?"), [0.0, 0.7], max_new_tokens=140, min_new_tokens=8)
+    alone = generator.generate(GenerationRequest(second.prompt_ids, [0.0], max_new_tokens=140,
+                                                 min_new_tokens=8)).candidates[0]
+    session, steps_when_done = generator.session(8), {}
+    session.submit(first, "first")
+    session.submit(second, "second")
+    steps = 0
+    while session.busy:
+        steps += 1
+        for key, batch in session.step():
+            steps_when_done[key] = (steps, batch)
+    assert steps_when_done["second"][0] > steps_when_done["first"][0] + 8  # it started after the first ended
+    assert steps_when_done["second"][1].candidates[0].token_ids == alone.token_ids
+
+
 def test_a_greedy_answer_does_not_depend_on_the_question_before_it(lm, generator):
     """No state outlives a call: the same greedy row after a different question as after none."""
     first, second = _ids(lm, "What is 2+2?"), _ids(lm, "What is the boiling point of water in Celsius?")

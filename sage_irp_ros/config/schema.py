@@ -100,6 +100,11 @@ class ModelConfig:
         "run on a bf16 copy of the weights kept as well: PyTorch's CPU int4 kernel costs grow with every 4 rows, "
         "a bf16 product's barely (+2 bytes per weight)", lo=0, hi=4096, applies=CONFIGURE,
         off="0 = no copy: int4 only, least memory"))
+    kv_cache_cells: int = field(default=4096, metadata=_key(
+        "On llama.cpp's forward, the KV cells every decoding row shares (one per token of a prompt or a row's "
+        "answer; about 22 KB each for SmolLM2-135M, made resident at load): fewer take less memory and let "
+        "fewer questions decode at once (a question reserves its prompt and llm_irp.max_tokens per row; 512 "
+        "stay free for scoring given answers)", lo=1024, hi=131072, applies=CONFIGURE))
     pack_cpu_weights: bool = field(default=True, metadata=_key(
         "On CPU, reorder Linear weights once into oneDNN's blocked layout at load: the same fp32/bf16 "
         "arithmetic, 1.5-2x faster decoding of several candidates (a tied output head gets its own copy)",

@@ -41,7 +41,6 @@ from sage_irp_ros.weights.cache import content_key
 
 log = logging.getLogger(__name__)
 
-N_CTX = 4096  # KV cells shared by every decoding row: about 22 KB each for SmolLM2-135M, resident from the start
 _MARKER = "tokenizer_config.json"
 
 
@@ -63,14 +62,15 @@ def resolve_forward(cfg: ModelConfig, device: torch.device, gguf: Path | None, a
     return "torch"
 
 
-def open_gguf(gguf: Path, cache_dir: Path, threads: int,
+def open_gguf(gguf: Path, cache_dir: Path, threads: int, kv_cells: int,
               progress: Callable[[str], None] | None = None) -> tuple[Any, Any]:
-    """(the llama.cpp forward, the tokenizer) of ``gguf``; ModelLoadError when llama.cpp cannot load it."""
+    """(the llama.cpp forward with ``kv_cells`` KV cells, the tokenizer) of ``gguf``; ModelLoadError when
+    llama.cpp cannot load it."""
     from sage_irp_ros.decoding.llama_cpp_forward import LlamaCppForward
 
     tokenizer = _tokenizer(gguf, cache_dir, progress or log.info)
     try:
-        forward = LlamaCppForward(gguf, n_ctx=N_CTX, threads=threads)
+        forward = LlamaCppForward(gguf, n_ctx=kv_cells, threads=threads)
     except RuntimeError as exc:
         raise ModelLoadError(str(exc)) from exc
     if tokenizer.pad_token_id is None:
