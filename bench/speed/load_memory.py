@@ -18,16 +18,18 @@
 
 Each variant loads in a fresh child process (a process's RSS never shrinks back, so variants cannot share
 one); torch, transformers and the package are imported before the first reading, so the difference is
-the model: weights, packed copies, the tokenizer and the warm-up generation's buffers. The target is
-<= 120 MB for the embedded SmolLM2-135M in 4 bits (``weight_quantization: auto`` on a CPU). Prints a
-markdown table and writes ``load_memory.json`` (every
-variant's row, the machine, versions and git commit) into ``--out``.
+the model: weights, packed copies, the tokenizer and the warm-up generation's buffers. ``--peer CELLS``
+adds the row a user would compare with: llama-cpp-python's own ``Llama`` over the same GGUF with a
+CELLS-token context and nothing of this package loaded (llama_cpp is imported before the first reading
+there too). Prints a markdown table and writes ``load_memory.json`` (every variant's row, the machine,
+versions and git commit) into ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 
@@ -80,22 +82,49 @@ def child(spec: str) -> dict:
             "added_file_mb": loaded.get("RssFile", 0) - before.get("RssFile", 0)}
 
 
+def peer(cells: int) -> dict:
+    """The same readings for llama-cpp-python's ``Llama`` alone: the GGUF, ``cells`` context, one answer."""
+    import llama_cpp
+
+    from sage_irp_ros.weights.embedded_model import embedded_gguf
+
+    gguf = str(embedded_gguf())
+    before = _rss_mb()
+    llm = llama_cpp.Llama(model_path=gguf, n_ctx=cells, n_threads=1, n_threads_batch=1, verbose=False)
+    loaded = _rss_mb()
+    llm("What is 2+2?", max_tokens=8)
+    answered = _rss_mb()
+    return {"variant": f"llama-cpp-python alone, {cells} cells", "rss_before_mb": before["VmRSS"],
+            "added_by_load_mb": loaded["VmRSS"] - before["VmRSS"],
+            "added_after_one_answer_mb": answered["VmRSS"] - before["VmRSS"],
+            "footprint_mb": os.path.getsize(gguf) / 2**20,
+            "added_anon_mb": loaded.get("RssAnon", 0) - before.get("RssAnon", 0),
+            "added_file_mb": loaded.get("RssFile", 0) - before.get("RssFile", 0)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
                         help="a configuration (llm_irp keys; repeatable; default: the five of the docs table)")
+    parser.add_argument("--peer", type=int, action="append", default=[], metavar="CELLS",
+                        help="add llama-cpp-python alone with a CELLS-token context (repeatable)")
     parser.add_argument("--out", default="", help="output folder (default bench/results)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--peer-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child is not None:
         print("LOAD-MEMORY " + json.dumps(child(args.child)))
+        return 0
+    if args.peer_child is not None:
+        print("LOAD-MEMORY " + json.dumps(peer(args.peer_child)))
         return 0
     result = {"run": run_info(argv, f"bench.speed.{NAME}"), "rows": []}
     print("| configuration | RSS added by load, MB | of which mapped file pages | after one answer, MB | "
           "weights (footprint), MB |")
     print("|---|---|---|---|---|")
-    for spec in args.variant or DEFAULT_VARIANTS:
-        out = subprocess.run([sys.executable, "-m", f"bench.speed.{NAME}", "--child", spec], capture_output=True,
+    runs = [("--child", spec) for spec in args.variant or DEFAULT_VARIANTS]
+    for flag, spec in runs + [("--peer-child", str(cells)) for cells in args.peer]:
+        out = subprocess.run([sys.executable, "-m", f"bench.speed.{NAME}", flag, spec], capture_output=True,
                              text=True, check=True).stdout
         row = json.loads(next(line for line in out.splitlines() if line.startswith("LOAD-MEMORY "))[12:])
         result["rows"].append({"spec": spec, **row})

@@ -46,6 +46,7 @@ PROBE_BACKENDS = ("auto", "jtop", "nvml", "sysfs")
 MEMORY_LIMIT_ACTIONS = ("warn", "error")
 WEIGHT_QUANTIZATIONS = ("auto", "none", "int8", "int4")
 FORWARDS = ("auto", "torch", "llama_cpp")
+KV_CACHE_TYPES = ("f16", "q8_0")
 COMPILE_MODES = ("auto", "on", "off")
 STOPPING_MODES = ("auto", "parallel", "sequential", "off")
 FALLBACKS = ("local", "none")
@@ -105,6 +106,10 @@ class ModelConfig:
         "answer; about 22 KB each for SmolLM2-135M, made resident at load): fewer take less memory and let "
         "fewer questions decode at once (a question reserves its prompt and llm_irp.max_tokens per row; 512 "
         "stay free for scoring given answers)", lo=1024, hi=131072, applies=CONFIGURE))
+    kv_cache_type: str = field(default="f16", metadata=_key(
+        "On llama.cpp's forward, how the KV cells hold keys and values: f16, or q8_0 = 8-bit blocks with "
+        "flash attention, about half the cache's memory (12 KB a cell for SmolLM2-135M) with answers and "
+        "step times measured in docs/performance.md", choices=KV_CACHE_TYPES, applies=CONFIGURE))
     pack_cpu_weights: bool = field(default=True, metadata=_key(
         "On CPU, reorder Linear weights once into oneDNN's blocked layout at load: the same fp32/bf16 "
         "arithmetic, 1.5-2x faster decoding of several candidates (a tied output head gets its own copy)",

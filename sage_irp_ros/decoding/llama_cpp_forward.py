@@ -50,6 +50,8 @@ MAX_SEQUENCES = 64  # rows decoded at once at most (questions x candidates); mor
 SCORING_SEQUENCE = MAX_SEQUENCES - 1  # the last id scores given answers (between two decode steps); rows use the others
 BATCH_TOKENS = 512  # prompt tokens per llama_decode call while prefilling
 
+KV_TYPES = {"f16": lambda L: L.GGML_TYPE_F16, "q8_0": lambda L: L.GGML_TYPE_Q8_0}  # KV cache cell types
+
 _init_lock = threading.Lock()
 _initialised = False
 
@@ -79,9 +81,11 @@ def _llama():
 
 
 class LlamaCppForward:
-    """A GGUF loaded by llama.cpp, with ``n_ctx`` KV cells shared by up to :data:`MAX_SEQUENCES` rows."""
+    """A GGUF loaded by llama.cpp, with ``n_ctx`` KV cells shared by up to :data:`MAX_SEQUENCES` rows;
+    ``kv_type`` one of :data:`KV_TYPES` (q8_0 halves the cache and turns flash attention on, which a
+    quantised V cache needs)."""
 
-    def __init__(self, gguf: Path, *, n_ctx: int, threads: int):
+    def __init__(self, gguf: Path, *, n_ctx: int, threads: int, kv_type: str = "f16"):
         L = _llama()
         self._L = L
         params = L.llama_model_default_params()
@@ -96,6 +100,9 @@ class LlamaCppForward:
         cparams.kv_unified = True
         cparams.n_threads = cparams.n_threads_batch = max(1, threads)
         cparams.no_perf = True
+        if kv_type != "f16":
+            cparams.type_k = cparams.type_v = KV_TYPES[kv_type](L)
+            cparams.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED
         self._ctx = L.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             L.llama_model_free(self._model)

@@ -62,15 +62,15 @@ def resolve_forward(cfg: ModelConfig, device: torch.device, gguf: Path | None, a
     return "torch"
 
 
-def open_gguf(gguf: Path, cache_dir: Path, threads: int, kv_cells: int,
+def open_gguf(gguf: Path, cache_dir: Path, threads: int, kv_cells: int, kv_type: str = "f16",
               progress: Callable[[str], None] | None = None) -> tuple[Any, Any]:
-    """(the llama.cpp forward with ``kv_cells`` KV cells, the tokenizer) of ``gguf``; ModelLoadError when
-    llama.cpp cannot load it."""
+    """(the llama.cpp forward with ``kv_cells`` KV cells of ``kv_type``, the tokenizer) of ``gguf``;
+    ModelLoadError when llama.cpp cannot load it."""
     from sage_irp_ros.decoding.llama_cpp_forward import LlamaCppForward
 
     tokenizer = _tokenizer(gguf, cache_dir, progress or log.info)
     try:
-        forward = LlamaCppForward(gguf, n_ctx=kv_cells, threads=threads)
+        forward = LlamaCppForward(gguf, n_ctx=kv_cells, threads=threads, kv_type=kv_type)
     except RuntimeError as exc:
         raise ModelLoadError(str(exc)) from exc
     if tokenizer.pad_token_id is None:

@@ -190,14 +190,16 @@ def _load_llama_cpp(model_cfg: ModelConfig, gguf: Path, device: torch.device,
                     say: Callable[[str], None]) -> LoadedModel:
     """The GGUF on llama.cpp's forward (:mod:`~sage_irp_ros.weights.llama_cpp_model`), kept resident."""
     threads = torch.get_num_threads()
-    key = (_identity(gguf), "llama_cpp", threads, model_cfg.kv_cache_cells)
+    key = (_identity(gguf), "llama_cpp", threads, model_cfg.kv_cache_cells, model_cfg.kv_cache_type)
     with _cache_lock:
         cached = _resident(key, say, "llama.cpp")
         if cached is not None:
             return cached
         start, cache_dir = time.monotonic(), _cache_dir(model_cfg)
-        say(f"loading {gguf.name} on llama.cpp's forward ({threads} thread(s))")
-        forward, tokenizer = open_gguf(gguf, cache_dir, threads, model_cfg.kv_cache_cells, say)
+        say(f"loading {gguf.name} on llama.cpp's forward ({threads} thread(s), {model_cfg.kv_cache_cells} KV "
+            f"cells of {model_cfg.kv_cache_type})")
+        forward, tokenizer = open_gguf(gguf, cache_dir, threads, model_cfg.kv_cache_cells,
+                                       model_cfg.kv_cache_type, say)
         _return_freed_memory()  # the tokenizer's file parse leaves ~30 MB of freed heap behind
         loaded = LoadedModel(
             model=forward, tokenizer=tokenizer, model_id=EMBEDDED_NAME if not model_cfg.path else Path(
