@@ -141,6 +141,23 @@ def test_a_cache_too_small_for_two_questions_decodes_them_one_after_the_other(lm
     assert steps_when_done["second"][1].candidates[0].token_ids == alone.token_ids
 
 
+def test_a_q8_0_cache_holds_a_sequence_in_about_half_the_bytes_and_still_answers(lm):
+    """model.kv_cache_type: q8_0 cells (8-bit blocks of 32 values, 34 bytes against f16's 64) hold the same
+    prompt in about half the bytes, and the greedy row still answers."""
+    q8 = load_model(SageConfig.from_mapping({"model": {"forward": "llama_cpp", "kv_cache_type": "q8_0"}}).model)
+    assert q8 is not lm and q8.key != lm.key
+    ids, sizes = _ids(lm, "What is the capital of France?"), []
+    for forward in (lm.model, q8.model):
+        forward.prefill(SCORING_SEQUENCE, ids)
+        try:
+            sizes.append(forward._L.llama_state_seq_get_size(forward._ctx, SCORING_SEQUENCE))
+        finally:
+            forward.free(SCORING_SEQUENCE)
+    assert 0.4 * sizes[0] < sizes[1] < 0.6 * sizes[0]
+    row = local_generator(q8, SageConfig().llm_irp).generate(GenerationRequest(ids, [0.0], max_new_tokens=16))
+    assert "Paris" in row.candidates[0].text
+
+
 def test_a_greedy_answer_does_not_depend_on_the_question_before_it(lm, generator):
     """No state outlives a call: the same greedy row after a different question as after none."""
     first, second = _ids(lm, "What is 2+2?"), _ids(lm, "What is the boiling point of water in Celsius?")
