@@ -20,8 +20,7 @@ Each variant loads in a fresh child process (a process's RSS never shrinks back,
 one); torch, transformers and the package are imported before the first reading, so the difference is
 the model: weights, packed copies, the tokenizer and the warm-up generation's buffers. ``--peer CELLS``
 adds the row a user would compare with: llama-cpp-python's own ``Llama`` over the same GGUF with a
-CELLS-token context and nothing of this package loaded (llama_cpp is imported before the first reading
-there too). Prints a markdown table and writes ``load_memory.json`` (every variant's row, the machine,
+CELLS-token context (importing llama_cpp counts in both: the package imports it while it loads). Prints a markdown table and writes ``load_memory.json`` (every variant's row, the machine,
 versions and git commit) into ``--out``.
 """
 
@@ -84,12 +83,12 @@ def child(spec: str) -> dict:
 
 def peer(cells: int) -> dict:
     """The same readings for llama-cpp-python's ``Llama`` alone: the GGUF, ``cells`` context, one answer."""
-    import llama_cpp
-
     from sage_irp_ros.weights.embedded_model import embedded_gguf
 
     gguf = str(embedded_gguf())
     before = _rss_mb()
+    import llama_cpp
+
     llm = llama_cpp.Llama(model_path=gguf, n_ctx=cells, n_threads=1, n_threads_batch=1, verbose=False)
     loaded = _rss_mb()
     llm("What is 2+2?", max_tokens=8)
