@@ -125,12 +125,12 @@ def test_hf_folder_int4_replaces_every_linear_and_keeps_logits_close(tiny_plain_
     assert (got.log_softmax(-1) - want.log_softmax(-1)).abs().mean() < 0.1
 
 
-def test_a_dense_copy_serves_products_of_more_rows_with_the_same_weights(tiny_plain_model_dir):
+def test_a_dense_copy_serves_products_of_more_rows_with_the_same_weights(tiny_plain_model_dir, monkeypatch):
+    """The copy AMX CPUs get (made here on any CPU: the arithmetic is the same, only slower without AMX)."""
     _kernel_or_skip()
-    from sage_irp_ros.compat.torch_kernels import cpu_has_native_bf16
+    from sage_irp_ros.compat import torch_kernels as kernels
 
-    if not cpu_has_native_bf16():
-        pytest.skip("the bf16 copy is kept only on CPUs with native bf16")
+    monkeypatch.setattr(kernels, "cpu_has_amx_bf16", lambda: True)
     lean = load_on_cpu(path=str(tiny_plain_model_dir), weight_quantization="int4", int4_dense_above_rows=0)
     dual = load_on_cpu(path=str(tiny_plain_model_dir), weight_quantization="int4", int4_dense_above_rows=4,
                        precision="bf16")
@@ -141,6 +141,29 @@ def test_a_dense_copy_serves_products_of_more_rows_with_the_same_weights(tiny_pl
     few = torch.cat([layer(x[:4]), layer(x[4:])])  # 4 rows each: the int4 kernel
     many = layer(x)  # 8 rows: the bf16 copy of the same weights
     assert (many.float() - few.float()).abs().max() <= 0.02 * few.float().abs().max()
+
+
+def test_without_amx_int4_layers_keep_no_copy(tiny_plain_model_dir, monkeypatch):
+    """int4_dense_above_rows asks for the copy; a CPU without AMX does not get it (it would not be faster)."""
+    _kernel_or_skip()
+    from sage_irp_ros.compat import torch_kernels as kernels
+
+    monkeypatch.setattr(kernels, "cpu_has_amx_bf16", lambda: False)
+    lm = load_on_cpu(path=str(tiny_plain_model_dir), weight_quantization="int4", int4_dense_above_rows=3,
+                     precision="bf16")  # a key no other test loads: the resident model is built here
+    layers = [m for m in lm.model.modules() if isinstance(m, (Int4Linear, Q8Linear)) and not m.reason]
+    assert layers and all(getattr(m, "dense", None) is None for m in layers)
+
+
+def test_the_amx_probe_agrees_with_the_cpu_flags():
+    from pathlib import Path
+
+    from sage_irp_ros.compat.torch_kernels import cpu_has_amx_bf16
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists() or "flags" not in cpuinfo.read_text():
+        pytest.skip("no x86 /proc/cpuinfo flags here")
+    assert cpu_has_amx_bf16() <= ("amx_bf16" in cpuinfo.read_text().split())  # the OS may still refuse tiles
 
 
 def test_auto_is_int4_on_cpu_only_where_the_kernel_is_usable(monkeypatch):

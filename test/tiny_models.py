@@ -99,7 +99,7 @@ def load_on_cpu(**model):
     fp32 full-width weights unless the test asks otherwise: ``precision: auto`` means bf16 on CPUs with
     native bf16 and ``weight_quantization: auto`` int4 where PyTorch's int4 kernel is usable, and a test's
     arithmetic must not depend on the machine it runs on; for the same reason int4 weights get no bf16
-    copy for many-row products (``int4_dense_above_rows``, kept only on CPUs with native bf16).
+    copy for many-row products (``int4_dense_above_rows``, kept only on CPUs with AMX).
     """
     from sage_irp_ros.config.settings import SageConfig
     from sage_irp_ros.weights.loader import load_model

@@ -166,6 +166,20 @@ def int4_mm(x: torch.Tensor, packed: torch.Tensor, group_size: int, scales_zeros
     return torch._weight_int4pack_mm(x, packed, group_size, scales_zeros)
 
 
+def cpu_has_amx_bf16() -> bool:
+    """Whether this CPU has AMX tiles for bf16 (Sapphire Rapids and later Xeons).
+
+    There a bf16 product reads its weights once for any number of rows (a SmolLM2 MLP product: 118-127 us
+    at 1-16 rows), so a bf16 copy of int4 weights pays for batched steps; with AVX512-BF16 alone it does
+    not (docs/performance.md, "A CPU forward on every CPU").
+    """
+    probe = getattr(getattr(torch, "cpu", None), "_is_amx_tile_supported", None)  # private, any torch
+    try:
+        return bool(probe()) if probe is not None else False
+    except Exception:  # a private torch helper: absent or failing means "not known to be there"
+        return False
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (x86 AVX512-BF16, which every AMX-BF16 CPU also has).
 

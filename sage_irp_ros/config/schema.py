@@ -97,9 +97,10 @@ class ModelConfig:
         "auto = int4 on CPU where the kernel is usable, else none; LoRA merged first; replaces "
         "pack_cpu_weights (docs/performance.md)", choices=WEIGHT_QUANTIZATIONS, applies=CONFIGURE))
     int4_dense_above_rows: int = field(default=4, metadata=_key(
-        "With int4 weights on a CPU with native bf16, decoding steps of more rows than this (batched questions) "
+        "With int4 weights on a CPU with AMX, products of more rows than this (batched questions, prompts) "
         "run on a bf16 copy of the weights kept as well: PyTorch's CPU int4 kernel costs grow with every 4 rows, "
-        "a bf16 product's barely (+2 bytes per weight)", lo=0, hi=4096, applies=CONFIGURE,
+        "a bf16 product's on AMX barely (+2 bytes per weight); without AMX no copy is made (it is not faster "
+        "there)", lo=0, hi=4096, applies=CONFIGURE,
         off="0 = no copy: int4 only, least memory"))
     kv_cache_cells: int = field(default=4096, metadata=_key(
         "On llama.cpp's forward, the KV cells every decoding row shares (one per token of a prompt or a row's "
