@@ -103,7 +103,10 @@ def _list_parameters(tester) -> list[str]:
 def test_parameters_apply_live_or_are_refused_with_a_reason(slow_model_dir, tmp_path, ros_env):
     node = RunningNode(tmp_path, env=ros_env, params={
         "model.path": str(slow_model_dir), "memory.db_path": "none", "llm_irp.max_tokens": 1500,
-        "llm_irp.deadline_s": 3.0, "node.shutdown_timeout_s": 1.0})
+        "llm_irp.deadline_s": 3.0, "node.shutdown_timeout_s": 1.0,
+        # one question at a time: with more, the waiting question may join the running one's decode
+        # between two steps and leave the queue before the third arrives
+        "node.batch_size": 1})
     t = node.tester
     try:
         names = set(_list_parameters(t))

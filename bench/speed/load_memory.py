@@ -20,8 +20,9 @@ Each variant loads in a fresh child process (a process's RSS never shrinks back,
 one); torch, transformers and the package are imported before the first reading, so the difference is
 the model: weights, packed copies, the tokenizer and the warm-up generation's buffers. ``--peer CELLS``
 adds the row a user would compare with: llama-cpp-python's own ``Llama`` over the same GGUF with a
-CELLS-token context (importing llama_cpp counts in both: the package imports it while it loads). Prints a markdown table and writes ``load_memory.json`` (every variant's row, the machine,
-versions and git commit) into ``--out``.
+CELLS-token context (importing llama_cpp counts in both: the package imports it while it loads). Prints
+a markdown table and writes ``load_memory.json`` (every variant's row, the machine, versions and git
+commit) into ``--out``.
 """
 
 from __future__ import annotations
