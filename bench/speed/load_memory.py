@@ -41,7 +41,7 @@ DEFAULT_VARIANTS = ("defaults (auto):", "full width, precision auto:weight_quant
                     "fp32 packed:precision=fp32,weight_quantization=none",
                     "fp32 not packed:precision=fp32,pack_cpu_weights=false,weight_quantization=none",
                     "bf16 packed:precision=bf16,weight_quantization=none", "int8:weight_quantization=int8",
-                    "int4 (with the bf16 copy for batches):weight_quantization=int4",
+                    "int4 (a bf16 copy for batches on AMX CPUs):weight_quantization=int4",
                     "int4 only:weight_quantization=int4,int4_dense_above_rows=0")
 
 
@@ -75,9 +75,14 @@ def child(spec: str) -> dict:
     loaded = _rss_mb()
     IRPEngine(lm, cfg.llm_irp, use_chat_template=False).refine(
         "What is 2+2?", options=AnswerOptions.resolve(cfg.llm_irp).replace(max_tokens=8))
-    answered = _rss_mb()
-    return {"variant": name, "rss_before_mb": before["VmRSS"], "added_by_load_mb": loaded["VmRSS"] - before["VmRSS"],
-            "added_after_one_answer_mb": answered["VmRSS"] - before["VmRSS"], "footprint_mb": lm.footprint_mb,
+    return _row(name, before, loaded, _rss_mb(), lm.footprint_mb)
+
+
+def _row(variant: str, before: dict, loaded: dict, answered: dict, footprint_mb: float) -> dict:
+    """One table row from the three readings (before loading, loaded, after one answer)."""
+    return {"variant": variant, "rss_before_mb": before["VmRSS"],
+            "added_by_load_mb": loaded["VmRSS"] - before["VmRSS"],
+            "added_after_one_answer_mb": answered["VmRSS"] - before["VmRSS"], "footprint_mb": footprint_mb,
             "added_anon_mb": loaded.get("RssAnon", 0) - before.get("RssAnon", 0),
             "added_file_mb": loaded.get("RssFile", 0) - before.get("RssFile", 0)}
 
@@ -93,13 +98,7 @@ def peer(cells: int) -> dict:
     llm = llama_cpp.Llama(model_path=gguf, n_ctx=cells, n_threads=1, n_threads_batch=1, verbose=False)
     loaded = _rss_mb()
     llm("What is 2+2?", max_tokens=8)
-    answered = _rss_mb()
-    return {"variant": f"llama-cpp-python alone, {cells} cells", "rss_before_mb": before["VmRSS"],
-            "added_by_load_mb": loaded["VmRSS"] - before["VmRSS"],
-            "added_after_one_answer_mb": answered["VmRSS"] - before["VmRSS"],
-            "footprint_mb": os.path.getsize(gguf) / 2**20,
-            "added_anon_mb": loaded.get("RssAnon", 0) - before.get("RssAnon", 0),
-            "added_file_mb": loaded.get("RssFile", 0) - before.get("RssFile", 0)}
+    return _row(f"llama-cpp-python alone, {cells} cells", before, loaded, _rss_mb(), os.path.getsize(gguf) / 2**20)
 
 
 def main(argv: list[str] | None = None) -> int:

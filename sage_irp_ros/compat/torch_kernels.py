@@ -173,11 +173,7 @@ def cpu_has_amx_bf16() -> bool:
     at 1-16 rows), so a bf16 copy of int4 weights pays for batched steps; with AVX512-BF16 alone it does
     not (docs/performance.md, "A CPU forward on every CPU").
     """
-    probe = getattr(getattr(torch, "cpu", None), "_is_amx_tile_supported", None)  # private, any torch
-    try:
-        return bool(probe()) if probe is not None else False
-    except Exception:  # a private torch helper: absent or failing means "not known to be there"
-        return False
+    return _cpu_probe("_is_amx_tile_supported")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -186,10 +182,15 @@ def cpu_has_native_bf16() -> bool:
     There oneDNN's bf16 kernels read half the bytes of fp32 and run about 2x faster; without it bf16 is
     emulated and slower than fp32 (docs/performance.md, "Fast decode").
     """
-    probe = getattr(getattr(torch, "cpu", None), "_is_avx512_bf16_supported", None)  # private, any torch
+    return _cpu_probe("_is_avx512_bf16_supported")
+
+
+def _cpu_probe(name: str) -> bool:
+    """``torch.cpu.<name>()``, a private capability helper: absent or failing means "not known to be there"."""
+    probe = getattr(getattr(torch, "cpu", None), name, None)
     try:
         return bool(probe()) if probe is not None else False
-    except Exception:  # a private torch helper: absent or failing means "not known to be native"
+    except Exception:  # noqa: BLE001 - private helpers of any torch version
         return False
 
 

@@ -50,7 +50,7 @@ MAX_SEQUENCES = 64  # rows decoded at once at most (questions x candidates); mor
 SCORING_SEQUENCE = MAX_SEQUENCES - 1  # the last id scores given answers (between two decode steps); rows use the others
 BATCH_TOKENS = 512  # prompt tokens per llama_decode call while prefilling
 
-KV_TYPES = {"f16": lambda L: L.GGML_TYPE_F16, "q8_0": lambda L: L.GGML_TYPE_Q8_0}  # KV cache cell types
+KV_TYPES = {"f16": "GGML_TYPE_F16", "q8_0": "GGML_TYPE_Q8_0"}  # KV cache cell types: ggml's type names
 
 _init_lock = threading.Lock()
 _initialised = False
@@ -101,7 +101,7 @@ class LlamaCppForward:
         cparams.n_threads = cparams.n_threads_batch = max(1, threads)
         cparams.no_perf = True
         if kv_type != "f16":
-            cparams.type_k = cparams.type_v = KV_TYPES[kv_type](L)
+            cparams.type_k = cparams.type_v = getattr(L, KV_TYPES[kv_type])
             cparams.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED
         self._ctx = L.llama_init_from_model(self._model, cparams)
         if not self._ctx:
